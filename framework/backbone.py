@@ -1,0 +1,183 @@
+"""Access to a diffusion model: the networks, the noise schedule, and prompt encoding.
+
+A backbone owns its model parts and its scheduler configuration. Everything an inverter or
+editor needs from a model goes through this interface, so the methods run unchanged on
+Stable Diffusion, on the tiny random model of the tests, and on the analytic Gaussian model.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from framework.errors import InputError
+from framework.schedule import Schedule, make_schedule
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None picks CUDA, then Apple MPS, then the CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map ``float32|float16|bfloat16`` (or a torch dtype) to a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype)]
+    except KeyError:
+        raise InputError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}") from None
+
+
+class Backbone(abc.ABC):
+    """A diffusion model seen through the operations the methods need.
+
+    Subclasses set ``alphas_cumprod`` (float32, (T,)), ``final_alpha_cumprod``,
+    ``prediction_type`` and implement the abstract methods. ``nfe`` counts network
+    evaluations: one batched forward pass, whatever its batch size, counts one.
+    """
+
+    #: whether prompts condition the model (False: prompts are ignored)
+    conditional: bool = True
+    #: "epsilon", "v_prediction" or "sample"; ``predict_noise`` always returns epsilon
+    prediction_type: str = "epsilon"
+    #: default image side in pixels, and the multiple every image side must be
+    resolution: int = 512
+    size_multiple: int = 64
+
+    def __init__(self) -> None:
+        self.nfe = 0
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.alphas_cumprod = torch.ones(1)
+        self.final_alpha_cumprod = 1.0
+
+    # ----------------------------------------------------------------- schedule
+    @abc.abstractmethod
+    def scheduler_timesteps(self, num_steps: int) -> Tensor:
+        """The model scheduler's timesteps for ``num_steps`` steps, descending (diffusers order)."""
+
+    def timesteps(self, num_steps: int) -> Tensor:
+        """(N,) int64 model timesteps in paper order: ``timesteps(N)[i-1]`` is step i's."""
+        return self.scheduler_timesteps(num_steps).to("cpu", torch.int64).flip(0)
+
+    def schedule(self, num_steps: int, eta: float) -> Schedule:
+        """Per-step float32 coefficients for ``num_steps`` steps and stochasticity ``eta``."""
+        return make_schedule(
+            self.alphas_cumprod, self.scheduler_timesteps(num_steps), self.final_alpha_cumprod, eta
+        )
+
+    # ----------------------------------------------------------------- images and prompts
+    @abc.abstractmethod
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1], (B, 3, H, W) -> x0 (B, C, h, w) float32 on ``self.device``."""
+
+    @abc.abstractmethod
+    def decode(self, x0: Tensor) -> Tensor:
+        """x0 (B, C, h, w) -> images in [-1, 1], (B, 3, H, W) float32."""
+
+    @abc.abstractmethod
+    def encode_prompt(self, prompts: Sequence[str]) -> Tensor | None:
+        """Prompts (K,) -> conditioning (K, ...), or None for an unconditional model."""
+
+    def null_condition(self) -> Tensor | None:
+        """The unconditional ("") conditioning used as classifier-free guidance's other branch."""
+        return self.encode_prompt([""])
+
+    # ----------------------------------------------------------------- the network
+    @abc.abstractmethod
+    def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
+        """One batched forward pass of the raw network (its own prediction type), float32."""
+
+    def predict_noise(
+        self,
+        x_t: Tensor,
+        t: int | Tensor,
+        cond: Tensor | None,
+        uncond: Tensor | None = None,
+        guidance_scale: float = 1.0,
+    ) -> Tensor:
+        """ε̂(x_t, t) with classifier-free guidance, (B, C, h, w) float32.
+
+        ``cond`` has 1 or B rows (one row is broadcast), as has ``uncond``. With ``uncond``
+        given and ``guidance_scale != 1`` the unconditional and conditional branches run as one
+        batched forward pass: ε̂ = ε_u + w (ε_c - ε_u). v- and sample-prediction outputs are
+        converted to epsilon here.
+        """
+        t = int(t)
+        b = x_t.shape[0]
+        x_t = x_t.float()
+        use_cfg = self.conditional and uncond is not None and guidance_scale != 1.0
+        if use_cfg:
+            assert cond is not None and uncond is not None
+            emb = torch.cat([_rows(uncond, b), _rows(cond, b)])
+            out = self.model_output(torch.cat([x_t, x_t]), t, emb)
+            self.nfe += 1
+            out = self.to_epsilon(out, torch.cat([x_t, x_t]), t)
+            eps_u, eps_c = out.chunk(2)
+            return eps_u + guidance_scale * (eps_c - eps_u)
+        emb = _rows(cond, b) if (self.conditional and cond is not None) else cond
+        out = self.model_output(x_t, t, emb)
+        self.nfe += 1
+        return self.to_epsilon(out, x_t, t)
+
+    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int) -> Tensor:
+        """Convert the network's output at timestep t to the noise prediction ε (float32)."""
+        out = out.float()
+        if self.prediction_type == "epsilon":
+            return out
+        a = self.alphas_cumprod[t].to(out.device, torch.float32)
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * out + (1 - a).sqrt() * x_t
+        if self.prediction_type == "sample":
+            return (x_t - a.sqrt() * out) / (1 - a).sqrt()
+        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    # ----------------------------------------------------------------- helpers
+    def describe(self) -> dict[str, Any]:
+        """A short JSON-able description, for logs and result rows."""
+        return {"class": type(self).__name__, "prediction_type": self.prediction_type}
+
+
+def _rows(x: Tensor | None, b: int) -> Tensor | None:
+    """Broadcast a (1, ...) conditioning to b rows; leave a (b, ...) one as it is."""
+    if x is None or x.shape[0] == b:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(b, *x.shape[1:])
+    raise InputError(f"conditioning has {x.shape[0]} rows for a batch of {b}")
+
+
+def load_backbone(
+    name_or_path: str | Mapping[str, Any] = "sd14",
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = None,
+    **options: Any,
+) -> Backbone:
+    """Load a backbone by registered name (``tiny``, ``gaussian``, ``stable_diffusion``), by a
+    preset in ``configs/backbone`` (``sd14``, ``sd15``, ``sd21``), by a hub id, or from a local
+    diffusers folder; or from a config mapping ``{"name": ..., **options}``.
+    """
+    from framework.config import backbone_config
+    from framework.registry import BACKBONES
+
+    cfg = dict(backbone_config(name_or_path)) if not isinstance(name_or_path, Mapping) else dict(name_or_path)
+    cfg.update(options)
+    cls, opts = BACKBONES.options(cfg)
+    if device is not None and hasattr(opts, "device"):
+        opts.device = str(device)
+    if dtype is not None and hasattr(opts, "dtype"):
+        opts.dtype = str(dtype).replace("torch.", "")
+    return cls(opts)

@@ -1,0 +1,128 @@
+"""The result of an inversion and the interface every inverter implements.
+
+Paper indexing: with N = ``num_steps`` and n = N - ``skip`` computed steps,
+``xts[i]`` is x_i for i = 0..n (``xts[0]`` = x0; with skip 0, ``xts[N]`` = x_T), ``zs[i-1]``
+is z_i (the noise that takes x_i to x_{i-1}) for i = 1..n, and ``timesteps[i-1]`` is the
+model timestep of step i for all N steps. An edit that skips ``skip`` steps starts from
+``xts[N - skip]`` and uses ``zs[:N - skip]``; inverters compute nothing beyond that.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from framework.errors import InputError
+
+
+@dataclass
+class Inversion:
+    """An inverted image (batch B, usually 1): its auxiliary sequence and noise maps."""
+
+    xts: Tensor  # (n+1, B, C, h, w) float32
+    zs: Tensor | None  # (n, B, C, h, w) float32; None for deterministic (DDIM) inversions
+    timesteps: Tensor  # (N,) int64, paper order
+    num_steps: int  # N
+    skip: int  # steps not computed at the noisy end: n = N - skip
+    eta: float  # the η the noise maps belong to; editors must sample with it
+    method: str
+    source_prompt: list[str]
+    guidance_scale: float
+    nfe: int = 0  # network evaluations the inversion took
+    seconds: float = 0.0  # wall time of the inversion
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def start_step(self) -> int:
+        """n = N - skip: the noisiest step the inversion computed."""
+        return self.num_steps - self.skip
+
+    @property
+    def x0(self) -> Tensor:
+        """The inverted x0, (B, C, h, w)."""
+        return self.xts[0]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.xts.shape[1])
+
+    def x_at(self, step: int) -> Tensor:
+        """x_step, (B, C, h, w); ``step`` must be in 0..n."""
+        if not 0 <= step <= self.start_step:
+            raise InputError(f"step {step} not in the inversion's computed range 0..{self.start_step}")
+        return self.xts[step]
+
+    def to(self, device: torch.device | str) -> "Inversion":
+        """A copy with its tensors on ``device``."""
+        return dataclasses.replace(
+            self,
+            xts=self.xts.to(device),
+            zs=None if self.zs is None else self.zs.to(device),
+        )
+
+    def check_skip(self, skip: int) -> int:
+        """Validate an edit's ``skip`` against this inversion; return the edit's first step."""
+        if isinstance(skip, bool) or not isinstance(skip, int):
+            raise InputError(f"skip must be an integer, got {skip!r}")
+        if skip >= self.num_steps or skip < 0:
+            raise InputError(
+                f"skip must satisfy 0 <= skip < num_steps={self.num_steps}, got skip={skip}"
+            )
+        if skip < self.skip:
+            raise InputError(
+                f"the edit skips {skip} steps but the inversion was computed with skip={self.skip}, "
+                f"so steps above {self.start_step} were never inverted; invert with skip <= {skip}"
+            )
+        return self.num_steps - skip
+
+
+class Inverter(abc.ABC):
+    """Turns x0 into an :class:`Inversion`. Subclasses define ``Options`` (a dataclass)."""
+
+    Options: type
+    registered_name: str
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abc.abstractmethod
+    def invert(
+        self,
+        backbone: Any,
+        x0: Tensor,
+        source_prompt: str | Sequence[str],
+        *,
+        num_steps: int = 100,
+        skip: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Inversion:
+        """Invert x0 (B, C, h, w) under ``source_prompt``; compute only steps 1..N-skip."""
+
+
+def as_batch(x0: Tensor, device: torch.device) -> Tensor:
+    """Accept (C, h, w) or (B, C, h, w); return (B, C, h, w) float32 on ``device``."""
+    if not isinstance(x0, Tensor):
+        raise InputError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
+    if x0.dim() == 3:
+        x0 = x0[None]
+    if x0.dim() != 4:
+        raise InputError(f"x0 must have shape (B, C, h, w) or (C, h, w), got {tuple(x0.shape)}")
+    return x0.to(device=device, dtype=torch.float32)
+
+
+def as_prompts(prompt: str | Sequence[str], batch: int, what: str = "source_prompt") -> list[str]:
+    """One prompt per batch row: a string is repeated, a list must have ``batch`` strings."""
+    if isinstance(prompt, str):
+        return [prompt] * batch
+    prompts = list(prompt)
+    if not all(isinstance(p, str) for p in prompts):
+        raise InputError(f"{what} must be a string or a list of strings, got {prompt!r}")
+    if len(prompts) != batch:
+        raise InputError(f"{what} has {len(prompts)} prompts for a batch of {batch} images")
+    return prompts

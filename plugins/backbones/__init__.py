@@ -1,0 +1,1 @@
+"""Backbones: model access (Stable Diffusion via diffusers, the tiny random model, ...)."""

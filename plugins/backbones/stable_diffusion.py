@@ -1,0 +1,165 @@
+"""Stable Diffusion 1.x/2.x through diffusers' model classes (no pipeline, no safety checker).
+
+Loads ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and the ``scheduler`` config from a
+hub id or a local diffusers folder. Networks run in ``dtype``; the schedule and the noise
+arithmetic stay float32. Timesteps follow the paper's code: a DDIM scheduler built from the
+model's scheduler config with "leading" spacing and the model's ``steps_offset``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from framework.backbone import Backbone, resolve_device, resolve_dtype
+from framework.errors import InputError, WeightsNotFoundError
+from framework.registry import BACKBONES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StableDiffusionOptions:
+    """Options of the ``stable_diffusion`` backbone."""
+
+    model: str = "CompVis/stable-diffusion-v1-4"  # hub id or local diffusers folder
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (networks only)
+    device: str = "auto"
+    revision: str | None = None
+    local_files_only: bool = False
+    truncate_prompts: bool = False  # False: a too-long prompt is an error; True: warn and cut
+
+
+@BACKBONES.register("stable_diffusion")
+class StableDiffusionBackbone(Backbone):
+    """A latent text-to-image diffusion model in diffusers' Stable Diffusion layout."""
+
+    Options = StableDiffusionOptions
+
+    def __init__(self, options: StableDiffusionOptions | None = None) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.options = options = options or StableDiffusionOptions()
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype)
+        kw: dict[str, Any] = {"revision": options.revision, "local_files_only": options.local_files_only}
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer", **kw)
+            self.text_encoder = CLIPTextModel.from_pretrained(
+                options.model, subfolder="text_encoder", dtype=self.dtype, **kw
+            )
+            self.unet = UNet2DConditionModel.from_pretrained(
+                options.model, subfolder="unet", torch_dtype=self.dtype, **kw
+            )
+            self.vae = AutoencoderKL.from_pretrained(options.model, subfolder="vae", torch_dtype=self.dtype, **kw)
+            sched_cfg = DDIMScheduler.load_config(options.model, subfolder="scheduler", **kw)
+        except (OSError, ValueError) as exc:
+            raise WeightsNotFoundError(
+                f"could not load Stable Diffusion weights from {options.model!r}: {str(exc).splitlines()[0]}\n"
+                "Give a local diffusers folder (--backbone PATH), let the hub download them once "
+                "(network access, cached under ~/.cache/huggingface), or use --backbone tiny for a "
+                "run that needs no download."
+            ) from None
+        for module in (self.text_encoder, self.unet, self.vae):
+            module.requires_grad_(False)
+            module.eval()
+            module.to(self.device)
+        self.scheduler = DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading")
+        self.prediction_type = self.scheduler.config.prediction_type
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32).clone()
+        self.final_alpha_cumprod = float(self.scheduler.final_alpha_cumprod)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.resolution = int(self.unet.config.sample_size) * self.vae_scale
+        self.size_multiple = self.vae_scale * 2 ** (len(self.unet.config.down_block_types) - 1)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.max_tokens = int(self.text_encoder.config.max_position_embeddings)
+        self._timesteps: dict[int, Tensor] = {}
+
+    # ----------------------------------------------------------------- schedule
+    def scheduler_timesteps(self, num_steps: int) -> Tensor:
+        limit = int(self.scheduler.config.num_train_timesteps)
+        if not 1 <= num_steps <= limit:
+            raise InputError(f"num_steps must be in 1..{limit} for this model, got {num_steps}")
+        if num_steps not in self._timesteps:
+            self.scheduler.set_timesteps(num_steps)
+            self._timesteps[num_steps] = self.scheduler.timesteps.to("cpu", torch.int64).clone()
+        return self._timesteps[num_steps]
+
+    # ----------------------------------------------------------------- images
+    @torch.no_grad()
+    def encode_image(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] -> latents (B, 4, H/f, W/f), the posterior's mode × scale."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InputError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % self.size_multiple or w % self.size_multiple:
+            raise InputError(
+                f"image size {w}x{h} is not a multiple of {self.size_multiple}, which this model needs"
+            )
+        posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        return posterior.mode().float() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, x0: Tensor) -> Tensor:
+        """Latents (B, 4, h, w) -> images (B, 3, h·f, w·f) in [-1, 1], float32."""
+        out = self.vae.decode((x0 / self.scaling_factor).to(self.device, self.dtype)).sample
+        return out.float().clamp(-1, 1)
+
+    # ----------------------------------------------------------------- prompts
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> Tensor:
+        """(K,) prompts -> CLIP text embeddings (K, L, D), float32 on the device."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise InputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        limit = self.max_tokens
+        full = self.tokenizer(prompts, truncation=False).input_ids
+        for prompt, ids in zip(prompts, full):
+            if len(ids) > limit:
+                kept = self.tokenizer.decode(ids[1 : limit - 1])
+                msg = (
+                    f"prompt {prompt!r} has {len(ids)} tokens but the text encoder takes {limit} "
+                    f"(start and end included)"
+                )
+                if not self.options.truncate_prompts:
+                    raise InputError(
+                        msg + "; shorten it, or set backbone.truncate_prompts=true to cut it to "
+                        f"{kept!r}"
+                    )
+                warnings.warn(msg + f"; truncated to {kept!r}", stacklevel=2)
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0].float()
+
+    def token_ids(self, prompt: str) -> list[int]:
+        """The token ids of ``prompt`` (with start and end tokens), for attention editors."""
+        return list(self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids)
+
+    # ----------------------------------------------------------------- network
+    def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
+        if cond is None:
+            raise InputError("Stable Diffusion needs a prompt conditioning")
+        # Gradients follow the caller's grad mode (Zero-Shot guidance needs them).
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype), return_dict=False)[0]
+        return out.float()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "class": type(self).__name__,
+            "model": self.options.model,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "prediction_type": self.prediction_type,
+            "resolution": self.resolution,
+        }
+

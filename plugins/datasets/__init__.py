@@ -1,0 +1,1 @@
+"""Datasets: items of (image, source prompt, target prompts)."""

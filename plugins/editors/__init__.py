@@ -1,0 +1,1 @@
+"""Editors: Inversion + target prompts -> edited latents."""

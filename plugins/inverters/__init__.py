@@ -1,0 +1,1 @@
+"""Inverters: x0 -> Inversion (noise maps and auxiliary sequence)."""

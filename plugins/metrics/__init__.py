@@ -1,0 +1,1 @@
+"""Metrics: scores of edits (structure preservation, prompt adherence, time, ...)."""
