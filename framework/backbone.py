@@ -107,27 +107,34 @@ class Backbone(abc.ABC):
         t: int | Tensor,
         cond: Tensor | None,
         uncond: Tensor | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | Tensor = 1.0,
     ) -> Tensor:
         """ε̂(x_t, t) with classifier-free guidance, (B, C, h, w) float32.
 
         ``cond`` has 1 or B rows (one row is broadcast), as has ``uncond``. With ``uncond``
-        given and ``guidance_scale != 1`` the unconditional and conditional branches run as one
-        batched forward pass: ε̂ = ε_u + w (ε_c - ε_u). v- and sample-prediction outputs are
-        converted to epsilon here.
+        given and a guidance scale other than 1 the unconditional and conditional branches run
+        as one batched forward pass: ε̂ = ε_u + w (ε_c - ε_u). ``guidance_scale`` may be a (B,)
+        tensor, one scale per row (e.g. the source row of Prompt-to-Prompt keeps the
+        inversion's scale). v- and sample-prediction outputs are converted to epsilon here.
         """
         t = int(t)
         b = x_t.shape[0]
         x_t = x_t.float()
-        use_cfg = self.conditional and uncond is not None and guidance_scale != 1.0
+        if isinstance(guidance_scale, Tensor):
+            scale = guidance_scale.to(x_t.device, torch.float32).reshape(-1, *([1] * (x_t.dim() - 1)))
+            use_cfg = bool((scale != 1).any())
+        else:
+            scale = float(guidance_scale)
+            use_cfg = scale != 1.0
+        use_cfg = use_cfg and self.conditional and uncond is not None
         if use_cfg:
             assert cond is not None and uncond is not None
             emb = torch.cat([_rows(uncond, b), _rows(cond, b)])
-            out = self.model_output(torch.cat([x_t, x_t]), t, emb)
+            x_in = torch.cat([x_t, x_t])
+            out = self.to_epsilon(self.model_output(x_in, t, emb), x_in, t)
             self.nfe += 1
-            out = self.to_epsilon(out, torch.cat([x_t, x_t]), t)
             eps_u, eps_c = out.chunk(2)
-            return eps_u + guidance_scale * (eps_c - eps_u)
+            return eps_u + scale * (eps_c - eps_u)
         emb = _rows(cond, b) if (self.conditional and cond is not None) else cond
         out = self.model_output(x_t, t, emb)
         self.nfe += 1

@@ -26,6 +26,7 @@ class MetricInput:
     mask: Tensor | None = None  # (1, 1, H, W) in {0, 1}: 1 marks the region to edit
     reconstruction: Tensor | None = None  # (1, 3, H, W): the source-prompt reconstruction
     timing: dict[str, float] = field(default_factory=dict)  # inversion/edit seconds and nfe
+    samples: Tensor | None = None  # (K, S, 3, H, W): S edits per target with different seeds
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -36,6 +37,10 @@ class Metric(abc.ABC):
     registered_name: str
     #: the result columns this metric fills (after ``setup``; may depend on options)
     columns: tuple[str, ...] = ()
+    #: the runner then also edits with the source prompt and fills ``MetricInput.reconstruction``
+    needs_reconstruction: bool = False
+    #: the runner then fills ``MetricInput.samples`` (methods with ``seeds: S``)
+    needs_samples: bool = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

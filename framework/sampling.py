@@ -108,6 +108,16 @@ def check_targets(target_prompts: Sequence[str] | str) -> list[str]:
     return targets
 
 
+def check_conditional(editor: "Editor", backbone: Any) -> None:
+    """Prompt-driven editors need a text-conditional backbone."""
+    if getattr(editor, "needs_prompts", True) and not getattr(backbone, "conditional", True):
+        raise InputError(
+            f"the {getattr(editor, 'registered_name', type(editor).__name__)} editor is driven by "
+            f"prompts but the backbone {type(backbone).__name__} is unconditional; use a "
+            "prompt-free editor (shift, color_strokes, sdedit) or a text-conditional backbone"
+        )
+
+
 def check_single_image(inversion: Inversion) -> None:
     """Editors edit one image at a time (all its targets as one batch)."""
     if inversion.batch_size != 1:

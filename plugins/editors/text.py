@@ -15,7 +15,7 @@ from torch import Tensor
 
 from framework.inversion import Inversion
 from framework.registry import EDITORS
-from framework.sampling import Editor, check_single_image, check_targets, expand_rows, reverse_process
+from framework.sampling import Editor, check_conditional, check_single_image, check_targets, expand_rows, reverse_process
 
 
 @dataclass
@@ -43,6 +43,7 @@ class TextEditor(Editor):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         targets = check_targets(target_prompts)
+        check_conditional(self, backbone)
         check_single_image(inversion)
         start = inversion.check_skip(skip)
         schedule = backbone.schedule(inversion.num_steps, inversion.eta)
