@@ -123,7 +123,7 @@ class StableDiffusionBackbone(Backbone):
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise InputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
         limit = self.max_tokens
-        full = self.tokenizer(prompts, truncation=False).input_ids
+        full = self.tokenizer(prompts, truncation=False, verbose=False).input_ids
         for prompt, ids in zip(prompts, full):
             if len(ids) > limit:
                 kept = self.tokenizer.decode(ids[1 : limit - 1])

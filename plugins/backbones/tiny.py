@@ -174,18 +174,26 @@ class TinyBackbone(StableDiffusionBackbone):
     Options = TinyOptions  # type: ignore[assignment]
 
     def __init__(self, options: TinyOptions | None = None) -> None:
+        from transformers.utils import logging as hf_logging
+
         options = options or TinyOptions()
         self.tiny_options = options
-        folder = tiny_model_path(options)
-        super().__init__(
-            StableDiffusionOptions(
-                model=str(folder),
-                dtype=options.dtype,
-                device=options.device,
-                local_files_only=True,
-                truncate_prompts=options.truncate_prompts,
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # loading a 1 MB local model needs no progress bars
+        try:
+            folder = tiny_model_path(options)
+            super().__init__(
+                StableDiffusionOptions(
+                    model=str(folder),
+                    dtype=options.dtype,
+                    device=options.device,
+                    local_files_only=True,
+                    truncate_prompts=options.truncate_prompts,
+                )
             )
-        )
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
 
     def describe(self) -> dict:
         d = super().describe()
