@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,6 +122,14 @@ def load_hf(
     **kwargs: Any,
 ) -> Any:
     """``loader(name_or_path, ...)`` (a transformers ``from_pretrained``), as a clear weights error."""
+    text = str(name_or_path)
+    # hub ids are "name" or "org/name"; anything else that names no existing folder is a bad path
+    looks_local = text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if looks_local and not Path(text).expanduser().exists():
+        raise WeightsNotFoundError(
+            f"metric {metric!r}: the folder {text!r} (option {option!r}) does not exist; give a folder "
+            f"holding {what} saved with save_pretrained, or a hub id such as the default"
+        )
     try:
         return loader(name_or_path, local_files_only=local_files_only or offline(), **kwargs)
     except (OSError, ValueError) as exc:
