@@ -1,5 +1,5 @@
-"""``editfriendly compare`` on run directories made with the tiny backbone (results.csv by hand,
-in the runner's format, until the runner lands), with metric values from the stand-in networks."""
+"""``editfriendly compare`` on run directories made by hand in the runner's format (results.csv,
+input and edit PNGs) with metric values from the stand-in networks."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from framework import cli
 from framework.compare import classify_columns, compare, mean_ci, read_run
 from framework.images import load_image_tensor, tensor_to_pil
 from framework.metrics import MetricInput
-from framework.pipeline import invert_and_edit
-from framework.registry import EDITORS, INVERTERS, METRICS
+from framework.registry import METRICS
 from metric_standins import standin_metric_configs
 
 HEADER = [
@@ -33,46 +32,49 @@ ITEMS = {
 }
 
 
-def make_run(root: Path, name: str, tiny, photo_path: Path, metrics: list, method: str, sweep: dict,
+def make_run(root: Path, name: str, photo_path: Path, metrics: list, method: str, sweep: dict,
              fail_item: str | None = None) -> Path:  # fmt: skip
-    """A run directory like the runner's: images + results.csv with parameter and metric columns."""
+    """A run directory like the runner's: images + results.csv with parameter and metric columns.
+
+    The "edits" are the input perturbed with a strength that depends on the parameter value and
+    the target (no diffusion here: the runner's own tests cover that); the metric columns hold
+    the stand-in metrics' values for them and the time columns deterministic made-up values.
+    """
     run = root / name
     (run / "inputs").mkdir(parents=True)
     (run / "images").mkdir()
     photo = load_image_tensor(photo_path, 32, 8)
     images = {"flower": photo, "flower_crop": load_image_tensor(photo_path, 64, 8)[..., 8:40, 16:48], "flower_flip": photo.flip(-1)}
     param = next(iter(sweep))
+    g = torch.Generator().manual_seed(len(name))
     rows = []
-    for item, (source, targets) in ITEMS.items():
+    for i, (item, (source, targets)) in enumerate(ITEMS.items()):
         inp = run / "inputs" / f"{item}.png"
         tensor_to_pil(images[item])[0].save(inp)
-        for value in sweep[param]:
+        for j, value in enumerate(sweep[param]):
             base = {"item_id": item, "method": method, "source_prompt": source, "seed": 0, param: value,
                     "input_path": f"inputs/{item}.png"}  # fmt: skip
             if item == fail_item:
                 for target in targets:
                     rows.append(base | {"target_prompt": target, "status": "failed", "error": "corrupt image file"})
                 continue
-            skip = value if param == "skip" else 4
-            gs = value if param == "editor.guidance_scale" else 15.0
-            result = invert_and_edit(
-                tiny, INVERTERS.build("ddpm_edit_friendly"), EDITORS.build({"name": "text", "guidance_scale": gs}),
-                images[item], source, targets, num_steps=10, skip=skip, seed=0,
-            )  # fmt: skip
-            batch = MetricInput(images[item], result.images.float().cpu(), source, targets)
+            strength = torch.tensor([0.1 + 0.3 * j + 0.1 * k for k in range(len(targets))]).view(-1, 1, 1, 1)
+            edits = (images[item] + strength * torch.randn(len(targets), 3, 32, 32, generator=g)).clamp(-1, 1)
+            edits = torch.stack([load_image_tensor_from(tensor_to_pil(e[None])[0]) for e in edits])  # as stored
+            batch = MetricInput(images[item], edits, source, targets)
             values = [{} for _ in targets]
             for metric in metrics:
                 for v, m in zip(values, metric.compute(batch)):
                     v.update(m)
             for k, target in enumerate(targets):
                 out = run / "images" / f"{item}_{method}_{param}{value}_{k}.png"
-                tensor_to_pil(result.images[k : k + 1])[0].save(out)
+                tensor_to_pil(edits[k : k + 1])[0].save(out)
                 rows.append(
                     base
                     | {"target_prompt": target, "status": "ok", "error": "",
                        "output_path": str(out) if k == 1 else f"images/{out.name}",  # absolute and relative
-                       "inversion_seconds": result.inversion_seconds, "edit_seconds": result.edit_seconds,
-                       "inversion_nfe": result.inversion_nfe, "edit_nfe": result.edit_nfe, "note": "hand-made"}
+                       "inversion_seconds": 1.0 + 0.1 * i, "edit_seconds": 2.0 + j + 0.05 * i + 0.01 * k,
+                       "inversion_nfe": 64 + 16 * j, "edit_nfe": 128 + 32 * j + k, "note": "hand-made"}
                     | values[k]
                 )  # fmt: skip
     columns = HEADER + [param] + ["lpips", "lpips_bg", "clip_score", "clip_score_edited"]
@@ -85,14 +87,19 @@ def make_run(root: Path, name: str, tiny, photo_path: Path, metrics: list, metho
     return run
 
 
+def load_image_tensor_from(img: Image.Image) -> torch.Tensor:
+    """(3, H, W) in [-1, 1] of a PIL image (the 8-bit values the PNG will hold)."""
+    return torch.from_numpy(np.array(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny, photo_path) -> tuple[Path, Path]:
+def runs(tmp_path_factory, photo_path) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("runs")
     metrics = [METRICS.build(c) for c in standin_metric_configs(root / "standins")]
     for m in metrics:
         m.setup("cpu")
-    a = make_run(root, "run_a", tiny, photo_path, metrics, "ef_text", {"skip": [2, 5]})
-    b = make_run(root, "run_b", tiny, photo_path, metrics, "ef_text_cfg", {"editor.guidance_scale": [3.0, 9.0]},
+    a = make_run(root, "run_a", photo_path, metrics, "ef_text", {"skip": [2, 5]})
+    b = make_run(root, "run_b", photo_path, metrics, "ef_text_cfg", {"editor.guidance_scale": [3.0, 9.0]},
                  fail_item="flower_flip")  # fmt: skip
     return a, b
 
