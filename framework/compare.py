@@ -507,7 +507,8 @@ def grid_image(runs: list[Run], groups: list[Group], item: str, path: Path) -> b
             ok = sorted((r for r in rows if is_ok(r)), key=lambda r: _sort_key(r.get("seed", "")))
             img = _load(resolve_path(g.run, ok[0].get("output_path"))) if ok else None
             note = "failed" if rows and not ok else "missing"
-            cells.append((img, "\n".join(textwrap.wrap(g.label, 26)) if i == 0 else "", note))
+            title = "\n".join(textwrap.wrap(g.label, 28, break_long_words=False)) if i == 0 else ""
+            cells.append((img, title, note))
         for j, (img, title, note) in enumerate(cells):
             ax = axes[i][j]
             ax.set_xticks([])
@@ -628,6 +629,11 @@ def compare(
             grids[item] = path
 
     failures = [(run, r) for run in runs for r in run.rows if not is_ok(r)]
+
+    def setting(r: dict[str, str]) -> str:
+        text = ", ".join(f"{c}={r.get(c)}" for c in param_cols if (r.get(c) or "").strip())
+        return f" ({text})" if text else ""
+
     total = sum(len(r.rows) for r in runs)
     md: list[str] = ["# Comparison report", ""]
     md.append("Runs:")
@@ -660,7 +666,7 @@ def compare(
         md += ["", "## Failed rows", ""]
         for run, r in failures[:50]:
             md.append(
-                f"- `{run.label}` item `{r.get('item_id', '')}` method `{r.get('method', '')}` "
+                f"- `{run.label}` item `{r.get('item_id', '')}` method `{r.get('method', '')}`{setting(r)} "
                 f"target “{r.get('target_prompt', '')}”: {r.get('error', '') or '(no reason recorded)'}"
             )
         if len(failures) > 50:
@@ -695,7 +701,7 @@ def compare(
         for run, r in failures[:50]:
             parts.append(
                 f"<li><code>{esc(run.label)}</code> item <code>{esc(r.get('item_id', ''))}</code> method "
-                f"<code>{esc(r.get('method', ''))}</code> target “{esc(r.get('target_prompt', ''))}”: "
+                f"<code>{esc(r.get('method', ''))}</code>{esc(setting(r))} target “{esc(r.get('target_prompt', ''))}”: "
                 f"{esc(r.get('error', '') or '(no reason recorded)')}</li>"
             )
         parts.append("</ul>")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -158,15 +159,22 @@ def test_compare_two_runs_writes_report_scatter_and_grids(runs, tmp_path):
     assert Image.open(out / "grids" / "grid_flower_flip.png").size == (190 * 5, 190 * 2 + 50)
 
 
-def test_compare_one_run_sampled_items_and_wandb(runs, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
+def test_compare_one_run_sampled_items_and_wandb(runs, tmp_path, monkeypatch, capsys):
+    """A run whose config.yaml configures a wandb logger is logged (offline) without --wandb."""
     monkeypatch.setenv("WANDB_SILENT", "true")
-    result = compare(
-        [runs[0]], tmp_path / "one", sample=2, seed=3, wandb={"project": "editfriendly-test", "mode": "offline"}
+    run = tmp_path / "run_a"
+    shutil.copytree(runs[0], run)
+    (run / "config.yaml").write_text(
+        "methods:\n  - name: ef_text\n    sweep: {skip: [2, 5]}\n"
+        "logger: {name: wandb, mode: offline, project: editfriendly-test}\n"
     )
-    assert len(result["grids"]) == 2 and all(p.is_file() for p in result["grids"].values())
-    assert [g.label for g in result["groups"]] == ["ef_text (skip=2)", "ef_text (skip=5)"]
-    wandb_dir = Path(result["wandb_dir"])
+    out = tmp_path / "one"
+    assert cli.main(["compare", str(run), "--out", str(out), "--sample", "2", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    grids = sorted((out / "grids").glob("grid_*.png"))
+    assert len(grids) == 2 and all(str(p) in printed for p in grids)
+    wandb_dir = Path(printed.split("wandb: ")[1].strip())
+    assert wandb_dir.is_relative_to(out)
     tables = list(wandb_dir.rglob("comparison_*.table.json"))
     assert tables, list(wandb_dir.rglob("*"))
     logged = json.loads(tables[0].read_text())
@@ -174,7 +182,14 @@ def test_compare_one_run_sampled_items_and_wandb(runs, tmp_path, monkeypatch):
     lp = logged["columns"].index("lpips ↓")
     mean, half, _ = expected(runs[0], "ef_text", "skip", "2", "lpips")
     assert logged["data"][0][lp] == f"{mean:.4g} ± {half:.4g}"
-    assert list(wandb_dir.rglob("*.png"))  # scatter and grids went along
+    assert len(list(wandb_dir.rglob("*.png"))) == 3  # the scatter and the two grids
+    # the same selection through the API, without wandb
+    result = compare([run], tmp_path / "api", sample=2, seed=3)
+    assert sorted(p.name for p in result["grids"].values()) == [p.name for p in grids]
+    assert [g.label for g in result["groups"]] == ["ef_text (skip=2)", "ef_text (skip=5)"]
+    assert result["wandb_dir"] is None
+    assert cli.main(["compare", str(run), "--out", str(tmp_path / "quiet"), "--no-wandb"]) == 0
+    assert "wandb:" not in capsys.readouterr().out
 
 
 def test_compare_errors(runs, tmp_path, capsys):
