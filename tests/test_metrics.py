@@ -326,3 +326,19 @@ def test_reconstruction_psnr(image):
     assert shifted["reconstruction_psnr"] == pytest.approx(10 * math.log10(1 / 0.01**2), abs=1e-3)
     with pytest.raises(InputError, match="reconstruction"):
         m.compute(MetricInput(image, edits, "s", ["a", "b"]))
+
+
+def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+    """Without a cache and with the hub/download host unreachable: an immediate clear error."""
+    import plugins.metrics.common as common
+    import plugins.metrics.lpips_distance as lpd
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(common, "reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(lpd, "reachable", lambda url, timeout=3.0: False)
+    with pytest.raises(WeightsNotFoundError, match=r"(?s)'facebook/dino-vitb8' is not in the local .*cannot be reached"):
+        METRICS.build("structure_distance").setup("cpu")
+    with pytest.raises(WeightsNotFoundError, match=r"(?s)metric 'diversity'.*unreachable.*option 'weights'"):
+        METRICS.build("diversity").setup("cpu")

@@ -51,6 +51,30 @@ def offline() -> bool:
     )
 
 
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_cached(repo_id: str, filename: str = "config.json") -> bool:
+    """Whether ``filename`` of hub repo ``repo_id`` is in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    except Exception:  # noqa: BLE001 - an invalid id is simply not cached
+        return False
+
+
 def check_input(batch: MetricInput, metric: str) -> None:
     """Check shapes: source (1, 3, H, W), edits (K, 3, H, W), K target prompts."""
     src, edits = batch.source_image, batch.edited_images
@@ -130,8 +154,21 @@ def load_hf(
             f"metric {metric!r}: the folder {text!r} (option {option!r}) does not exist; give a folder "
             f"holding {what} saved with save_pretrained, or a hub id such as the default"
         )
+    local_only = local_files_only or offline()
+    if not local_only and not looks_local and not Path(text).exists():
+        # A hub id: fail fast (instead of minutes of retries) when the hub cannot be reached.
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        if not reachable(endpoint):
+            if not hub_cached(text):
+                raise WeightsNotFoundError(
+                    f"metric {metric!r}: {what} {text!r} is not in the local Hugging Face cache and "
+                    f"{endpoint} cannot be reached. Give a local folder (saved with save_pretrained) "
+                    f"as option {option!r}, e.g. metrics: [{{name: {metric}, {option}: /path/to/folder}}], "
+                    "or set on_missing: skip to leave its columns empty."
+                )
+            local_only = True
     try:
-        return loader(name_or_path, local_files_only=local_files_only or offline(), **kwargs)
+        return loader(name_or_path, local_files_only=local_only, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsNotFoundError(

@@ -26,7 +26,7 @@ from torch import Tensor
 from framework.errors import ConfigError, WeightsNotFoundError
 from framework.metrics import MetricInput
 from framework.registry import METRICS
-from plugins.metrics.common import NetworkMetric, background_mask, chunks, offline, to_unit
+from plugins.metrics.common import NetworkMetric, background_mask, chunks, offline, reachable, to_unit
 
 #: torchvision weight enums of the LPIPS trunks
 TRUNKS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
@@ -45,10 +45,10 @@ def _trunk_state(net: str, metric: str, local_files_only: bool) -> dict[str, Ten
         f"metrics: [{{name: {metric}, weights: /path/to/{Path(weights.url).name}}}], put it in {cached.parent}, "
         "or set on_missing: skip to leave its columns empty."
     )
-    if local_files_only or offline():
+    if local_files_only or offline() or not reachable(weights.url):
         raise WeightsNotFoundError(
             f"metric {metric!r}: the ImageNet {net} trunk of LPIPS is not cached at {cached} and "
-            f"downloads are off. {hint}"
+            f"cannot be downloaded (downloads are off or {weights.url} is unreachable). {hint}"
         )
     try:
         return weights.get_state_dict(progress=False)
@@ -91,11 +91,7 @@ def load_lpips(net: str, weights: str | None, metric: str, local_files_only: boo
 
     if net not in TRUNKS:
         raise ConfigError(f"option net of metric {metric!r} must be one of {', '.join(TRUNKS)}, got {net!r}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision's deprecation of `pretrained=`
-        # pnet_rand: the trunk starts random and is loaded below; the linear layers are loaded
-        # by the package from its own files.
-        model = lpips.LPIPS(pretrained=True, net=net, version="0.1", pnet_rand=True, verbose=False)
+    # Find the weights first (fail fast), then build the network.
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -109,18 +105,27 @@ def load_lpips(net: str, weights: str | None, metric: str, local_files_only: boo
             raise WeightsNotFoundError(f"metric {metric!r}: could not read weights file {path}: {exc}") from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
-        if any(k.startswith("net.") for k in state):
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.startswith("scaling_layer.")]
-            if missing or unexpected:
-                raise WeightsNotFoundError(
-                    f"metric {metric!r}: {path} does not match LPIPS({net}): missing {missing[:4]}, "
-                    f"unexpected {unexpected[:4]}"
-                )
-        else:
-            _load_trunk(model, state, str(path), metric)
+        if not isinstance(state, dict):
+            raise WeightsNotFoundError(f"metric {metric!r}: {path} holds no state_dict")
+        source = str(path)
     else:
-        _load_trunk(model, _trunk_state(net, metric, local_files_only), f"torchvision's {net}", metric)
+        state = _trunk_state(net, metric, local_files_only)
+        source = f"torchvision's {net}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's deprecation of `pretrained=`
+        # pnet_rand: the trunk starts random and is loaded below; the linear layers are loaded
+        # by the package from its own files.
+        model = lpips.LPIPS(pretrained=True, net=net, version="0.1", pnet_rand=True, verbose=False)
+    if any(k.startswith("net.") for k in state):  # a complete LPIPS state_dict
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("scaling_layer.")]
+        if missing or unexpected:
+            raise WeightsNotFoundError(
+                f"metric {metric!r}: {source} does not match LPIPS({net}): missing {missing[:4]}, "
+                f"unexpected {unexpected[:4]}"
+            )
+    else:
+        _load_trunk(model, state, source, metric)
     model.eval().requires_grad_(False)
     return model
 
