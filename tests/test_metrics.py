@@ -342,3 +342,40 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
         METRICS.build("structure_distance").setup("cpu")
     with pytest.raises(WeightsNotFoundError, match=r"(?s)metric 'diversity'.*unreachable.*option 'weights'"):
         METRICS.build("diversity").setup("cpu")
+
+
+# ------------------------------------------------------------- real weights (skipped if absent)
+def _trunk_cached(net: str) -> bool:
+    import torchvision.models as tvm
+
+    from plugins.metrics.lpips_distance import TRUNKS
+
+    url = getattr(tvm, TRUNKS[net]).IMAGENET1K_V1.url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).exists()
+
+
+@pytest.mark.weights
+@pytest.mark.skipif(not _trunk_cached("alex"), reason="torchvision's ImageNet AlexNet is not cached")
+def test_lpips_real_weights_match_torchmetrics(image):
+    from torchmetrics.functional.image import learned_perceptual_image_patch_similarity as tm_lpips
+
+    m = METRICS.build({"name": "lpips", "local_files_only": True})
+    m.setup("cpu")
+    edit = noisy(image, 0.3)
+    ref = float(tm_lpips(edit, image, net_type="alex", reduction="mean"))
+    assert run(m, image, edit)[0]["lpips"] == pytest.approx(ref, rel=1e-4)
+
+
+def _hub_cached(repo: str) -> bool:
+    from plugins.metrics.common import hub_cached
+
+    return hub_cached(repo)
+
+
+@pytest.mark.weights
+@pytest.mark.skipif(not _hub_cached("openai/clip-vit-large-patch14"), reason="CLIP ViT-L/14 is not cached")
+def test_clip_score_real_weights_prefers_matching_prompt(image):
+    m = METRICS.build({"name": "clip_score", "local_files_only": True})
+    m.setup("cpu")
+    rows = run(m, image, torch.cat([image, image]), ["a photo of a flower", "a photo of a truck"])
+    assert rows[0]["clip_score"] > rows[1]["clip_score"]
