@@ -611,6 +611,8 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     metric_cols, param_cols = classify_columns(runs, metrics, params)
     groups = group_rows(runs, param_cols, metric_cols)
+    empty = [m for m in metric_cols if not any(g.stats[m][2] for g in groups)]
+    metric_cols = [m for m in metric_cols if m not in empty]  # e.g. *_bg columns of a run without masks
     header, body = table(groups, runs, param_cols, metric_cols)
 
     summary_csv = out / "summary.csv"
@@ -649,6 +651,7 @@ def compare(
         "",
         markdown_table(header, body),
         "",
+        *([f"Columns without any value (left out): {', '.join(empty)}.", ""] if empty else []),
         f"## {y} vs {x}",
         "",
     ]
@@ -690,6 +693,7 @@ def compare(
         f"<p>Mean ± half-width of the 95% confidence interval (Student's t) over the rows with status ok; "
         f"{total} rows, {len(failures)} failed. ↑ higher is better, ↓ lower is better.</p>",
         html_table(header, body),
+        f"<p>Columns without any value (left out): {esc(', '.join(empty))}.</p>" if empty else "",
         f"<h2>{esc(y)} vs {esc(x)}</h2>",
         f"<img src='{esc(scatter.name)}' alt='scatter'>" if has_scatter else f"<p>(no scatter: no values in both {esc(x)} and {esc(y)})</p>",
         "<h2>Image grids</h2>",

@@ -155,6 +155,7 @@ def test_compare_two_runs_writes_report_scatter_and_grids(runs, tmp_path):
         assert int(line["lpips_n"]) == (4 if line["method"] == "ef_text_cfg" else 6)
     assert "corrupt image file" in md and "| run | method | skip | editor.guidance_scale | rows | failed |" in md
     assert "lpips ↓" in md and "clip_score ↑" in md
+    assert "left out): lpips_bg, clip_score_edited" in md and "lpips_bg ↓" not in md  # no masks here
     # a failed item's cells are marked in its grid
     assert Image.open(out / "grids" / "grid_flower_flip.png").size == (190 * 5, 190 * 2 + 50)
 
