@@ -3,3 +3,9 @@
 from plugins.backbones import stable_diffusion, tiny  # noqa: F401
 from plugins.editors import text  # noqa: F401
 from plugins.inverters import ddpm_edit_friendly  # noqa: F401
+from plugins.metrics import clip_score  # noqa: F401
+from plugins.metrics import diversity  # noqa: F401
+from plugins.metrics import lpips_distance  # noqa: F401
+from plugins.metrics import pixel  # noqa: F401
+from plugins.metrics import reconstruction  # noqa: F401
+from plugins.metrics import structure_distance  # noqa: F401
