@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from framework.metrics import Metric, MetricInput
 from framework.registry import METRICS
@@ -30,6 +29,8 @@ from plugins.metrics.common import background_mask, check_input, to_unit
 def psnr(a: Tensor, b: Tensor, max_db: float | None = 100.0) -> Tensor:
     """Per-image PSNR in dB of (B, C, H, W) images in [0, 1] (broadcast on B) -> (B,), capped."""
     a, b = torch.broadcast_tensors(a.float(), b.float())
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # slow import: lazily
+
     out = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
     return out.clamp(max=max_db) if max_db is not None else out
 
@@ -37,6 +38,8 @@ def psnr(a: Tensor, b: Tensor, max_db: float | None = 100.0) -> Tensor:
 def ssim(a: Tensor, b: Tensor) -> Tensor:
     """Per-image SSIM (Gaussian window 11, σ 1.5) of (B, C, H, W) images in [0, 1] -> (B,)."""
     a, b = torch.broadcast_tensors(a.float(), b.float())
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
 
 
