@@ -2,4 +2,5 @@
 
 from plugins.backbones import stable_diffusion, tiny  # noqa: F401
 from plugins.editors import text  # noqa: F401
+from plugins.editors import prompt_to_prompt  # noqa: F401
 from plugins.inverters import ddpm_edit_friendly  # noqa: F401
