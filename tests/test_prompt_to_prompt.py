@@ -321,3 +321,23 @@ def test_bad_options_and_inputs(tiny, ef_inversion):
         run(tiny, ef_inversion, [LONGER], mode="replace")
     with pytest.raises(InputError, match="skip"):
         p2p().edit(tiny, ef_inversion, SOURCE, [SAME], skip=SKIP - 1)
+
+
+def test_cli_edit_with_prompt_to_prompt(photo_path, tmp_path, capsys):
+    import json
+
+    from framework.cli import main
+
+    out = tmp_path / "out"
+    argv = [
+        "edit", "--image", str(photo_path), "--source", SOURCE, "--target", SAME, "--target", LONGER,
+        "--backbone", "tiny", "--device", "cpu", "--steps", "8", "--skip", "2", "--out", str(out),
+        "--no-progress", "editor=prompt_to_prompt", "editor.blend_words=[cat,dog]", "editor.threshold=0.9",
+    ]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "edits.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["editor"]["name"] == "prompt_to_prompt"
+    assert rows[0]["editor"]["blend_words"] == ["cat", "dog"] and rows[0]["edit_nfe"] == 8 - 2
+    assert all((out / p).exists() for p in (rows[0]["output"], rows[1]["output"]))
+    assert main([*argv[:-3], "editor=prompt_to_prompt", "editor.mode=swap"]) == 2
+    assert "mode must be one of" in capsys.readouterr().err
