@@ -86,6 +86,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from framework.progress import progress_bars
     from framework.registry import BACKBONES, EDITORS, INVERTERS
     from framework.schedule import check_steps
+    from omegaconf import OmegaConf
 
     layer: dict = {}
     if args.backbone:
@@ -146,8 +147,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 "num_steps": int(cfg.num_steps),
                 "skip": int(cfg.skip),
                 "backbone": backbone.describe(),
-                "inverter": dict(cfg.inverter),
-                "editor": dict(cfg.editor),
+                "inverter": OmegaConf.to_container(cfg.inverter, resolve=True),
+                "editor": OmegaConf.to_container(cfg.editor, resolve=True),
                 "num_targets": len(targets),
                 "inversion_seconds": round(result.inversion_seconds, 4),
                 "edit_seconds": round(result.edit_seconds, 4),

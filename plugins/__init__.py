@@ -2,6 +2,7 @@
 
 from plugins.backbones import stable_diffusion, tiny  # noqa: F401
 from plugins.editors import text  # noqa: F401
+from plugins.editors import prompt_to_prompt  # noqa: F401
 from plugins.inverters import ddpm_edit_friendly  # noqa: F401
 from plugins.metrics import clip_score  # noqa: F401
 from plugins.metrics import diversity  # noqa: F401
