@@ -1,5 +1,8 @@
 """Built-in plugins. Each module registers itself on import; the imports are explicit."""
 
 from plugins.backbones import stable_diffusion, tiny  # noqa: F401
+from plugins.backbones import gaussian  # noqa: F401
 from plugins.editors import text  # noqa: F401
 from plugins.inverters import ddpm_edit_friendly  # noqa: F401
+from plugins.inverters import cycle_diffusion  # noqa: F401
+from plugins.inverters import ddim  # noqa: F401
