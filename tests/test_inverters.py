@@ -128,6 +128,16 @@ def test_stochastic_inversions_reconstruct_exactly(tiny, photo_x0, name, skip):
     assert err <= 1e-4
 
 
+def test_cycle_diffusion_own_eta_reconstructs_exactly(tiny, photo_x0):
+    """CycleDiffusion's own η = 0.1 (small σ, large z) is still exact."""
+    inv = INVERTERS.build({"name": "cycle_diffusion", "eta": 0.1}).invert(
+        tiny, photo_x0, PROMPT, num_steps=20, skip=5, generator=make_generator(0)
+    )
+    assert inv.eta == 0.1
+    rec = EDITORS.build({"name": "text", "guidance_scale": 3.5}).edit(tiny, inv, PROMPT, [PROMPT], skip=5)
+    assert float((rec - photo_x0).abs().max()) <= 1e-4
+
+
 def test_cycle_diffusion_chain_is_the_forward_process(tiny):
     """The posterior chain keeps the forward marginals q(x_i|x0) and couples consecutive steps
     (ε_i and ε_{i-1} strongly correlated), unlike edit-friendly's independent ε̃ (eq. 6)."""

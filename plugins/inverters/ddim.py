@@ -11,7 +11,9 @@ This is exactly diffusers' ``DDIMInverseScheduler`` (timesteps ascending with "l
 spacing and the model's ``steps_offset``; the first step starts from ``final_alpha_cumprod``,
 which that scheduler calls ``initial_alpha_cumprod``, both set by ``set_alpha_to_one``). It is
 approximate because DDIM sampling evaluates ε at x_i, not x_{i-1}: the error shrinks as the
-number of steps grows, and grows with the guidance scale.
+number of steps grows, and grows with the guidance scale. (For v-prediction models the
+framework converts v to ε with the ᾱ of the timestep the network is given, t_i; diffusers'
+inverse scheduler uses the ᾱ of the input's level, ᾱ_prev. The two agree for ε-models.)
 
 "DDIM inversion stopped at an intermediate step" (a baseline of the paper) is the generic
 ``skip`` argument: with ``skip`` = k the inversion runs only up to step N - k, and an edit with
