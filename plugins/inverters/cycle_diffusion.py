@@ -1,0 +1,113 @@
+"""CycleDiffusion's DDPM inversion (Wu & De la Torre, 2023), as compared in the paper.
+
+Unlike the edit-friendly sequence (independent noise at every step, eq. 6), CycleDiffusion
+samples ONE chain from the forward process' posteriors given x0:
+
+    x_n     ~ q(x_n | x0)              = N(sqrt(ᾱ_n) x0, (1-ᾱ_n) I)
+    x_{i-1} ~ q(x_{i-1} | x_i, x0)     = N(sqrt(ᾱ_prev) x0 + sqrt(1-ᾱ_prev-σ_i²) ε_i, σ_i² I),
+              ε_i = (x_i - sqrt(ᾱ_i) x0) / sqrt(1-ᾱ_i)
+
+(the posterior of DDIM's η family, σ_i as in eq. 3; η = 1 is DDPM's posterior), for
+i = n..2, with x_0 = x0. Only then are the noise maps extracted with eq. 5,
+z_i = (x_{i-1} - μ̂_i(x_i)) / σ_i, going down from step n (``extract_noise_maps``, which also
+resets x_{i-1} = μ̂_i + σ_i z_i so that the reverse pass reproduces x0 to float precision).
+The chain does not use the model, so it is fully drawn before the extraction.
+
+Because consecutive x_i are coupled as in the forward process, the maps look like native DDPM
+noise (variance about 1, no correlation across steps): the paper's point of comparison.
+Defaults: η = 1 and source guidance 3.5, the setting the paper compares (as its own
+inversion); CycleDiffusion's own paper uses η = 0.1 (``configs/inverter/cycle_diffusion_eta01``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from framework.errors import InputError
+from framework.inversion import Inversion, Inverter, as_batch, as_prompts
+from framework.random import randn
+from framework.registry import INVERTERS
+from framework.schedule import Schedule, check_steps
+from plugins.inverters.ddpm_edit_friendly import extract_noise_maps
+
+
+@dataclass
+class CycleDiffusionOptions:
+    """Options of ``cycle_diffusion`` (defaults: the paper's comparison setting)."""
+
+    eta: float = 1.0  # in (0, 1]; the paper compares η = 1, CycleDiffusion's own default is 0.1
+    guidance_scale: float = 3.5  # source classifier-free guidance, as the edit-friendly inverter
+    zero_last_noise: bool = False  # True: z_1 = 0 (x0 is then not reproduced exactly)
+
+
+def posterior_chain(
+    x0: Tensor, schedule: Schedule, n: int, generator: torch.Generator | None
+) -> Tensor:
+    """One chain x_n ~ q(x_n|x0), x_{i-1} ~ q(x_{i-1}|x_i, x0): (n+1, B, C, h, w), xts[0] = x0."""
+    xts = torch.empty((n + 1, *x0.shape), dtype=torch.float32, device=x0.device)
+    xts[0] = x0
+    a_n, b_n = schedule.noise_level(n)
+    xts[n] = a_n * x0 + b_n * randn(x0.shape, generator, x0.device)
+    sigmas = schedule.sigma
+    for i in range(n, 1, -1):
+        a, a_prev, sigma = float(schedule.abar[i - 1]), float(schedule.abar_prev[i - 1]), float(sigmas[i - 1])
+        eps = (xts[i] - a**0.5 * x0) / (1 - a) ** 0.5
+        mean = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+        xts[i - 1] = mean + sigma * randn(x0.shape, generator, x0.device)
+    return xts
+
+
+@INVERTERS.register("cycle_diffusion")
+class CycleDiffusion(Inverter):
+    """CycleDiffusion: a posterior chain given x0, then eq. 5; native-looking noise maps."""
+
+    Options = CycleDiffusionOptions
+
+    @torch.no_grad()
+    def invert(
+        self,
+        backbone,  # noqa: ANN001
+        x0: Tensor,
+        source_prompt: str | Sequence[str],
+        *,
+        num_steps: int = 100,
+        skip: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Inversion:
+        """x0 (B, C, h, w) -> Inversion with xts (N-skip+1, B, C, h, w), zs (N-skip, B, C, h, w)."""
+        o = self.options
+        check_steps(num_steps, skip)
+        if not 0 < o.eta <= 1:
+            raise InputError(
+                f"cycle_diffusion needs eta in (0, 1], got {o.eta}; for eta = 0 use the ddim inverter"
+            )
+        start = time.perf_counter()
+        nfe0 = backbone.nfe
+        x0 = as_batch(x0, backbone.device)
+        prompts = as_prompts(source_prompt, x0.shape[0])
+        schedule = backbone.schedule(num_steps, o.eta)
+        n = num_steps - skip
+        cond = backbone.encode_prompt(prompts)
+        uncond = backbone.null_condition() if o.guidance_scale != 1 else None
+        xts = posterior_chain(x0, schedule, n, generator)
+        zs = extract_noise_maps(
+            backbone, xts, schedule, cond, uncond, o.guidance_scale, o.zero_last_noise, desc="cycle-invert"
+        )
+        return Inversion(
+            xts=xts,
+            zs=zs,
+            timesteps=schedule.timesteps,
+            num_steps=num_steps,
+            skip=skip,
+            eta=o.eta,
+            method=self.registered_name,
+            source_prompt=prompts,
+            guidance_scale=o.guidance_scale,
+            nfe=backbone.nfe - nfe0,
+            seconds=time.perf_counter() - start,
+        )
