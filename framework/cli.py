@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
     from framework.backbone import resolve_device
     from framework.config import backbone_config, compose, save_config
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
@@ -146,8 +148,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 "num_steps": int(cfg.num_steps),
                 "skip": int(cfg.skip),
                 "backbone": backbone.describe(),
-                "inverter": dict(cfg.inverter),
-                "editor": dict(cfg.editor),
+                # to_container: list-valued options (e.g. plug_and_play's layers) as JSON lists
+                "inverter": OmegaConf.to_container(cfg.inverter, resolve=True),
+                "editor": OmegaConf.to_container(cfg.editor, resolve=True),
                 "num_targets": len(targets),
                 "inversion_seconds": round(result.inversion_seconds, 4),
                 "edit_seconds": round(result.edit_seconds, 4),

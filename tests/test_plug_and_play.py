@@ -136,3 +136,26 @@ def test_preset_builds_paper_defaults():
     o = editor.options
     assert (o.feature_injection, o.attention_injection, o.guidance_scale) == (0.8, 0.5, 7.5)
     assert o.feature_layers == ["up_blocks.1.resnets.1"] and len(o.attention_layers) == 8
+
+
+def test_cli_edit_with_both_editors(photo_path, tmp_path):  # noqa: ANN001
+    """``editfriendly edit`` runs both editors (list-valued options end up in edits.jsonl)."""
+    import json
+
+    from framework.cli import main
+
+    for editor in ("plug_and_play", "zero_shot_ef"):
+        out = tmp_path / editor
+        rc = main([
+            "edit", "--image", str(photo_path), "--source", SOURCE, "--target", TARGETS[0],
+            "--target", TARGETS[1], "--backbone", "tiny", "--device", "cpu", "--steps", "8",
+            "--skip", "2", "--out", str(out), "--no-progress", f"editor={editor}",
+        ])
+        assert rc == 0
+        rows = [json.loads(line) for line in (out / "edits.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all(r["edit_nfe"] > 0 for r in rows)
+        if editor == "plug_and_play":
+            assert rows[0]["editor"]["feature_layers"] == ["up_blocks.1.resnets.1"]
+        else:
+            assert rows[0]["editor"]["cross_attention_guidance"] == 0.03
+        assert len(list(out.glob("*_0[01]_*.png"))) == 2

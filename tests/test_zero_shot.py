@@ -108,7 +108,7 @@ def test_hooks_removed_after_call_and_after_error(tiny, ef_inversion):  # noqa: 
         zero_shot().edit(failing, ef_inversion, SOURCE, TARGETS, skip=SKIP)
     assert failing.calls == 2
     assert hook_state(tiny.unet) == before
-    assert not torch.is_grad_enabled() or torch.is_grad_enabled()  # grad mode restored below
+    assert torch.is_grad_enabled()  # the caller's grad mode is restored
     with torch.no_grad():
         failing = FailingBackbone(tiny, fail_at=1, only_with_grad=True)
         with pytest.raises(RuntimeError):

@@ -270,6 +270,8 @@ class ZeroShot(Editor):
 
         def key_hook_for(attn: torch.nn.Module):  # noqa: ANN202
             def key_hook(module, inputs, output):  # noqa: ANN001, ANN202
+                if state["q"] is None:
+                    raise RuntimeError("zero_shot: to_k ran before to_q; unsupported attention processor")
                 probs = attention_probs(attn, state["q"], output)  # (1+K, heads, n_q, L)
                 ref = probs[:1].detach()
                 d = (probs[1:] - ref).pow(2).sum(dim=(-1, -2)).mean(dim=1)  # (K,)
