@@ -96,7 +96,7 @@ def test_direction_from_sentence_files(tiny, tmp_path: Path):  # noqa: ANN001
     plain = zero_shot().directions(tiny, SOURCE, TARGETS)
     assert torch.allclose(plain, tiny.encode_prompt(TARGETS) - tiny.encode_prompt([SOURCE]), atol=1e-6)
     with pytest.raises(InputError, match="does not exist"):
-        zero_shot(source_sentences=str(tmp_path / "missing.txt")).directions(tiny, SOURCE, TARGETS)
+        zero_shot(source_sentences=str(tmp_path / "missing.txt"))  # at construction
 
 
 def test_hooks_removed_after_call_and_after_error(tiny, ef_inversion):  # noqa: ANN001

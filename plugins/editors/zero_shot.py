@@ -113,6 +113,16 @@ class ZeroShot(Editor):
 
     Options = ZeroShotOptions
 
+    def __init__(self, options: ZeroShotOptions | None = None) -> None:
+        super().__init__(options)
+        # fail at construction (before any inversion) on a missing sentence file
+        o = self.options
+        if o.source_sentences is not None:
+            read_sentences(o.source_sentences, "zero_shot.source_sentences")
+        ts = o.target_sentences
+        for f in (ts if isinstance(ts, (list, tuple)) else [] if ts is None else [ts]):
+            read_sentences(f, "zero_shot.target_sentences")
+
     def _check_options(self, k: int) -> None:
         o = self.options
         if o.cross_attention_guidance < 0:
