@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
     from framework.backbone import resolve_device
     from framework.config import backbone_config, compose, save_config
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
@@ -86,7 +88,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from framework.progress import progress_bars
     from framework.registry import BACKBONES, EDITORS, INVERTERS
     from framework.schedule import check_steps
-    from omegaconf import OmegaConf
 
     layer: dict = {}
     if args.backbone:
@@ -147,6 +148,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 "num_steps": int(cfg.num_steps),
                 "skip": int(cfg.skip),
                 "backbone": backbone.describe(),
+                # to_container: list-valued options (e.g. plug_and_play's layers) as JSON lists
                 "inverter": OmegaConf.to_container(cfg.inverter, resolve=True),
                 "editor": OmegaConf.to_container(cfg.editor, resolve=True),
                 "num_targets": len(targets),

@@ -6,8 +6,10 @@ from plugins.backbones import tiny  # noqa: F401
 from plugins.inverters import cycle_diffusion  # noqa: F401
 from plugins.inverters import ddim  # noqa: F401
 from plugins.inverters import ddpm_edit_friendly  # noqa: F401
+from plugins.editors import plug_and_play  # noqa: F401
 from plugins.editors import prompt_to_prompt  # noqa: F401
 from plugins.editors import text  # noqa: F401
+from plugins.editors import zero_shot  # noqa: F401
 from plugins.metrics import clip_score  # noqa: F401
 from plugins.metrics import diversity  # noqa: F401
 from plugins.metrics import lpips_distance  # noqa: F401
