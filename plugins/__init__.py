@@ -3,3 +3,5 @@
 from plugins.backbones import stable_diffusion, tiny  # noqa: F401
 from plugins.editors import text  # noqa: F401
 from plugins.inverters import ddpm_edit_friendly  # noqa: F401
+from plugins.datasets import folder, pie_bench, yaml_list  # noqa: F401
+from plugins.metrics import time  # noqa: F401
