@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 #: test hook: a process exits abruptly (no cleanup) after writing this many items
 CRASH_ENV = "EDITFRIENDLY_RUN_CRASH_AFTER"
 TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "strategy": "auto", "num_nodes": 1}
+_USER_WANDB_DATA_DIR = os.environ.get("WANDB_DATA_DIR")
 LOGGER_DEFAULTS = {"name": "wandb", "mode": "offline", "project": "editfriendly"}
 
 
@@ -467,6 +468,10 @@ def build_logger(cfg: Any, output_dir: Path, run_name: str) -> Any:
         if mode == "disabled":
             kwargs["mode"] = "disabled"
         os.environ.setdefault("WANDB_SILENT", "true")
+        # wandb stages the media of logged tables (our images) as artifact files until `wandb sync`;
+        # keep them inside the run folder instead of the user's ~/.local/share/wandb
+        if not _USER_WANDB_DATA_DIR:
+            os.environ["WANDB_DATA_DIR"] = str(Path(kwargs["save_dir"]) / "wandb" / "data")
         return WandbLogger(offline=(mode == "offline"), **kwargs, **cfg)
     raise ConfigError(f"unknown logger {name!r}; accepted: wandb, csv, none")
 
