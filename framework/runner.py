@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -146,7 +147,10 @@ def _error_text(exc: BaseException) -> str:
 
 def item_dir(item_id: str) -> str:
     """The relative folder of an item id (path components made safe)."""
-    return "/".join(safe_name(part) for part in item_id.replace("\\", "/").split("/") if part) or "item"
+    safe = "/".join(safe_name(part) for part in item_id.replace("\\", "/").split("/") if part not in ("", ".", "..")) or "item"
+    if safe != item_id:  # keep ids that differ only in unsafe characters apart
+        safe += "-" + hashlib.sha1(item_id.encode()).hexdigest()[:6]
+    return safe
 
 
 class EditModule(pl.LightningModule):
@@ -488,7 +492,6 @@ def log_results(
     """Log the resolved config, the table of rows (with images) and the summary."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-    logger.log_hyperparams(cfg)
     if isinstance(logger, WandbLogger):
         import wandb
 
@@ -549,9 +552,10 @@ def finalize(
     rows = merge_rows(read_rows(output_dir), order)
     sweep = sweep_columns(variants)
     mcols = list(metric_cols)
+    known = set(columns_for([], sweep, []))
     for r in rows:  # metric columns the metrics did not announce
         for k in r:
-            if k not in mcols and k not in sweep and not k.startswith("data.") and k not in columns_for([], sweep, []):
+            if k not in mcols and k not in known and not k.startswith("data."):
                 mcols.append(k)
     columns = columns_for(rows, sweep, mcols)
     results_csv = write_csv(output_dir / "results.csv", rows, columns)
@@ -611,6 +615,8 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None) -> int:
         raise ConfigError(f"bad trainer config {trainer_cfg}: {exc}") from None
     if trainer.is_global_zero:
         save_config(OmegaConf.create(plain), output_dir / "config.yaml")
+    if logger is not None:
+        logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
     module = EditModule(backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"))
     data = EditDataModule(items)
     trainer.predict(module, datamodule=data, return_predictions=False)

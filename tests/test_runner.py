@@ -139,7 +139,7 @@ def dataset5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run1(tiny, dataset5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference 1-process run of the two methods over 5 items."""
     out = tmp_path_factory.mktemp("run1") / "out"
-    cfg = write_experiment(out.parent / "exp.yaml", f"{{name: yaml_list, path: {dataset5}}}", out)
+    cfg = write_experiment(out.parent / "exp.yaml", f"{{name: yaml_list, path: {dataset5}}}", out, logger="{name: csv}")
     assert run_inprocess(cfg) == 0
     return out
 
@@ -177,6 +177,8 @@ def test_run_writes_all_rows_and_images(run1: Path, dataset5: Path, tiny) -> Non
     assert all(s["ok"] == str(n_targets) and s["failed"] == "0" for s in summary)
     assert float(summary[1]["edit_nfe_mean"]) == 1.0 and float(summary[1]["edit_nfe_std"]) == 0.0
     assert (run1 / "config.yaml").exists()
+    logged = read_csv(run1 / "csv_logs" / "version_0" / "metrics.csv")  # logger: {name: csv}
+    assert float(logged[0]["a/edit_nfe_mean"]) == 2.0
 
     # method b edits from the inversion computed for a (skip 1): same as its own inversion
     row = next(r for r in rows if r["variant"].startswith("b") and r["item_id"] == "img1" and r["target_index"] == "1")
@@ -369,3 +371,22 @@ def test_offline_wandb_run_holds_the_table(failing_run: tuple[int, Path]) -> Non
     staged = [p for p in (out / "wandb" / "data").rglob("*") if p.is_file() and p.read_bytes()[:4] == b"\x89PNG"]
     assert len(staged) >= 4
     assert list(runs[0].glob("files/media/table/summary_*.table.json"))
+
+
+def test_example_config_composes_verbatim() -> None:
+    """configs/experiment/example.yaml (the issue's shape) composes, expands and lists its data."""
+    from framework.config import compose
+    from framework.runner import find_experiment, metric_configs, resolve_data_path
+    from framework.runner_data import build_dataset
+    from framework.runner_plan import expand_methods, inversion_groups
+
+    path = find_experiment("example")
+    cfg = compose(experiment=path)
+    assert cfg.backbone.name == "tiny" and cfg.logger.mode == "offline" and cfg.output_dir == "runs/example"
+    variants = expand_methods(cfg)
+    assert [(v.skip, v.editor["guidance_scale"]) for v in variants] == [(24, 9), (24, 15), (36, 9), (36, 15)]
+    assert [g.skip for g in inversion_groups(variants)] == [24]  # one shared inversion per image
+    assert metric_configs(cfg) == [{"name": "time"}]
+    items = build_dataset(resolve_data_path(dict(cfg.data), path)).items()
+    assert [i.id for i in items] == ["example/flower", "example/china_temple", "example/china_trees"]
+    assert all(Path(i.image_path).is_file() for i in items)
