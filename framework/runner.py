@@ -663,9 +663,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``editfriendly run CONFIG [key=value ...]``."""
     from framework.config import compose
 
+    rest = list(args.overrides)
+    if "--no-progress" in rest:
+        args.no_progress = True
+        rest = [o for o in rest if o != "--no-progress"]
+    flags = [o for o in rest if o.startswith("-")]
+    if flags:
+        raise ConfigError(f"unknown option {flags[0]!r} for run; accepted: --no-progress, then key=value overrides")
     experiment = find_experiment(args.config)
-    overrides = [o for o in args.overrides if not o.startswith("methods.")]
-    method_overrides = [o for o in args.overrides if o.startswith("methods.")]
+    overrides = [o for o in rest if not o.startswith("methods.")]
+    method_overrides = [o for o in rest if o.startswith("methods.")]
     cfg = compose(experiment=experiment, overrides=overrides)
     apply_method_overrides(cfg, method_overrides)
     if args.no_progress:

@@ -16,4 +16,5 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     )
     run.add_argument("config", help="an experiment YAML file or a name in configs/experiment/")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    # REMAINDER: options may come after the overrides too (cmd_run picks --no-progress out of them)
+    run.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value", help="config overrides")
