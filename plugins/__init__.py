@@ -16,3 +16,7 @@ from plugins.metrics import lpips_distance  # noqa: F401
 from plugins.metrics import pixel  # noqa: F401
 from plugins.metrics import reconstruction  # noqa: F401
 from plugins.metrics import structure_distance  # noqa: F401
+from plugins.metrics import time  # noqa: F401
+from plugins.datasets import folder  # noqa: F401
+from plugins.datasets import pie_bench  # noqa: F401
+from plugins.datasets import yaml_list  # noqa: F401

@@ -1,0 +1,218 @@
+"""Crash-safe, resumable result rows and the files built from them.
+
+Scheme: every process appends its rows to its own part file
+``<output_dir>/parts/rows-rank<R>.jsonl``, one JSON object per line, flushed and fsynced per
+row, after the row's images were written (to a temporary name, then renamed). Nothing is ever
+rewritten in place, so a killed run loses at most the row it was writing (a torn last line is
+ignored when read, and a newline is added before appending after it).
+
+On start every process reads all part files: a row key ``(item_id, variant, setting,
+target_index, seed_index)`` already present with ``status=ok`` is done and is not redone;
+failed rows are retried. At the end rank 0 merges all parts into ``results.csv`` (one row per
+key: the last ``ok`` one, else the last failed one; sorted by item, method order, target, seed)
+and ``summary.csv`` (mean and standard deviation of every metric per method and sweep point),
+both written to a temporary file and renamed. Part files of earlier runs with other world sizes
+are merged the same way, so 1 and N processes can take turns on one output directory.
+
+Paths in the tables (``input_path``, ``output_path``) are relative to ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+BASE_COLUMNS = [
+    "item_id",
+    "method",
+    "variant",
+    "setting",
+    "target_index",
+    "target_prompt",
+    "source_prompt",
+    "seed_index",
+    "seed",
+    "num_steps",
+    "skip",
+    "status",
+    "error",
+    "input_path",
+    "output_path",
+]
+KEY_COLUMNS = ("item_id", "variant", "setting", "target_index", "seed_index")
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """The identity of a row (what resume and de-duplication go by)."""
+    return (str(row["item_id"]), str(row["variant"]), str(row["setting"]), int(row["target_index"]), int(row["seed_index"]))
+
+
+def parts_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "parts"
+
+
+def read_rows(output_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row of every part file, in file order (torn or malformed lines skipped)."""
+    rows = []
+    folder = parts_dir(output_dir)
+    if not folder.is_dir():
+        return rows
+    for path in sorted(folder.glob("rows-*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                    row_key(row)
+                except (ValueError, KeyError, TypeError):
+                    continue
+                rows.append(row)
+    return rows
+
+
+def done_keys(output_dir: str | Path) -> set[tuple]:
+    """Keys of the rows already written with status ok."""
+    return {row_key(r) for r in read_rows(output_dir) if r.get("status") == "ok"}
+
+
+class PartWriter:
+    """Append-only JSONL rows of one process, flushed and fsynced per row."""
+
+    def __init__(self, output_dir: str | Path, rank: int) -> None:
+        folder = parts_dir(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"rows-rank{rank}.jsonl"
+        torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
+        self.fh = open(self.path, "a", encoding="utf-8")
+        if torn:  # the last run died mid-line: start on a fresh line
+            self.fh.write("\n")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(row, default=_json_default) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def merge_rows(rows: Iterable[dict[str, Any]], order: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per key (last ok wins, else last failed), sorted by item, variant order, target, seed."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = row_key(row)
+        old = best.get(key)
+        if old is None or row.get("status") == "ok" or old.get("status") != "ok":
+            best[key] = row
+    order = order or {}
+
+    def sort_key(row: dict[str, Any]) -> tuple:
+        return (
+            str(row["item_id"]),
+            order.get(str(row["variant"]), len(order)),
+            str(row["variant"]),
+            str(row["setting"]),
+            int(row["target_index"]),
+            int(row["seed_index"]),
+        )
+
+    return sorted(best.values(), key=sort_key)
+
+
+def columns_for(rows: Sequence[dict[str, Any]], sweep: Sequence[str], metric_columns: Sequence[str]) -> list[str]:
+    """Base columns, then swept keys, then metric columns, then anything else seen (sorted)."""
+    cols = list(BASE_COLUMNS)
+    for c in list(sweep) + list(metric_columns):
+        if c not in cols:
+            cols.append(c)
+    rest = sorted({k for r in rows for k in r} - set(cols))
+    return cols + rest
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """Write rows atomically (temporary file + rename); missing values are empty."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _cell(row.get(c)) for c in columns})
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return value
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]], sweep: Sequence[str], metric_columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per (method, variant, setting): counts and the mean and std (ddof=1) of each metric over ok rows."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["variant"], row["setting"]), []).append(row)
+    out = []
+    for (method, variant, setting), members in groups.items():
+        ok = [r for r in members if r.get("status") == "ok"]
+        first = members[0]
+        entry: dict[str, Any] = {
+            "method": method,
+            "variant": variant,
+            "setting": setting,
+            **{k: first.get(k) for k in sweep if k in first},
+            "num_steps": first.get("num_steps"),
+            "skip": first.get("skip"),
+            "rows": len(members),
+            "ok": len(ok),
+            "failed": len(members) - len(ok),
+        }
+        for col in metric_columns:
+            values = [float(r[col]) for r in ok if _is_number(r.get(col))]
+            n = len(values)
+            mean = sum(values) / n if n else None
+            std = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1)) if n > 1 else (0.0 if n == 1 else None)
+            entry[f"{col}_mean"] = mean
+            entry[f"{col}_std"] = std
+            entry[f"{col}_n"] = n
+        out.append(entry)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    if value is None or isinstance(value, bool) or value == "":
+        return False
+    try:
+        return not math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def summary_columns(sweep: Sequence[str], metric_columns: Sequence[str]) -> list[str]:
+    cols = ["method", "variant", "setting"] + [k for k in sweep if k not in ("num_steps", "skip")]
+    cols += ["num_steps", "skip", "rows", "ok", "failed"]
+    for col in metric_columns:
+        cols += [f"{col}_mean", f"{col}_std", f"{col}_n"]
+    return cols

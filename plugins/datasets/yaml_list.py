@@ -1,0 +1,86 @@
+"""The reference code's YAML list of edits (its ``test.yaml`` shape).
+
+    - init_img: images/cat.png          # relative to the YAML file
+      source_prompt: a cat sitting on a mat
+      target_prompts: [a dog sitting on a mat, a lion sitting on a mat]
+      id: cat                           # optional; default: the image path without extension
+
+Any other keys of an entry are kept as the item's extras.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from framework.config import load_yaml
+from framework.errors import ConfigError
+from framework.registry import DATASETS
+from framework.runner_data import DatasetPlugin, Item, as_prompt_list, check_unique, resolve_path
+from omegaconf import OmegaConf
+
+
+@dataclass
+class YamlListOptions:
+    """Options of the ``yaml_list`` dataset."""
+
+    path: str = ""  # the YAML file (a list of entries)
+    limit: int = 0  # use only the first ``limit`` entries (0: all)
+
+
+def entry_id(init_img: str) -> str:
+    """The stable id of an entry: its image path as written, without the extension."""
+    p = Path(init_img)
+    return str(p.with_suffix("")).replace("\\", "/").lstrip("./") or p.name
+
+
+@DATASETS.register("yaml_list")
+class YamlListDataset(DatasetPlugin):
+    """Entries with init_img, source_prompt, target_prompts (paths relative to the YAML file)."""
+
+    Options = YamlListOptions
+
+    def items(self) -> list[Item]:
+        path = Path(self.options.path)
+        if not self.options.path:
+            raise ConfigError("the yaml_list dataset needs data.path (a YAML list of edits)")
+        if not path.exists():
+            raise ConfigError(f"dataset file not found: {path}")
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        except Exception as exc:  # noqa: BLE001 - YAML errors of every kind
+            raise ConfigError(f"could not parse dataset file {path}: {exc}") from None
+        if isinstance(raw, dict) and "items" in raw:
+            raw = raw["items"]
+        if not isinstance(raw, list):
+            raise ConfigError(f"{path} must hold a list of entries with init_img, source_prompt, target_prompts")
+        items = []
+        for k, entry in enumerate(raw):
+            items.append(self._item(entry, k, path))
+        if self.options.limit > 0:
+            items = items[: self.options.limit]
+        return check_unique(items, str(path))
+
+    @staticmethod
+    def _item(entry: Any, k: int, path: Path) -> Item:
+        where = f"{path} entry {k}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a mapping, got {entry!r}")
+        missing = [key for key in ("init_img", "source_prompt", "target_prompts") if key not in entry]
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(missing)} (needs init_img, source_prompt, target_prompts)")
+        entry = dict(entry)
+        init_img = str(entry.pop("init_img"))
+        source = entry.pop("source_prompt")
+        if not isinstance(source, str):
+            raise ConfigError(f"{where}: source_prompt must be a string, got {source!r}")
+        targets = as_prompt_list(entry.pop("target_prompts"), f"{where}: target_prompts")
+        item_id = str(entry.pop("id", None) or entry_id(init_img))
+        return Item(
+            id=item_id,
+            image_path=str(resolve_path(init_img, path.parent)),
+            source_prompt=source,
+            target_prompts=targets,
+            extras=entry,
+        )
