@@ -54,7 +54,14 @@ FIXED_COLUMNS = (
     "error",
     "output_path",
     "input_path",
+    # the runner's bookkeeping columns
+    "variant",
+    "setting",
+    "target_index",
+    "seed_index",
 )
+#: columns the runner copies from dataset items (``data.editing_type_id``, ...): neither kind
+DATA_PREFIX = "data."
 #: method settings that are parameters even when no config says they are swept
 METHOD_SETTINGS = ("num_steps", "skip", "seeds", "eta", "guidance_scale", "inverter", "editor")
 #: direction of each known metric column in the table header (True: higher is better)
@@ -219,7 +226,7 @@ def classify_columns(
         unknown = [p for p in params if p not in header]
         if unknown:
             raise InputError(f"--params: no column {', '.join(unknown)} in the results; columns: {', '.join(header)}")
-    rest = [c for c in header if c not in FIXED_COLUMNS]
+    rest = [c for c in header if c not in FIXED_COLUMNS and not c.startswith(DATA_PREFIX)]
     if params is not None:
         param_cols = list(params)
     else:
