@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,15 +84,24 @@ class Inversion:
 
 
 class Inverter(abc.ABC):
-    """Turns x0 into an :class:`Inversion`. Subclasses define ``Options`` (a dataclass)."""
+    """Turns x0 into an :class:`Inversion`. Subclasses define ``Options`` (a dataclass with at
+    least ``guidance_scale``, and ``eta`` for stochastic inverters) and ``trajectory``; the
+    shared work (validation, prompts, schedule, timing, counting) is done by ``invert``.
+    """
 
     Options: type
     registered_name: str
+    #: True for inverters that extract noise maps (they need eta in (0, 1])
+    stochastic: bool = True
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
 
-    @abc.abstractmethod
+    @property
+    def eta(self) -> float:
+        """The η of the noise maps this inverter produces (0 for deterministic inverters)."""
+        return float(getattr(self.options, "eta", 0.0)) if self.stochastic else 0.0
+
     def invert(
         self,
         backbone: Any,
@@ -103,6 +113,53 @@ class Inverter(abc.ABC):
         generator: torch.Generator | None = None,
     ) -> Inversion:
         """Invert x0 (B, C, h, w) under ``source_prompt``; compute only steps 1..N-skip."""
+        from framework.schedule import check_steps
+
+        check_steps(num_steps, skip)
+        eta = self.eta
+        if self.stochastic and not 0 < eta <= 1:
+            raise InputError(
+                f"{self.registered_name} needs eta in (0, 1], got {eta}; for eta = 0 use the ddim inverter"
+            )
+        start = time.perf_counter()
+        nfe0 = backbone.nfe
+        x0 = as_batch(x0, backbone.device)
+        prompts = as_prompts(source_prompt, x0.shape[0])
+        schedule = backbone.schedule(num_steps, eta)
+        guidance = float(self.options.guidance_scale)
+        cond = backbone.encode_prompt(prompts)
+        uncond = backbone.null_condition() if guidance != 1 else None
+        with torch.no_grad():
+            xts, zs = self.trajectory(
+                backbone, x0, schedule, num_steps - skip, cond, uncond, guidance, generator
+            )
+        return Inversion(
+            xts=xts,
+            zs=zs,
+            timesteps=schedule.timesteps,
+            num_steps=num_steps,
+            skip=skip,
+            eta=eta,
+            method=self.registered_name,
+            source_prompt=prompts,
+            guidance_scale=guidance,
+            nfe=backbone.nfe - nfe0,
+            seconds=time.perf_counter() - start,
+        )
+
+    @abc.abstractmethod
+    def trajectory(
+        self,
+        backbone: Any,
+        x0: Tensor,
+        schedule: Any,
+        n: int,
+        cond: Tensor | None,
+        uncond: Tensor | None,
+        guidance_scale: float,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Steps 1..n from x0 (B, C, h, w): (xts (n+1, B, C, h, w), zs (n, B, C, h, w) or None)."""
 
 
 def as_batch(x0: Tensor, device: torch.device) -> Tensor:

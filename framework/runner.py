@@ -33,7 +33,6 @@ import logging
 import os
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,6 @@ from framework.runner_results import (
     done_keys,
     merge_rows,
     read_rows,
-    row_key,
     summarize,
     summary_columns,
     write_csv,

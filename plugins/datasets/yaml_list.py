@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from framework.config import load_yaml
 from framework.errors import ConfigError
 from framework.registry import DATASETS
 from framework.runner_data import DatasetPlugin, Item, as_prompt_list, check_unique, resolve_path

@@ -272,7 +272,6 @@ class ZeroShot(Editor):
         """∇ of the cross-attention distance of the K edit rows (x[1:]) to the reference row
         (x[0]) in one conditional forward pass: returns (grad (K, C, h, w), loss (K,)); the
         gradient is zeros when ``need_grad`` is False (distance only)."""
-        k = x.shape[0] - 1
         state: dict[str, Any] = {"q": None, "loss": None}
 
         def query_hook(module, inputs, output):  # noqa: ANN001, ANN202

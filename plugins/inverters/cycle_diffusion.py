@@ -21,18 +21,15 @@ inversion); CycleDiffusion's own paper uses η = 0.1 (``configs/inverter/cycle_d
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from framework.errors import InputError
-from framework.inversion import Inversion, Inverter, as_batch, as_prompts
+from framework.inversion import Inverter
 from framework.random import randn
 from framework.registry import INVERTERS
-from framework.schedule import Schedule, check_steps
+from framework.schedule import Schedule
 from plugins.inverters.ddpm_edit_friendly import extract_noise_maps
 
 
@@ -68,46 +65,11 @@ class CycleDiffusion(Inverter):
 
     Options = CycleDiffusionOptions
 
-    @torch.no_grad()
-    def invert(
-        self,
-        backbone,  # noqa: ANN001
-        x0: Tensor,
-        source_prompt: str | Sequence[str],
-        *,
-        num_steps: int = 100,
-        skip: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> Inversion:
-        """x0 (B, C, h, w) -> Inversion with xts (N-skip+1, B, C, h, w), zs (N-skip, B, C, h, w)."""
-        o = self.options
-        check_steps(num_steps, skip)
-        if not 0 < o.eta <= 1:
-            raise InputError(
-                f"cycle_diffusion needs eta in (0, 1], got {o.eta}; for eta = 0 use the ddim inverter"
-            )
-        start = time.perf_counter()
-        nfe0 = backbone.nfe
-        x0 = as_batch(x0, backbone.device)
-        prompts = as_prompts(source_prompt, x0.shape[0])
-        schedule = backbone.schedule(num_steps, o.eta)
-        n = num_steps - skip
-        cond = backbone.encode_prompt(prompts)
-        uncond = backbone.null_condition() if o.guidance_scale != 1 else None
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+        """The posterior chain, then eq. 5 along it."""
         xts = posterior_chain(x0, schedule, n, generator)
         zs = extract_noise_maps(
-            backbone, xts, schedule, cond, uncond, o.guidance_scale, o.zero_last_noise, desc="cycle-invert"
+            backbone, xts, schedule, cond, uncond, guidance_scale, self.options.zero_last_noise,
+            desc="cycle-invert",
         )
-        return Inversion(
-            xts=xts,
-            zs=zs,
-            timesteps=schedule.timesteps,
-            num_steps=num_steps,
-            skip=skip,
-            eta=o.eta,
-            method=self.registered_name,
-            source_prompt=prompts,
-            guidance_scale=o.guidance_scale,
-            nfe=backbone.nfe - nfe0,
-            seconds=time.perf_counter() - start,
-        )
+        return xts, zs

@@ -23,17 +23,15 @@ the same skip starts from x_{N-k} (``xts[N-k]``). No noise maps are returned (``
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from framework import progress
-from framework.inversion import Inversion, Inverter, as_batch, as_prompts
+from framework.inversion import Inverter
 from framework.registry import INVERTERS
-from framework.schedule import Schedule, check_steps
+from framework.schedule import Schedule
 
 
 @dataclass
@@ -74,42 +72,8 @@ class DDIMInversion(Inverter):
 
     Options = DDIMOptions
 
-    @torch.no_grad()
-    def invert(
-        self,
-        backbone,  # noqa: ANN001
-        x0: Tensor,
-        source_prompt: str | Sequence[str],
-        *,
-        num_steps: int = 100,
-        skip: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> Inversion:
-        """x0 (B, C, h, w) -> Inversion with xts (N-skip+1, B, C, h, w), zs None, eta 0.
+    stochastic = False
 
-        ``generator`` is unused (the inversion is deterministic).
-        """
-        o = self.options
-        check_steps(num_steps, skip)
-        start = time.perf_counter()
-        nfe0 = backbone.nfe
-        x0 = as_batch(x0, backbone.device)
-        prompts = as_prompts(source_prompt, x0.shape[0])
-        schedule = backbone.schedule(num_steps, 0.0)
-        n = num_steps - skip
-        cond = backbone.encode_prompt(prompts)
-        uncond = backbone.null_condition() if o.guidance_scale != 1 else None
-        xts = ddim_inversion_sequence(backbone, x0, schedule, n, cond, uncond, o.guidance_scale)
-        return Inversion(
-            xts=xts,
-            zs=None,
-            timesteps=schedule.timesteps,
-            num_steps=num_steps,
-            skip=skip,
-            eta=0.0,
-            method=self.registered_name,
-            source_prompt=prompts,
-            guidance_scale=o.guidance_scale,
-            nfe=backbone.nfe - nfe0,
-            seconds=time.perf_counter() - start,
-        )
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+        """DDIM steps 1..n backwards; no noise maps. ``generator`` is unused (deterministic)."""
+        return ddim_inversion_sequence(backbone, x0, schedule, n, cond, uncond, guidance_scale), None
