@@ -253,13 +253,10 @@ def classify_columns(
 
 # ----------------------------------------------------------------------------- statistics
 def t_quantile(df: int, q: float = 0.975) -> float:
-    """Student's t quantile (scipy when available, else the normal quantile)."""
-    try:
-        from scipy.stats import t
+    """Student's t quantile with ``df`` degrees of freedom."""
+    from scipy.stats import t
 
-        return float(t.ppf(q, df))
-    except Exception:  # noqa: BLE001  # pragma: no cover - scipy is installed with lpips
-        return 1.959963984540054
+    return float(t.ppf(q, df))
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float | None, float | None, int]:
