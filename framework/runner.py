@@ -467,8 +467,9 @@ def build_logger(cfg: Any, output_dir: Path, run_name: str) -> Any:
             raise ConfigError(f"logger.mode must be offline, online or disabled, got {mode!r}")
         kwargs = {"project": cfg.pop("project", "editfriendly"), "save_dir": str(cfg.pop("save_dir", output_dir))}
         kwargs["name"] = cfg.pop("run_name", run_name)
-        if mode == "disabled":
-            kwargs["mode"] = "disabled"
+        # Pass the mode to wandb.init itself: Lightning's offline flag only sets WANDB_MODE, which
+        # a wandb singleton created earlier in the process (another run, a compare) never re-reads.
+        kwargs["mode"] = mode
         os.environ.setdefault("WANDB_SILENT", "true")
         # wandb stages the media of logged tables (our images) as artifact files until `wandb sync`;
         # keep them inside the run folder instead of the user's ~/.local/share/wandb
