@@ -3,4 +3,5 @@
 from plugins.backbones import stable_diffusion, tiny  # noqa: F401
 from plugins.backbones import pixel_ddpm  # noqa: F401
 from plugins.editors import text  # noqa: F401
+from plugins.editors import color_strokes, sdedit, shift  # noqa: F401
 from plugins.inverters import ddpm_edit_friendly  # noqa: F401

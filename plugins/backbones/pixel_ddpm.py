@@ -72,6 +72,8 @@ class PixelDDPMBackbone(Backbone):
 
     Options = PixelDDPMOptions
     conditional = False
+    #: x0 is the image itself (editors apply image-space inputs directly)
+    pixel_space = True
 
     def __init__(self, options: PixelDDPMOptions | None = None) -> None:
         super().__init__()
