@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import copy
 import json
 import sys
 import time
@@ -121,6 +122,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (the model is saved)")
+    p.add_argument("--save-every", type=int, default=100, help="also save the model every N steps (0: only at the end)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p.parse_args(argv)
@@ -158,8 +161,44 @@ def train(args: argparse.Namespace) -> int:
         generator=torch.Generator().manual_seed(args.seed),
     )
     module = build_module(args.resolution, args.width, args.lr, args.seed)
+    out = Path(args.out)
+    start = time.perf_counter()
+
+    def save(step: int) -> dict:
+        info = {
+            "data": args.data,
+            "resolution": args.resolution,
+            "color": args.color if args.data == "digits" else None,
+            "images": len(data),
+            "steps": step,
+            "batch_size": args.batch_size,
+            "width": args.width,
+            "seconds": round(time.perf_counter() - start, 1),
+            "loss": float(trainer.callback_metrics.get("loss", float("nan"))),
+        }
+        unet = copy.deepcopy(module.unet).to("cpu")
+        save_pixel_model(out, unet, module.noise_scheduler, _editfriendly_training=info)
+        (out / "training.json").write_text(json.dumps(info, indent=1))
+        return info
+
+    class Progress(L.Callback):
+        """One line every 50 steps (wall time, loss); a save every ``--save-every`` steps."""
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+            step = trainer.global_step
+            if step % 50 == 0:
+                loss = float(trainer.callback_metrics.get("loss", float("nan")))
+                print(f"step {step}/{args.max_steps} loss {loss:.4f} {time.perf_counter() - start:.0f}s", flush=True)
+            if args.save_every and step % args.save_every == 0 and step < args.max_steps:
+                save(step)
+
+    max_time = None
+    if args.max_minutes is not None:
+        max_time = {"seconds": max(1, int(args.max_minutes * 60))}
     trainer = L.Trainer(
         max_steps=args.max_steps,
+        max_time=max_time,
+        callbacks=[Progress()],
         accelerator=args.accelerator,
         devices=1,
         logger=False,
@@ -168,24 +207,9 @@ def train(args: argparse.Namespace) -> int:
         enable_model_summary=False,
         log_every_n_steps=10,
     )
-    start = time.perf_counter()
     trainer.fit(module, loader)
-    seconds = time.perf_counter() - start
-    out = Path(args.out)
-    module.unet.to("cpu")
-    info = {
-        "data": args.data,
-        "resolution": args.resolution,
-        "color": args.color if args.data == "digits" else None,
-        "images": len(data),
-        "max_steps": args.max_steps,
-        "batch_size": args.batch_size,
-        "seconds": round(seconds, 1),
-        "final_loss": float(trainer.callback_metrics.get("loss", float("nan"))),
-    }
-    save_pixel_model(out, module.unet, module.noise_scheduler, _editfriendly_training=info)
-    (out / "training.json").write_text(json.dumps(info, indent=1))
-    print(f"trained {args.max_steps} steps in {seconds:.0f}s (loss {info['final_loss']:.4f}); wrote {out}")
+    info = save(trainer.global_step)
+    print(f"trained {info['steps']} steps in {info['seconds']:.0f}s (loss {info['loss']:.4f}); wrote {out}")
     return 0
 
 

@@ -123,7 +123,7 @@ def test_cli_edits_with_pixel_backbone_and_rejects_text_editor(tiny_pixel, photo
     assert len(list(out.glob("flower_00_*.png"))) == 1
     rc = main([
         "edit", "--image", str(photo_path), "--source", "", "--target", "a dog", "--backbone", "tiny_pixel",
-        "--steps", "10", "--out", str(out), "--no-progress",
+        "--steps", "10", "--skip", "2", "--out", str(out), "--no-progress",
     ])
     assert rc == 2
     assert "unconditional" in capsys.readouterr().err
