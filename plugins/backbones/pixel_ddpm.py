@@ -9,7 +9,9 @@ the model's ``steps_offset``; epsilon, v and sample predictions are converted to
 identity on [-1, 1] pixels (a 1-channel model sees the RGB mean and is decoded to gray RGB).
 By default the step grid follows Stable Diffusion's convention (``steps_offset=1``,
 ``set_alpha_to_one=False``) so that the last step keeps some noise and edit-friendly inversion
-is exact; both are options.
+is exact; both are options. As DDPM's sampler for pixel models, the predicted x0 is clamped
+to the image range where the model's scheduler config says ``clip_sample`` (google/ddpm-* do):
+``to_epsilon`` returns the noise consistent with the clamped x0, so every method sees it.
 The model is unconditional: prompts are accepted and ignored (``encode_prompt`` gives None).
 
 ``tiny_pixel`` is a small random model built offline from a seed, saved with
@@ -53,6 +55,9 @@ class PixelDDPMOptions:
     # steps_offset=None keeps the model's value.
     steps_offset: int | None = 1
     set_alpha_to_one: bool = False
+    # Clamp the predicted x0 to [-range, range] and use the noise consistent with it, as DDPM's
+    # sampler does for pixel models; None: the model's scheduler config (clip_sample).
+    clip_sample: bool | None = None
 
 
 def _load_from(model: str, loader: Any, subfolder: str, kw: dict[str, Any], **extra: Any) -> Any:
@@ -109,6 +114,9 @@ class PixelDDPMBackbone(Backbone):
         self.prediction_type = self.scheduler.config.prediction_type
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32).clone()
         self.final_alpha_cumprod = float(self.scheduler.final_alpha_cumprod)
+        cfg = self.scheduler.config
+        self.clip_sample = bool(cfg.get("clip_sample", False) if options.clip_sample is None else options.clip_sample)
+        self.clip_sample_range = float(cfg.get("clip_sample_range", 1.0))
         self.channels = int(self.unet.config.in_channels)
         if self.channels not in (1, 3):
             raise InputError(f"pixel_ddpm needs a 1- or 3-channel image model, got in_channels={self.channels}")
@@ -153,9 +161,21 @@ class PixelDDPMBackbone(Backbone):
     def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
         return self.unet(x_t.to(self.dtype), t, return_dict=False)[0].float()
 
+    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int) -> Tensor:
+        """ε from the network output; with ``clip_sample`` the ε whose x̂0 is clamped to the
+        image range: ε' = (x_t − sqrt(ᾱ_t)·clamp(x̂0)) / sqrt(1−ᾱ_t)."""
+        eps = super().to_epsilon(out, x_t, t)
+        if not self.clip_sample:
+            return eps
+        a = self.alphas_cumprod[t].to(eps.device, torch.float32)
+        x0 = (x_t.float() - (1 - a).sqrt() * eps) / a.sqrt()
+        r = self.clip_sample_range
+        return (x_t.float() - a.sqrt() * x0.clamp(-r, r)) / (1 - a).sqrt()
+
     def describe(self) -> dict[str, Any]:
         return {
             "class": type(self).__name__,
+            "clip_sample": self.clip_sample,
             "model": self.options.model,
             "dtype": str(self.dtype).replace("torch.", ""),
             "prediction_type": self.prediction_type,

@@ -51,8 +51,8 @@ class ColorStrokesOptions:
     """Options of the ``color_strokes`` editor."""
 
     strength: float = 1.0  # s
-    start_step: int = 20  # T1: the least noisy step modified (1-based)
-    end_step: int = 70  # T2: the noisiest step modified (clamped to the edit's first step)
+    start_step: int = 5  # T1: the least noisy step modified (1-based; step N is the noisiest)
+    end_step: int = 30  # T2: the noisiest step modified (clamped to the edit's first step)
     strokes: str | None = None  # an RGBA image: non-transparent pixels are the mask, their RGB the colors
     mask: str | None = None  # a mask image (white / nonzero = edit), with ``colors``
     colors: str | None = None  # a color image M, with ``mask``
