@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from framework.errors import EditFriendlyError, InputError  # noqa: E402
-from framework.random import make_generator  # noqa: E402
+from framework.errors import EditFriendlyError, InputError
+from framework.random import make_generator
 
 PALETTE = torch.tensor(
     [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [-1, 1, 1], [1, -1, 1]], dtype=torch.float32
@@ -123,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
         painted = backbone.decode(mask * colors + (1 - mask) * backbone.decode(x0))
         panels = [("input", backbone.decode(x0)), ("strokes", painted)]
 
-        def record(method: str, s: float, y: torch.Tensor) -> None:
+        def record(
+            method: str, s: float, y: torch.Tensor, b: int, image: torch.Tensor, mask: torch.Tensor,
+            colors: torch.Tensor, panels: list,
+        ) -> None:
             img = backbone.decode(y).cpu()
             inside = mask.bool().expand_as(img)
             rows.append({
@@ -137,12 +140,12 @@ def run(args: argparse.Namespace) -> int:
             cls, opts = EDITORS.options({"name": "color_strokes", "strength": s, "start_step": t1, "end_step": t2})
             with torch.no_grad():
                 y = cls(opts, mask=mask, colors=colors).edit(backbone, inv, "", [], skip=0, generator=make_generator(b))
-            record("color_strokes", s, y)
+            record("color_strokes", s, y, b, image, mask, colors, panels)
         for s in sd_strengths:
             cls, opts = EDITORS.options({"name": "sdedit", "strength": s})
             with torch.no_grad():
                 y = cls(opts, mask=mask, colors=colors).edit(backbone, inv, "", [], skip=0, generator=make_generator(b))
-            record("sdedit", s, y)
+            record("sdedit", s, y, b, image, mask, colors, panels)
         grid.append(panels)
 
     with open(out / "color.csv", "w", newline="") as fh:

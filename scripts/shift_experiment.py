@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from framework.errors import EditFriendlyError, InputError  # noqa: E402
-from framework.inversion import Inversion  # noqa: E402
-from framework.random import make_generator, randn  # noqa: E402
+from framework.errors import EditFriendlyError, InputError
+from framework.inversion import Inversion
+from framework.random import make_generator, randn
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -62,10 +62,10 @@ def real_images(spec: str, n: int, resolution: int, seed: int) -> torch.Tensor:
         idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
         return data[idx]
     if spec == "photos":
+        from PIL import Image
         from sklearn.datasets import load_sample_images
 
         from framework.images import fit_image, pil_to_tensor
-        from PIL import Image
 
         photos = [pil_to_tensor(fit_image(Image.fromarray(a), None, resolution, 1)) for a in load_sample_images().images]
         return torch.cat([photos[i % len(photos)] for i in range(n)])
@@ -74,7 +74,7 @@ def real_images(spec: str, n: int, resolution: int, seed: int) -> torch.Tensor:
     return folder_dataset(spec, resolution)[:n]
 
 
-def sample_native(backbone, n: int, steps: int, generator: torch.Generator) -> Inversion:  # noqa: ANN001
+def sample_native(backbone, n: int, steps: int, generator: torch.Generator) -> Inversion:
     """Sample n images with DDPM (η = 1), keeping x_N..x_0 and the noise maps used: an
     Inversion of the generated images in their native noise space."""
     from framework.sampling import reverse_process
@@ -110,7 +110,7 @@ def row(inv: Inversion, b: int) -> Inversion:
 
 
 # ----------------------------------------------------------------------------- distance
-def make_distance(kind: str, resolution: int, device: str):  # noqa: ANN201
+def make_distance(kind: str, resolution: int, device: str):
     """(name, fn(a, b) -> float) on images (1, 3, H, W) in [-1, 1]."""
     if kind in ("auto", "lpips") and resolution >= 64:
         try:

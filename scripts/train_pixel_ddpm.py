@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from framework.errors import EditFriendlyError, InputError  # noqa: E402
+from framework.errors import EditFriendlyError, InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -73,7 +73,7 @@ def folder_dataset(folder: str | Path, resolution: int) -> torch.Tensor:
     return torch.cat([pil_to_tensor(fit_image(load_image(p), None, resolution, 1)) for p in files])
 
 
-def build_module(resolution: int, width: int, lr: float, seed: int):  # noqa: ANN201
+def build_module(resolution: int, width: int, lr: float, seed: int):
     """The LightningModule: a UNet2DModel trained with the DDPM epsilon loss."""
     import lightning as L
 
@@ -99,7 +99,7 @@ def build_module(resolution: int, width: int, lr: float, seed: int):  # noqa: AN
             self.log("loss", loss, prog_bar=True)
             return loss
 
-        def configure_optimizers(self):  # noqa: ANN202
+        def configure_optimizers(self):
             opt = torch.optim.AdamW(self.unet.parameters(), lr=lr, weight_decay=0.0)
             total = max(1, self.trainer.max_steps)
             warm = min(100, total // 10 + 1)
@@ -184,7 +184,7 @@ def train(args: argparse.Namespace) -> int:
     class Progress(L.Callback):
         """One line every 50 steps (wall time, loss); a save every ``--save-every`` steps."""
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             step = trainer.global_step
             if step % 50 == 0:
                 loss = float(trainer.callback_metrics.get("loss", float("nan")))

@@ -56,7 +56,7 @@ def test_shift_experiment(trained: Path, tmp_path: Path):
     assert rc == 0
     for name in ("shift.csv", "shift_plot.png", "shift_grid.png"):
         assert (out / name).stat().st_size > 0
-    rows = list(csv.DictReader(open(out / "shift.csv")))
+    rows = list(csv.DictReader((out / "shift.csv").read_text().splitlines()))
     spaces = {(r["kind"], r["noise_space"]) for r in rows}
     assert {("generated", "native"), ("generated", "edit_friendly"), ("real", "edit_friendly")} <= spaces
     assert len(rows) == len(spaces) * 2 * 2
@@ -75,7 +75,7 @@ def test_color_experiment(trained: Path, tmp_path: Path):
     assert rc == 0
     for name in ("color.csv", "color_grid.png", "color_tradeoff.png"):
         assert (out / name).stat().st_size > 0
-    rows = list(csv.DictReader(open(out / "color.csv")))
+    rows = list(csv.DictReader((out / "color.csv").read_text().splitlines()))
     assert [(r["method"], float(r["strength"])) for r in rows] == [
         ("color_strokes", 0.0), ("color_strokes", 1.0), ("sdedit", 0.5)
     ]

@@ -84,7 +84,7 @@ def test_strength_zero_reproduces_input_pixel_with_skip(tiny_pixel, pixel_x0):
 def _capture_reverse(monkeypatch, module):
     calls = {}
 
-    def fake(backbone, x_start, schedule, start_step, cond, uncond, g, zs=None, **kw):  # noqa: ANN001
+    def fake(backbone, x_start, schedule, start_step, cond, uncond, g, zs=None, **kw):
         calls.update(x_start=x_start.clone(), zs=None if zs is None else zs.clone(), start=start_step)
         return x_start
 
@@ -151,10 +151,10 @@ def test_color_strokes_touch_maps_only_inside_mask_and_step_range(tiny_pixel, pi
     records = []
     make = editor.noise_function
 
-    def recording(schedule, *args, **kw):  # noqa: ANN001
+    def recording(schedule, *args, **kw):
         fn = make(schedule, *args, **kw)
 
-        def wrapped(i, x, eps, z):  # noqa: ANN001
+        def wrapped(i, x, eps, z):
             out = fn(i, x, eps, z)
             records.append((i, x.clone(), eps.clone(), z.clone(), out.clone(), schedule))
             return out
@@ -188,7 +188,7 @@ def test_color_strokes_move_masked_color_toward_target(tiny_pixel, pixel_x0):
     )
     m = mask.bool()[0, 0]
 
-    def mean_color(img, where):  # noqa: ANN001
+    def mean_color(img, where):
         return img[0][:, where].mean(1)
 
     target = colors[0, :, 0, 0]

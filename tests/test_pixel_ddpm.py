@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ def test_tiny_pixel_is_a_saved_diffusers_folder_loaded_by_pixel_ddpm(tiny_pixel)
     from plugins.backbones.pixel_ddpm import PixelDDPMBackbone
 
     folder = tiny_pixel.options.model
-    index = json.loads(open(f"{folder}/model_index.json").read())
+    index = json.loads((Path(folder) / "model_index.json").read_text())
     assert index["_class_name"] == "DDPMPipeline"
     assert isinstance(tiny_pixel, PixelDDPMBackbone)
     assert tiny_pixel.conditional is False and tiny_pixel.pixel_space

@@ -64,10 +64,10 @@ def _load_from(model: str, loader: Any, subfolder: str, kw: dict[str, Any], **ex
     """``loader(model, subfolder=...)``, falling back to the folder root (old single-folder layout)."""
     try:
         return loader(model, subfolder=subfolder, **kw, **extra)
-    except (OSError, ValueError, EnvironmentError) as first:
+    except (OSError, ValueError) as first:
         try:
             return loader(model, **kw, **extra)
-        except (OSError, ValueError, EnvironmentError):
+        except (OSError, ValueError):
             raise first from None
 
 
@@ -155,7 +155,7 @@ class PixelDDPMBackbone(Backbone):
 
     def encode_prompt(self, prompts: Sequence[str]) -> None:
         """Unconditional: prompts are ignored."""
-        return None
+        return
 
     # ----------------------------------------------------------------- network
     def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
@@ -196,7 +196,7 @@ class TinyPixelOptions:
     cache_dir: str | None = None  # default: $EDITFRIENDLY_CACHE or ~/.cache/editfriendly
 
 
-def build_pixel_unet(resolution: int, channels: int = 3, width: int = 32):  # noqa: ANN201
+def build_pixel_unet(resolution: int, channels: int = 3, width: int = 32):
     """A small two-level UNet2DModel (one attention block at the coarse level)."""
     from diffusers import UNet2DModel
 
@@ -213,7 +213,7 @@ def build_pixel_unet(resolution: int, channels: int = 3, width: int = 32):  # no
     )
 
 
-def ddpm_scheduler(prediction_type: str = "epsilon"):  # noqa: ANN201
+def ddpm_scheduler(prediction_type: str = "epsilon"):
     """The DDPM paper's schedule: 1000 steps, β linear from 1e-4 to 0.02 (as google/ddpm-*)."""
     from diffusers import DDPMScheduler
 

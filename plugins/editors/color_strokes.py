@@ -233,7 +233,7 @@ class ColorStrokesEditor(Editor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],

@@ -21,8 +21,18 @@ from framework.errors import InputError
 from framework.inversion import Inversion
 from framework.random import randn
 from framework.registry import EDITORS
-from framework.sampling import Editor, check_single_image, expand_rows, prompt_free_conditioning, reverse_process
-from plugins.editors.color_strokes import check_stroke_tensors, image_size, load_stroke_files
+from framework.sampling import (
+    Editor,
+    check_single_image,
+    expand_rows,
+    prompt_free_conditioning,
+    reverse_process,
+)
+from plugins.editors.color_strokes import (
+    check_stroke_tensors,
+    image_size,
+    load_stroke_files,
+)
 
 
 @dataclass
@@ -38,7 +48,7 @@ class SDEditOptions:
     guidance_scale: float | None = None  # conditional backbones; None: the inversion's
 
 
-def paint_strokes(backbone, x0: Tensor, mask: Tensor, colors: Tensor) -> Tensor:  # noqa: ANN001
+def paint_strokes(backbone, x0: Tensor, mask: Tensor, colors: Tensor) -> Tensor:
     """x0 (1, C, h, w) with the strokes painted onto its image: encode(B⊙M + (1-B)⊙decode(x0))."""
     image = backbone.decode(x0).to(x0.device)
     mask, colors = mask.to(x0.device), colors.to(x0.device)
@@ -81,7 +91,7 @@ class SDEditEditor(Editor):
             raise InputError(f"sdedit {what} gives step {step}; accepted: 1..{num_steps}")
         return step
 
-    def edited_x0(self, backbone, x0: Tensor) -> Tensor:  # noqa: ANN001
+    def edited_x0(self, backbone, x0: Tensor) -> Tensor:
         """The input x0 (1, C, h, w) with the strokes painted on, or as it is without strokes."""
         o = self.options
         if self.strokes is not None:
@@ -95,7 +105,7 @@ class SDEditEditor(Editor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],

@@ -26,7 +26,13 @@ from framework.errors import InputError
 from framework.inversion import Inversion
 from framework.random import randn
 from framework.registry import EDITORS
-from framework.sampling import Editor, check_single_image, expand_rows, prompt_free_conditioning, reverse_process
+from framework.sampling import (
+    Editor,
+    check_single_image,
+    expand_rows,
+    prompt_free_conditioning,
+    reverse_process,
+)
 
 BORDERS = ("noise", "reflect", "wrap")
 
@@ -100,7 +106,7 @@ class ShiftEditor(Editor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
