@@ -232,7 +232,29 @@ def backbone_config(name_or_path: str) -> dict[str, Any]:
 
     if (config_dir() / "backbone" / f"{name_or_path}.yaml").exists() or name_or_path in BACKBONES.names():
         return group_node("backbone", name_or_path)
+    if is_pixel_model_folder(name_or_path):
+        return {"name": "pixel_ddpm", "model": name_or_path}
     return {"name": "stable_diffusion", "model": name_or_path}
+
+
+def is_pixel_model_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a local diffusers folder of an unconditional pixel model (a
+    ``DDPMPipeline``/``DDIMPipeline``, or a ``UNet2DModel`` config at its root or in ``unet/``)."""
+    import json
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return False
+    try:
+        index = folder / "model_index.json"
+        if index.exists():
+            return json.loads(index.read_text()).get("_class_name") in ("DDPMPipeline", "DDIMPipeline")
+        for config in (folder / "unet" / "config.json", folder / "config.json"):
+            if config.exists():
+                return json.loads(config.read_text()).get("_class_name") == "UNet2DModel"
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def save_config(cfg: DictConfig | Mapping[str, Any], path: str | Path) -> Path:

@@ -130,3 +130,22 @@ def check_single_image(inversion: Inversion) -> None:
 def expand_rows(x: Tensor, k: int) -> Tensor:
     """(1, ...) -> (k, ...) as a real copy (safe to write into)."""
     return x.expand(k, *x.shape[1:]).clone()
+
+
+def prompt_free_conditioning(
+    backbone: Any, target_prompts: Sequence[str] | str | None, guidance_scale: float
+) -> tuple[int, Tensor | None, Tensor | None]:
+    """(K, cond, uncond) for editors that do not need prompts (shift, color strokes, SDEdit).
+
+    A conditional backbone is conditioned on the target prompts as given (K = their number;
+    ``uncond`` only where ``guidance_scale`` != 1). An unconditional one ignores the prompts:
+    K is their number, or 1 when none are given, and both conditionings are None.
+    """
+    if not getattr(backbone, "conditional", True):
+        if target_prompts is None or (not isinstance(target_prompts, str) and len(target_prompts) == 0):
+            return 1, None, None
+        return len(check_targets(target_prompts)), None, None
+    targets = check_targets(target_prompts)
+    cond = backbone.encode_prompt(targets)
+    uncond = backbone.null_condition() if guidance_scale != 1 else None
+    return len(targets), cond, uncond

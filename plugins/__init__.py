@@ -1,13 +1,17 @@
 """Built-in plugins. Each module registers itself on import; the imports are explicit."""
 
 from plugins.backbones import gaussian  # noqa: F401
+from plugins.backbones import pixel_ddpm  # noqa: F401
 from plugins.backbones import stable_diffusion  # noqa: F401
 from plugins.backbones import tiny  # noqa: F401
 from plugins.inverters import cycle_diffusion  # noqa: F401
 from plugins.inverters import ddim  # noqa: F401
 from plugins.inverters import ddpm_edit_friendly  # noqa: F401
+from plugins.editors import color_strokes  # noqa: F401
 from plugins.editors import plug_and_play  # noqa: F401
 from plugins.editors import prompt_to_prompt  # noqa: F401
+from plugins.editors import sdedit  # noqa: F401
+from plugins.editors import shift  # noqa: F401
 from plugins.editors import text  # noqa: F401
 from plugins.editors import zero_shot  # noqa: F401
 from plugins.metrics import clip_score  # noqa: F401

@@ -74,3 +74,11 @@ def photo_x0(tiny, photo_path: Path) -> torch.Tensor:
 
     image = load_image_tensor(photo_path, tiny.resolution, tiny.size_multiple)
     return tiny.encode_image(image)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel(_tiny_cache: Path):
+    """The tiny random unconditional pixel DDPM (16x16 RGB) on the CPU (shared: do not mutate)."""
+    from framework.backbone import load_backbone
+
+    return load_backbone("tiny_pixel", device="cpu")

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -138,33 +139,53 @@ def build_tiny_model(folder: Path, seed: int, prediction_type: str, resolution: 
     )
 
 
-def tiny_model_path(options: TinyOptions) -> Path:
-    """The cached folder of the tiny model for ``options``, built on first use (atomically)."""
+def cache_root(cache_dir: str | None = None) -> Path:
+    """The model cache folder: ``cache_dir``, else $EDITFRIENDLY_CACHE, else ~/.cache/editfriendly."""
+    return Path(cache_dir or os.environ.get("EDITFRIENDLY_CACHE") or Path.home() / ".cache" / "editfriendly")
+
+
+def cached_model_folder(
+    prefix: str, key: list, build: Callable[[Path], None], cache_dir: str | None = None
+) -> Path:
+    """``<cache root>/<prefix>-<hash of key>``, made by ``build(tmp_folder)`` on first use.
+
+    The folder is built in a temporary sibling and renamed into place, so concurrent builders
+    (DDP ranks, parallel test sessions) race safely. A folder counts as built once it holds
+    ``model_index.json``, which ``build`` must write.
+    """
     import diffusers
 
-    if options.prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(
-            f"tiny prediction_type must be 'epsilon' or 'v_prediction', got {options.prediction_type!r}"
-        )
-    root = Path(options.cache_dir or os.environ.get("EDITFRIENDLY_CACHE") or Path.home() / ".cache" / "editfriendly")
-    key = json.dumps(
-        [TINY_VERSION, options.seed, options.prediction_type, options.resolution, diffusers.__version__]
-    )
-    folder = root / f"tiny-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    root = cache_root(cache_dir)
+    digest = hashlib.sha1(json.dumps([*key, diffusers.__version__]).encode()).hexdigest()[:12]
+    folder = root / f"{prefix}-{digest}"
     if (folder / "model_index.json").exists():
         return folder
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=root))
     try:
-        build_tiny_model(tmp, options.seed, options.prediction_type, options.resolution)
+        build(tmp)
         try:
-            os.rename(tmp, folder)  # atomic: concurrent builders (DDP ranks) race safely
+            os.rename(tmp, folder)  # atomic: concurrent builders race safely
         except OSError:
             if not (folder / "model_index.json").exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def tiny_model_path(options: TinyOptions) -> Path:
+    """The cached folder of the tiny model for ``options``, built on first use (atomically)."""
+    if options.prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(
+            f"tiny prediction_type must be 'epsilon' or 'v_prediction', got {options.prediction_type!r}"
+        )
+    return cached_model_folder(
+        "tiny",
+        [TINY_VERSION, options.seed, options.prediction_type, options.resolution],
+        lambda tmp: build_tiny_model(tmp, options.seed, options.prediction_type, options.resolution),
+        options.cache_dir,
+    )
 
 
 @BACKBONES.register("tiny")
