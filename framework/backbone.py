@@ -65,9 +65,31 @@ class Backbone(abc.ABC):
         self.final_alpha_cumprod = 1.0
 
     # ----------------------------------------------------------------- schedule
-    @abc.abstractmethod
+    def set_scheduler(self, scheduler: Any) -> None:
+        """Take the noise schedule from a diffusers scheduler (a ``DDIMScheduler`` with "leading"
+        spacing, as the paper's code): ᾱ, the final ᾱ, the prediction type and the timesteps."""
+        self.scheduler = scheduler
+        self.prediction_type = scheduler.config.prediction_type
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32).clone()
+        self.final_alpha_cumprod = float(scheduler.final_alpha_cumprod)
+        self._timesteps: dict[int, Tensor] = {}
+
     def scheduler_timesteps(self, num_steps: int) -> Tensor:
         """The model scheduler's timesteps for ``num_steps`` steps, descending (diffusers order)."""
+        limit = int(self.scheduler.config.num_train_timesteps)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= limit:
+            raise InputError(f"num_steps must be an integer in 1..{limit} for this model, got {num_steps!r}")
+        if num_steps not in self._timesteps:
+            self.scheduler.set_timesteps(num_steps)
+            timesteps = self.scheduler.timesteps.to("cpu", torch.int64).clone()
+            if int(timesteps.max()) >= limit:
+                offset = self.scheduler.config.steps_offset
+                raise InputError(
+                    f"num_steps={num_steps} puts the last timestep at {int(timesteps.max())} >= "
+                    f"num_train_timesteps={limit} with steps_offset={offset}; use at most {limit - offset} steps"
+                )
+            self._timesteps[num_steps] = timesteps
+        return self._timesteps[num_steps]
 
     def timesteps(self, num_steps: int) -> Tensor:
         """(N,) int64 model timesteps in paper order: ``timesteps(N)[i-1]`` is step i's."""

@@ -69,5 +69,9 @@ def test_bad_shapes_and_steps(tiny) -> None:
         tiny.encode_image(torch.zeros(1, 3, 30, 30))
     with pytest.raises(InputError, match="num_steps"):
         tiny.timesteps(5000)
+    # SD's steps_offset 1 with "leading" spacing would index timestep 1000 of 0..999
+    with pytest.raises(InputError, match="last timestep at 1000"):
+        tiny.timesteps(1000)
+    assert int(tiny.timesteps(999).max()) == 999
     with pytest.raises(InputError, match="dtype"):
         load_backbone("tiny", device="cpu", dtype="float8")

@@ -110,7 +110,7 @@ class GaussianBackbone(Backbone):
         lam, u = torch.linalg.eigh(self.cov64)
         self.eigvals64 = lam.clamp(min=0)  # (d,)
         self.eigvecs64 = u  # (d, d), columns are eigenvectors
-        self.scheduler = DDIMScheduler(
+        self.set_scheduler(DDIMScheduler(
             num_train_timesteps=options.num_train_timesteps,
             beta_start=options.beta_start,
             beta_end=options.beta_end,
@@ -120,29 +120,8 @@ class GaussianBackbone(Backbone):
             steps_offset=options.steps_offset,
             timestep_spacing="leading",
             prediction_type="epsilon",
-        )
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32).clone()
-        self.final_alpha_cumprod = float(self.scheduler.final_alpha_cumprod)
+        ))
         self._abar64 = self.scheduler.alphas_cumprod.to(torch.float64).clone()
-        self._timesteps: dict[int, Tensor] = {}
-
-    # ----------------------------------------------------------------- schedule
-    def scheduler_timesteps(self, num_steps: int) -> Tensor:
-        """Descending DDIM "leading" timesteps (steps_offset added)."""
-        T = int(self.options.num_train_timesteps)
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
-            raise InputError(f"num_steps must be an integer in 1..{T} for this model, got {num_steps!r}")
-        if num_steps not in self._timesteps:
-            top = (num_steps - 1) * (T // num_steps) + int(self.options.steps_offset)
-            if top >= T:
-                raise InputError(
-                    f"num_steps={num_steps} puts the last timestep at {top} >= num_train_timesteps={T} "
-                    f"with steps_offset={self.options.steps_offset}; use fewer steps (at most {T - 1}) "
-                    "or steps_offset 0"
-                )
-            self.scheduler.set_timesteps(num_steps)
-            self._timesteps[num_steps] = self.scheduler.timesteps.to("cpu", torch.int64).clone()
-        return self._timesteps[num_steps]
 
     # ----------------------------------------------------------------- data
     def _check(self, x: Tensor, what: str) -> Tensor:

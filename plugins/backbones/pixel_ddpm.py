@@ -107,13 +107,12 @@ class PixelDDPMBackbone(Backbone):
         self.unet.requires_grad_(False)
         self.unet.eval()
         self.unet.to(self.device)
-        self.scheduler = DDIMScheduler.from_config(
-            sched_cfg, timestep_spacing="leading", set_alpha_to_one=options.set_alpha_to_one,
-            **({} if options.steps_offset is None else {"steps_offset": options.steps_offset}),
+        self.set_scheduler(
+            DDIMScheduler.from_config(
+                sched_cfg, timestep_spacing="leading", set_alpha_to_one=options.set_alpha_to_one,
+                **({} if options.steps_offset is None else {"steps_offset": options.steps_offset}),
+            )
         )
-        self.prediction_type = self.scheduler.config.prediction_type
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32).clone()
-        self.final_alpha_cumprod = float(self.scheduler.final_alpha_cumprod)
         cfg = self.scheduler.config
         self.clip_sample = bool(cfg.get("clip_sample", False) if options.clip_sample is None else options.clip_sample)
         self.clip_sample_range = float(cfg.get("clip_sample_range", 1.0))
@@ -123,17 +122,6 @@ class PixelDDPMBackbone(Backbone):
         size = self.unet.config.sample_size
         self.resolution = int(size if isinstance(size, int) else size[0])
         self.size_multiple = 2 ** (len(self.unet.config.down_block_types) - 1)
-        self._timesteps: dict[int, Tensor] = {}
-
-    # ----------------------------------------------------------------- schedule
-    def scheduler_timesteps(self, num_steps: int) -> Tensor:
-        limit = int(self.scheduler.config.num_train_timesteps)
-        if not 1 <= num_steps <= limit:
-            raise InputError(f"num_steps must be in 1..{limit} for this model, got {num_steps}")
-        if num_steps not in self._timesteps:
-            self.scheduler.set_timesteps(num_steps)
-            self._timesteps[num_steps] = self.scheduler.timesteps.to("cpu", torch.int64).clone()
-        return self._timesteps[num_steps]
 
     # ----------------------------------------------------------------- images (identity)
     def encode_image(self, images: Tensor) -> Tensor:

@@ -72,26 +72,12 @@ class StableDiffusionBackbone(Backbone):
             module.requires_grad_(False)
             module.eval()
             module.to(self.device)
-        self.scheduler = DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading")
-        self.prediction_type = self.scheduler.config.prediction_type
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32).clone()
-        self.final_alpha_cumprod = float(self.scheduler.final_alpha_cumprod)
+        self.set_scheduler(DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading"))
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.resolution = int(self.unet.config.sample_size) * self.vae_scale
         self.size_multiple = self.vae_scale * 2 ** (len(self.unet.config.down_block_types) - 1)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.max_tokens = int(self.text_encoder.config.max_position_embeddings)
-        self._timesteps: dict[int, Tensor] = {}
-
-    # ----------------------------------------------------------------- schedule
-    def scheduler_timesteps(self, num_steps: int) -> Tensor:
-        limit = int(self.scheduler.config.num_train_timesteps)
-        if not 1 <= num_steps <= limit:
-            raise InputError(f"num_steps must be in 1..{limit} for this model, got {num_steps}")
-        if num_steps not in self._timesteps:
-            self.scheduler.set_timesteps(num_steps)
-            self._timesteps[num_steps] = self.scheduler.timesteps.to("cpu", torch.int64).clone()
-        return self._timesteps[num_steps]
 
     # ----------------------------------------------------------------- images
     @torch.no_grad()
