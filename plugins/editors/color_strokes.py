@@ -168,20 +168,25 @@ def to_model_space(backbone: Any, x0: Tensor, mask: Tensor, colors: Tensor) -> t
     return small, m
 
 
-# ----------------------------------------------------------------------------- the editor
-@EDITORS.register("color_strokes")
-class ColorStrokesEditor(Editor):
-    """Recolor a masked region by adding s·B⊙(M − x̂0) to the noise maps of steps [T1, T2]."""
+# ----------------------------------------------------------------------------- the editors
+class StrokesEditor(Editor):
+    """An editor driven by color strokes: from files in its options, or tensors given here
+    (``mask`` (1, 1, H, W) in {0, 1} and ``colors`` (1, 3, H, W) in [-1, 1], image space)."""
 
-    Options = ColorStrokesOptions
     needs_prompts = False
 
-    def __init__(self, options: ColorStrokesOptions | None = None, mask: Tensor | None = None,
-                 colors: Tensor | None = None) -> None:
+    def __init__(self, options: Any = None, mask: Tensor | None = None, colors: Tensor | None = None) -> None:
         super().__init__(options)
         if (mask is None) != (colors is None):
             raise InputError("give both mask and colors tensors, or neither")
         self.strokes = None if mask is None else check_stroke_tensors(mask, colors)  # type: ignore[arg-type]
+
+
+@EDITORS.register("color_strokes")
+class ColorStrokesEditor(StrokesEditor):
+    """Recolor a masked region by adding s·B⊙(M − x̂0) to the noise maps of steps [T1, T2]."""
+
+    Options = ColorStrokesOptions
 
     def image_strokes(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """The strokes in image space: mask (1, 1, H, W), colors (1, 3, H, W) for (W, H) = size."""

@@ -22,17 +22,12 @@ from framework.inversion import Inversion
 from framework.random import randn
 from framework.registry import EDITORS
 from framework.sampling import (
-    Editor,
     check_single_image,
     expand_rows,
     prompt_free_conditioning,
     reverse_process,
 )
-from plugins.editors.color_strokes import (
-    check_stroke_tensors,
-    image_size,
-    load_stroke_files,
-)
+from plugins.editors.color_strokes import StrokesEditor, image_size, load_stroke_files
 
 
 @dataclass
@@ -58,18 +53,10 @@ def paint_strokes(backbone, x0: Tensor, mask: Tensor, colors: Tensor) -> Tensor:
 
 
 @EDITORS.register("sdedit")
-class SDEditEditor(Editor):
+class SDEditEditor(StrokesEditor):
     """Noise the (stroke-painted) input to a step and denoise it with fresh noise."""
 
     Options = SDEditOptions
-    needs_prompts = False
-
-    def __init__(self, options: SDEditOptions | None = None, mask: Tensor | None = None,
-                 colors: Tensor | None = None) -> None:
-        super().__init__(options)
-        if (mask is None) != (colors is None):
-            raise InputError("give both mask and colors tensors, or neither")
-        self.strokes = None if mask is None else check_stroke_tensors(mask, colors)  # type: ignore[arg-type]
 
     def first_step(self, num_steps: int, skip: int) -> int:
         """The step SDEdit noises to, in 1..N."""
