@@ -12,6 +12,7 @@ from torch import Tensor
 
 from framework.inversion import Inversion
 from framework.random import make_generator
+from framework.sampling import check_conditional
 
 
 @dataclass
@@ -50,6 +51,7 @@ def invert_and_edit(
     seed: int,
 ) -> EditResult:
     """Encode ``image`` (1, 3, H, W), invert it once, edit it toward every target, decode."""
+    check_conditional(editor, backbone)  # before the inversion, not after it
     inv_gen, edit_gen = seeds_for(seed)
     with torch.no_grad():
         x0 = backbone.encode_image(image.to(backbone.device))
