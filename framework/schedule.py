@@ -16,6 +16,7 @@ which is DDIM's formula for every η in [0, 1] (η = 1 is DDPM's posterior varia
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -36,9 +37,9 @@ class Schedule:
     def num_steps(self) -> int:
         return int(self.timesteps.shape[0])
 
-    @property
+    @cached_property
     def sigma(self) -> Tensor:
-        """(N,) σ_i = η sqrt((1-ᾱ_prev)/(1-ᾱ_i)·(1-ᾱ_i/ᾱ_prev))."""
+        """(N,) σ_i = η sqrt((1-ᾱ_prev)/(1-ᾱ_i)·(1-ᾱ_i/ᾱ_prev)), computed once per schedule."""
         var = (1 - self.abar_prev) / (1 - self.abar) * (1 - self.abar / self.abar_prev)
         return self.eta * var.clamp(min=0).sqrt()
 
@@ -58,8 +59,8 @@ class Schedule:
 
     def mu(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
         """μ̂_i(x_i): the deterministic part of the reverse step i (float32)."""
-        a, a_prev, sigma, _ = self.coefficients(i)
-        x0_pred = (x_t - (1 - a) ** 0.5 * eps) / a**0.5
+        _, a_prev, sigma, _ = self.coefficients(i)
+        x0_pred = self.predict_x0(x_t, eps, i)
         direction = max(1 - a_prev - sigma**2, 0.0) ** 0.5
         return a_prev**0.5 * x0_pred + direction * eps
 
