@@ -94,6 +94,14 @@ class Editor(abc.ABC):
     ) -> Tensor:
         """Return one latent per target prompt, (K, C, h, w) float32."""
 
+    def check_inputs(self, backbone: Any, inversion: Inversion, target_prompts: Sequence[str] | str) -> list[str]:
+        """The checks a prompt-driven edit starts with (targets, a conditional backbone, one
+        image); returns the targets as a list."""
+        targets = check_targets(target_prompts)
+        check_conditional(self, backbone)
+        check_single_image(inversion)
+        return targets
+
 
 def check_targets(target_prompts: Sequence[str] | str) -> list[str]:
     """A non-empty list of strings (a single string is one target)."""

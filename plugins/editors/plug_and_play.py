@@ -42,7 +42,7 @@ from framework import progress
 from framework.errors import ConfigError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
-from framework.sampling import Editor, check_conditional, check_single_image, check_targets
+from framework.sampling import Editor
 from plugins.editors.unet_hooks import (
     attention_modules,
     broadcast_first_row,
@@ -133,9 +133,7 @@ class PlugAndPlay(Editor):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Return (K, C, h, w) float32 latents, one per target prompt."""
-        targets = check_targets(target_prompts)
-        check_conditional(self, backbone)
-        check_single_image(inversion)
+        targets = self.check_inputs(backbone, inversion, target_prompts)
         self._check_options()
         o = self.options
         unet = unet_of(backbone, "plug_and_play")

@@ -50,7 +50,7 @@ from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.random import randn
 from framework.registry import EDITORS
-from framework.sampling import Editor, check_conditional, check_single_image, check_targets, expand_rows
+from framework.sampling import Editor, expand_rows
 
 #: inverters whose inversions get the DDIM defaults of the reference code (cross 0.8, self 0.4)
 DDIM_METHODS = ("ddim",)
@@ -523,9 +523,7 @@ class PromptToPrompt(Editor):
     ) -> PromptToPromptResult:
         """The edit with its source row, masks and bookkeeping (see :class:`PromptToPromptResult`)."""
         o = self.options
-        targets = check_targets(target_prompts)
-        check_conditional(self, backbone)
-        check_single_image(inversion)
+        targets = self.check_inputs(backbone, inversion, target_prompts)
         if getattr(backbone, "unet", None) is None or getattr(backbone, "tokenizer", None) is None:
             raise InputError(
                 "prompt_to_prompt controls the attention of a diffusers UNet with a tokenizer; "

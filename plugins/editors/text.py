@@ -15,7 +15,7 @@ from torch import Tensor
 
 from framework.inversion import Inversion
 from framework.registry import EDITORS
-from framework.sampling import Editor, check_conditional, check_single_image, check_targets, expand_rows, reverse_process
+from framework.sampling import Editor, expand_rows, reverse_process
 
 
 @dataclass
@@ -42,9 +42,7 @@ class TextEditor(Editor):
         skip: int = 36,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        targets = check_targets(target_prompts)
-        check_conditional(self, backbone)
-        check_single_image(inversion)
+        targets = self.check_inputs(backbone, inversion, target_prompts)
         start = inversion.check_skip(skip)
         schedule = backbone.schedule(inversion.num_steps, inversion.eta)
         g = self.options.guidance_scale

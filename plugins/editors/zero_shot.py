@@ -43,7 +43,7 @@ from framework import progress
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
-from framework.sampling import Editor, check_conditional, check_single_image, check_targets
+from framework.sampling import Editor
 from plugins.editors.unet_hooks import (
     attention_modules,
     attention_probs,
@@ -191,9 +191,7 @@ class ZeroShot(Editor):
         """The edit with diagnostics. ``direction`` (K or 1, L, D) replaces the sentence
         direction; ``measure`` records the attention distance also when λ = 0 (one extra
         forward pass per step)."""
-        targets = check_targets(target_prompts)
-        check_conditional(self, backbone)
-        check_single_image(inversion)
+        targets = self.check_inputs(backbone, inversion, target_prompts)
         self._check_options(len(targets))
         unet = unet_of(backbone, "zero_shot")
         start = inversion.check_skip(skip)
