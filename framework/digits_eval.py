@@ -161,3 +161,80 @@ class DigitClassifier:
 def classifier(resolution: int = 16) -> DigitClassifier:
     """The shared classifier for ``resolution`` (trained once per process, about a second)."""
     return DigitClassifier(resolution)
+
+
+# --------------------------------------------------------------------- edits on held-out digits
+def edit_cases(n: int, kind: str = "fg", seed: int = 0, resolution: int = 16) -> list[tuple[Tensor, str, str]]:
+    """``n`` held-out edit cases (image (1, 3, R, R) in [-1, 1], source prompt, target prompt) that
+    change ``kind`` (fg, bg or digit), round-robin over the digits as the ``digits`` dataset."""
+    from plugins.datasets.digits import item_spec, pick_indices
+
+    out = []
+    for index in pick_indices(0)[:n]:
+        digit, fg, bg, targets, _ = item_spec(index, seed, [kind])
+        out.append((D.render_indices([index], [fg], [bg], resolution), D.prompt(digit, fg, bg), targets[0]))
+    return out
+
+
+def run_edits(
+    backbone: Any,
+    inverter: Any,
+    editor: Any,
+    cases: Sequence[tuple[Tensor, str, str]],
+    num_steps: int = 100,
+    skip: int = 36,
+    seed: int = 0,
+) -> Tensor:
+    """Invert and edit each case (one target each): edited images (n, 3, R, R) in [-1, 1]."""
+    from framework.pipeline import invert_and_edit
+
+    imgs = []
+    for k, (image, source, target) in enumerate(cases):
+        res = invert_and_edit(backbone, inverter, editor, image, source, [target],
+                              num_steps=num_steps, skip=skip, seed=seed + k)
+        imgs.append(res.images.cpu())
+    return torch.cat(imgs)
+
+
+def edit_rates(cases: Sequence[tuple[Tensor, str, str]], edited: Tensor) -> dict[str, float]:
+    """Means over the cases of the ``digit_attributes`` and ``shape_iou`` columns (None skipped)."""
+    from framework.metrics import MetricInput
+    from plugins.metrics.digit_attributes import DigitAttributesMetric
+    from plugins.metrics.shape_iou import ShapeIoUMetric
+
+    attrs, shape = DigitAttributesMetric(), ShapeIoUMetric()
+    sums: dict[str, list[float]] = {}
+    for (image, source, target), edit in zip(cases, edited):
+        batch = MetricInput(source_image=image, edited_images=edit[None], source_prompt=source,
+                            target_prompts=[target])
+        for metric in (attrs, shape):
+            for key, value in metric.compute(batch)[0].items():
+                if value is not None:
+                    sums.setdefault(key, []).append(float(value))
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def prompt_following(backbone: Any, n: int = 50, seed: int = 0, guidance_scale: float = 3.0,
+                     num_steps: int = 50) -> dict[str, float]:
+    """Generate from the prompts of ``n`` held-out digits (their digit, random colourings) and
+    read them back: the rates of digit, fg, bg and all three matching the prompt."""
+    g = torch.Generator().manual_seed(seed)
+    idx = D.split_indices("heldout")[:n]
+    fg, bg = random_colourings_list(len(idx), g)
+    digits = D.labels(idx).tolist()
+    prompts = [D.prompt(d, f, b) for d, f, b in zip(digits, fg, bg)]
+    imgs = generate(backbone, prompts, seed=seed, guidance_scale=guidance_scale, num_steps=num_steps)
+    p = classifier(backbone.resolution).predict(imgs)
+    ok = {
+        "digit": p["digit"] == torch.tensor(digits),
+        "fg": p["fg"] == torch.tensor([D.COLORS.index(c) for c in fg]),
+        "bg": p["bg"] == torch.tensor([D.COLORS.index(c) for c in bg]),
+    }
+    ok["all"] = ok["digit"] & ok["fg"] & ok["bg"]
+    return {k: float(v.float().mean()) for k, v in ok.items()}
+
+
+def random_colourings_list(n: int, generator: torch.Generator) -> tuple[list[str], list[str]]:
+    """n random (fg, bg) colour names with fg ≠ bg."""
+    f, b = D.random_colourings(n, generator)
+    return [D.COLORS[int(i)] for i in f], [D.COLORS[int(i)] for i in b]
