@@ -58,6 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the saved weights (0: no EMA)")
     p.add_argument("--uncond-prob", type=float, default=0.1, help="fraction of empty prompts (CFG dropout)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None,
+                   help="start from the weights of a folder this script wrote (a second training phase)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--eval-every", type=int, default=500, help="held-out loss every N steps")
     p.add_argument("--no-samples", action="store_true", help="skip the sample grid")
@@ -121,6 +123,17 @@ def train(args: argparse.Namespace) -> int:
     res = args.resolution
     arch = DigitsArchitecture(resolution=res, block_out_channels=tuple(int(c) for c in args.channels.split(",")))
     unet, text_encoder, tokenizer, scheduler = build_digits_model(arch, args.seed)
+    phases: list = []
+    if args.init:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        init = Path(args.init)
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(init / "unet", low_cpu_mem_usage=False).state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(init / "text_encoder").state_dict())
+        previous = json.loads((init / "training.json").read_text())
+        phases = [*previous.get("phases", []), {k: previous[k] for k in
+                  ("steps", "lr", "seed", "seconds", "final_heldout_loss", "heldout") if k in previous}]
     unet.train()
     text_encoder.train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -215,6 +228,9 @@ def train(args: argparse.Namespace) -> int:
         "final_heldout_loss": final_heldout,
         "heldout": evals,
         "torch": torch.__version__,
+        "init": str(args.init) if args.init else None,
+        "phases": phases,  # earlier training phases (--init), oldest first
+        "total_steps": args.steps + sum(ph.get("steps", 0) for ph in phases),
     }
     save_digits_model(out, final_u, final_te, tokenizer, scheduler,
                       _editfriendly_training={k: v for k, v in info.items() if k != "heldout"})

@@ -69,6 +69,32 @@ def test_exact_reconstruction(digits, inverter: str) -> None:
         assert err <= 1e-4
 
 
+def test_noise_space_editors_run_on_it(digits) -> None:
+    """shift and color strokes (prompt-free noise-space editors) run on the text-conditional model."""
+    from framework.digits_eval import edit_cases
+    from plugins.editors.color_strokes import ColorStrokesEditor
+    from plugins.editors.shift import ShiftEditor
+
+    image, source, _ = edit_cases(1, "fg")[0]
+    x0 = digits.encode_image(image)
+    inv = INVERTERS.build({"name": "ddpm_edit_friendly", "guidance_scale": 3.5})
+    inversion = inv.invert(digits, x0, source, num_steps=20, skip=0, generator=torch.Generator().manual_seed(0))
+    same = ShiftEditor(ShiftEditor.Options(dx=0)).edit(digits, inversion, source, [source], skip=0)
+    assert float((same - x0).abs().max()) <= 1e-4  # shift (0, 0) reproduces the input exactly
+    moved = ShiftEditor(ShiftEditor.Options(dx=2, border="wrap")).edit(digits, inversion, source, [source], skip=0)
+    assert float((moved - x0).abs().mean()) > 0.05
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :, :8] = 1
+    colors = torch.tensor([50, 80, 220]).view(1, 3, 1, 1) / 127.5 - 1  # blue strokes on the left half
+    strokes = ColorStrokesEditor(ColorStrokesEditor.Options(strength=2, start_step=2, end_step=10), mask,
+                                 colors.expand(1, 3, 16, 16))
+    out = strokes.edit(digits, inversion, source, [source], skip=0)
+    blue = colors.view(3)
+    left_before = (x0[0, :, :, :8] - blue[:, None, None]).norm(dim=0).mean()
+    left_after = (out[0, :, :, :8] - blue[:, None, None]).norm(dim=0).mean()
+    assert float(left_after) < float(left_before)
+
+
 @pytest.mark.slow
 def test_edit_friendly_keeps_shape_better_than_ddim(digits) -> None:
     from framework.digits_eval import edit_cases, edit_rates, run_edits
