@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {out}: {exc}") from None
-    configure_gradio_env(out)
+    configure_env(out)
     engine = DemoEngine.load(args.backbone, out, device=args.device)
     app = build_app(engine)
     print(f"editfriendly demo: backbone {engine.backbone_name}, writing under {out}", flush=True)
@@ -105,12 +105,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def configure_gradio_env(out: Path) -> None:
-    """Environment for an offline Gradio that writes only under ``out`` (call before import)."""
+def configure_env(out: Path) -> None:
+    """Environment for an offline Gradio, and caches that land under ``out`` (call before
+    importing Gradio or torch)."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version check
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     os.environ["GRADIO_TEMP_DIR"] = str(out / "gradio")  # uploads and served files
     os.environ.setdefault("GRADIO_SSR_MODE", "False")  # no Node server
+    os.environ.setdefault("MPLCONFIGDIR", str(out / "matplotlib"))  # its font cache, not ~/.cache
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out / "torchinductor"))  # not $TMPDIR
 
 
 # ------------------------------------------------------------------------------ engine
@@ -349,6 +352,17 @@ class DemoEngine:
         text = yaml.safe_dump(node, sort_keys=False, default_flow_style=False) if node else ""
         return text, slider, f"plugin `{name}`: {doc[0] if doc else ''}"
 
+    def reconstruction_editor(self, editor: Any, inversion: Any) -> tuple[Any, str]:
+        """What regenerates the image unchanged: on a text-conditional backbone, the ``text``
+        editor under the source prompt at the inversion's own guidance (exact for inversions
+        with noise maps, the paper's point); otherwise ``editor`` itself toward the source."""
+        from framework.registry import EDITORS
+
+        if getattr(self.backbone, "conditional", True):
+            g = float(inversion.guidance_scale)
+            return EDITORS.build({"name": "text", "guidance_scale": g}), f"source prompt, guidance {g:g}"
+        return editor, f"{getattr(editor, 'registered_name', 'editor')} toward the source"
+
     # ---------------------------------------------------------------- request
     def compose(self, req: EditRequest) -> Any:
         """The request as a resolved run config (defaults < presets < the page's values)."""
@@ -441,15 +455,15 @@ class DemoEngine:
             say((3 * s + 1) / phases, f"editing (seed {seed_s})")
             edit = edit_inversion(self.backbone, editor, inv.inversion, source, targets, skip=skip, seed=seed_s)
             timings.append(PhaseTiming("edit", seed_s, edit.seconds, edit.nfe))
-            # the reconstruction: the same editor toward the source prompt (as the runner does)
             say((3 * s + 2) / phases, f"reconstructing (seed {seed_s})")
-            rec = edit_inversion(self.backbone, editor, inv.inversion, source, [source], skip=skip, seed=seed_s)
+            rec_editor, rec_caption = self.reconstruction_editor(editor, inv.inversion)
+            rec = edit_inversion(self.backbone, rec_editor, inv.inversion, source, [source], skip=skip, seed=seed_s)
             timings.append(PhaseTiming("reconstruction", seed_s, rec.seconds, rec.nfe))
 
             rec_path = folder / f"{stem}_seed{seed_s}_reconstruction.png"
             tensor_to_pil(rec.images)[0].save(rec_path)
             gallery.append((str(input_path), f"input {pil.size[0]}x{pil.size[1]} (as the model sees it)"))
-            gallery.append((str(rec_path), f"reconstruction, seed {seed_s}"))
+            gallery.append((str(rec_path), f"reconstruction ({rec_caption}), seed {seed_s}"))
             for k, (target, img) in enumerate(zip(targets, tensor_to_pil(edit.images))):
                 path = folder / f"{stem}_seed{seed_s}_{k:02d}_{slug(target)}.png"
                 img.save(path)
@@ -599,7 +613,7 @@ def build_app(engine: DemoEngine) -> Any:
                 with progress_bars(True):
                     result = engine.run(req, session_cache, lambda f, d: progress(f, desc=d))
             except EditFriendlyError as exc:
-                raise gr.Error(str(exc), title="error") from None
+                raise gr.Error(user_message(exc, path, name), title="error") from None
             except Exception as exc:  # a bug: log it, tell the user, keep serving
                 log.exception("demo request failed")
                 raise gr.Error(f"internal error ({type(exc).__name__}: {exc}); see the server log", title="error") from None
@@ -621,6 +635,12 @@ def build_app(engine: DemoEngine) -> Any:
             concurrency_id="model",
         )
     return app
+
+
+def user_message(exc: Exception, path: str | None, name: str) -> str:
+    """The error's text (the CLI's), naming the upload by its file name, not the server's copy."""
+    text = str(exc)
+    return text.replace(path, name) if path else text
 
 
 def _upload_path(payload: Any) -> tuple[str | None, str]:
