@@ -48,6 +48,20 @@ RESOLUTION = 32  # the tiny backbone's image side
 STEPS, SKIP = 10, 3
 
 
+# The server's main: the CLI, with an audit hook logging every socket connection it opens.
+SERVER_MAIN = """
+import sys
+log = open(sys.argv[1], "a")
+def hook(event, args):
+    if event == "socket.connect":
+        log.write(repr(args[1]) + "\\n")
+        log.flush()
+sys.addaudithook(hook)
+from framework.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,8 +90,9 @@ class Server:
             EDITFRIENDLY_CACHE=os.environ["EDITFRIENDLY_CACHE"],
         )
         env.pop("GRADIO_TEMP_DIR", None)
+        self.connects = root / "connects.log"  # every network connection the server opens
         cmd = [
-            sys.executable, "-m", "framework.cli", "demo", "--backbone", "tiny", "--device", "cpu",
+            sys.executable, "-c", SERVER_MAIN, str(self.connects), "demo", "--backbone", "tiny", "--device", "cpu",
             "--host", "127.0.0.1", "--port", str(self.port), "--out", str(self.out),
         ]  # fmt: skip
         self._log = open(self.log, "w")  # noqa: SIM115 - closed in stop()
@@ -375,3 +390,12 @@ def test_writes_only_under_the_output_folder(server: Server) -> None:
         assert not left, f"the demo wrote into its {name} folder: {left}"
     if runs:  # uploads and served files live under out/gradio
         assert (server.out / "gradio").is_dir()
+
+
+def test_fetches_nothing_from_the_network(server: Server) -> None:
+    """The server connected only to itself (Gradio's start-up check), after every request above."""
+    import ast
+
+    addresses = [ast.literal_eval(line) for line in server.connects.read_text().splitlines()]
+    remote = [a for a in addresses if not (isinstance(a, tuple) and a[0] in ("127.0.0.1", "::1", "localhost"))]
+    assert not remote, remote
