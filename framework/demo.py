@@ -48,6 +48,8 @@ DEFAULT_BACKBONES = ("digits", "tiny")
 MAX_OUTPUTS = 4  # diverse outputs (seeds) per request
 MAX_TARGETS = 8
 CACHE_ENTRIES = 8  # inversions kept per session
+SESSION_TTL_S = 3600  # a session's inversions are freed this long after its last request
+MAX_SESSIONS = 100  # sessions whose state the server keeps at once
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data"
 
 #: (fraction done, description) -> None
@@ -308,7 +310,8 @@ class DemoEngine:
                 return cls._load_one(candidate, out, device)
             except EditFriendlyError as exc:
                 log.warning("backbone %s is not available (%s); trying the next default", candidate, exc)
-        raise ConfigError(f"none of the default backbones ({', '.join(DEFAULT_BACKBONES)}) loads; give --backbone")
+        names = ", ".join(DEFAULT_BACKBONES)
+        raise ConfigError(f"none of the default backbones ({names}) loads; give --backbone")
 
     @classmethod
     def _load_one(cls, name: str, out: Path, device: str | None) -> "DemoEngine":
@@ -345,7 +348,8 @@ class DemoEngine:
         node = full_options(registry, group_node(group, preset))
         name = node.pop("name")
         guidance = node.get("guidance_scale")
-        slider = float(guidance) if isinstance(guidance, (int, float)) and not isinstance(guidance, bool) else None
+        numeric = isinstance(guidance, (int, float)) and not isinstance(guidance, bool)
+        slider = float(guidance) if numeric else None
         if slider is not None:
             node.pop("guidance_scale")
         doc = (registry.get(name).__doc__ or "").strip().splitlines()
@@ -445,19 +449,28 @@ class DemoEngine:
             inv = cache.get(key)
             if inv is None:
                 say(3 * s / phases, f"inverting (seed {seed_s})")
-                inv = invert_image(self.backbone, inverter, image, source, num_steps=num_steps, skip=skip, seed=seed_s)
+                inv = invert_image(
+                    self.backbone, inverter, image, source, num_steps=num_steps, skip=skip, seed=seed_s
+                )
                 cache.put(key, inv)
                 timings.append(PhaseTiming("inversion", seed_s, inv.seconds, inv.nfe))
             else:
                 reused += 1
-                note = f"reused from this session's cache (computed earlier: {inv.seconds:.3f} s, {inv.nfe} evaluations)"
+                note = (
+                    f"reused from this session's cache (computed earlier: {inv.seconds:.3f} s, "
+                    f"{inv.nfe} evaluations)"
+                )
                 timings.append(PhaseTiming("inversion", seed_s, 0.0, 0, reused=True, note=note))
             say((3 * s + 1) / phases, f"editing (seed {seed_s})")
-            edit = edit_inversion(self.backbone, editor, inv.inversion, source, targets, skip=skip, seed=seed_s)
+            edit = edit_inversion(
+                self.backbone, editor, inv.inversion, source, targets, skip=skip, seed=seed_s
+            )
             timings.append(PhaseTiming("edit", seed_s, edit.seconds, edit.nfe))
             say((3 * s + 2) / phases, f"reconstructing (seed {seed_s})")
             rec_editor, rec_caption = self.reconstruction_editor(editor, inv.inversion)
-            rec = edit_inversion(self.backbone, rec_editor, inv.inversion, source, [source], skip=skip, seed=seed_s)
+            rec = edit_inversion(
+                self.backbone, rec_editor, inv.inversion, source, [source], skip=skip, seed=seed_s
+            )
             timings.append(PhaseTiming("reconstruction", seed_s, rec.seconds, rec.nfe))
 
             rec_path = folder / f"{stem}_seed{seed_s}_reconstruction.png"
@@ -532,11 +545,16 @@ def build_app(engine: DemoEngine) -> Any:
             "source prompt, then edit it toward each target prompt; a second edit with the same "
             "inversion settings reuses the inversion."
         )
-        cache = gr.State(None)
+        # per-session inversions, freed an hour after their last use (or when the tab closes)
+        cache = gr.State(None, time_to_live=SESSION_TTL_S)
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="ef-image")
-                source = gr.Textbox(label="source prompt (describes the image)", value=first["source"], elem_id="ef-source")
+                image = gr.Image(
+                    label="image", type="filepath", sources=["upload", "clipboard"], elem_id="ef-image"
+                )
+                source = gr.Textbox(
+                    label="source prompt (describes the image)", value=first["source"], elem_id="ef-source"
+                )
                 targets = gr.Textbox(
                     label="target prompts (one per line)", value=first["targets"], lines=3, elem_id="ef-targets"
                 )
@@ -554,29 +572,45 @@ def build_app(engine: DemoEngine) -> Any:
                     inverter_doc = gr.Markdown(inv_doc)
                     editor_doc = gr.Markdown(ed_doc)
                 with gr.Row():
-                    inverter_options = gr.Textbox(label="inverter options (YAML)", value=inv_text, lines=4, elem_id="ef-inverter-options")
-                    editor_options = gr.Textbox(label="editor options (YAML)", value=ed_text, lines=4, elem_id="ef-editor-options")
+                    inverter_options = gr.Textbox(
+                        label="inverter options (YAML)", value=inv_text, lines=4, elem_id="ef-inverter-options"
+                    )
+                    editor_options = gr.Textbox(
+                        label="editor options (YAML)", value=ed_text, lines=4, elem_id="ef-editor-options"
+                    )
                 steps = gr.Slider(2, 200, value=steps0, step=1, label="steps N", elem_id="ef-steps")
-                skip = gr.Slider(0, 199, value=skip0, step=1, label="skip (T_skip: steps skipped at the noisy end)", elem_id="ef-skip")
+                skip = gr.Slider(
+                    0, 199, value=skip0, step=1, label="skip (T_skip: steps skipped at the noisy end)", elem_id="ef-skip"
+                )
                 with gr.Row():
                     inverter_guidance = gr.Slider(
                         1, 20, value=inv_g if inv_g is not None else 1, step=0.5,
-                        label="source guidance (inversion)", interactive=inv_g is not None, elem_id="ef-inv-guidance",
+                        label="source guidance (inversion)",
+                        interactive=inv_g is not None,
+                        elem_id="ef-inv-guidance",
                     )
                     editor_guidance = gr.Slider(
                         1, 30, value=ed_g if ed_g is not None else 1, step=0.5,
-                        label="target guidance (edit)", interactive=ed_g is not None, elem_id="ef-edit-guidance",
+                        label="target guidance (edit)",
+                        interactive=ed_g is not None,
+                        elem_id="ef-edit-guidance",
                     )
                 with gr.Row():
-                    seed = gr.Number(value=int(defaults.get("seed", 0)), precision=0, label="seed", elem_id="ef-seed")
-                    num_outputs = gr.Slider(1, MAX_OUTPUTS, value=1, step=1, label="diverse outputs (seeds)", elem_id="ef-outputs")
+                    seed = gr.Number(
+                        value=int(defaults.get("seed", 0)), precision=0, label="seed", elem_id="ef-seed"
+                    )
+                    num_outputs = gr.Slider(
+                        1, MAX_OUTPUTS, value=1, step=1, label="diverse outputs (seeds)", elem_id="ef-outputs"
+                    )
                 run = gr.Button("Edit", variant="primary", elem_id="ef-run")
         gallery = gr.Gallery(
             label="input · reconstruction · edits", columns=2 + max(1, len(first["targets"].splitlines())),
             format="png", object_fit="contain", height="auto", elem_id="ef-gallery",
         )
         timings = gr.Markdown(elem_id="ef-timings")
-        files = gr.File(label="downloads: resolved config and outputs", file_count="multiple", elem_id="ef-files")
+        files = gr.File(
+            label="downloads: resolved config and outputs", file_count="multiple", elem_id="ef-files"
+        )
 
         def on_preset(group: str) -> Callable[[str], tuple[Any, Any, Any]]:
             def update(preset: str) -> tuple[Any, Any, Any]:
@@ -584,7 +618,10 @@ def build_app(engine: DemoEngine) -> Any:
                     text, g, doc = engine.preset_options(group, preset)
                 except EditFriendlyError as exc:
                     raise gr.Error(str(exc), title="error") from None
-                slider = gr.update(value=g, interactive=True) if g is not None else gr.update(interactive=False)
+                if g is None:
+                    slider = gr.update(interactive=False)
+                else:
+                    slider = gr.update(value=g, interactive=True)
                 return text, slider, doc
 
             return update
@@ -597,12 +634,17 @@ def build_app(engine: DemoEngine) -> Any:
         def edit(
             image_payload: Any, source_text: str, targets_text: str, inv: str, inv_opts: str, inv_guid: float,
             ed: str, ed_opts: str, ed_guid: float, n_steps: float, n_skip: float, seed_value: float,
-            n_outputs: float, session_cache: InversionCache | None, progress: Any = gr.Progress(track_tqdm=True),
+            n_outputs: float,
+            session_cache: InversionCache | None,
+            progress: Any = gr.Progress(track_tqdm=True),
         ) -> tuple[Any, str, list[str], InversionCache]:
             session_cache = session_cache if isinstance(session_cache, InversionCache) else InversionCache()
             path, name = _upload_path(image_payload)
             req = EditRequest(
-                image=path, image_name=name, source_prompt=source_text or "", target_prompts=targets_text or "",
+                image=path,
+                image_name=name,
+                source_prompt=source_text or "",
+                target_prompts=targets_text or "",
                 inverter=inv, inverter_options=inv_opts, inverter_guidance=inv_guid,
                 editor=ed, editor_options=ed_opts, editor_guidance=ed_guid,
                 num_steps=n_steps, skip=n_skip, seed=seed_value, num_outputs=n_outputs,
@@ -616,7 +658,8 @@ def build_app(engine: DemoEngine) -> Any:
                 raise gr.Error(user_message(exc, path, name), title="error") from None
             except Exception as exc:  # a bug: log it, tell the user, keep serving
                 log.exception("demo request failed")
-                raise gr.Error(f"internal error ({type(exc).__name__}: {exc}); see the server log", title="error") from None
+                text = f"internal error ({type(exc).__name__}: {exc}); see the server log"
+                raise gr.Error(text, title="error") from None
             return (
                 gr.Gallery(value=result.gallery, columns=result.columns),
                 result.timings_markdown(),
@@ -660,15 +703,19 @@ def _upload_path(payload: Any) -> tuple[str | None, str]:
 def launch(app: Any, engine: DemoEngine, *, host: str, port: int, share: bool, block: bool = True) -> Any:
     """Queue (one request at a time on the model) and serve."""
     app.queue(default_concurrency_limit=1, max_size=32)
-    return app.launch(
-        server_name=host,
-        server_port=port,
-        share=share,
-        prevent_thread_lock=not block,
-        allowed_paths=[str(engine.out)],
-        ssr_mode=False,
-        mcp_server=False,
-        show_error=True,
-        quiet=False,
-        css=CSS,
-    )
+    try:
+        return app.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            prevent_thread_lock=not block,
+            allowed_paths=[str(engine.out)],
+            state_session_capacity=MAX_SESSIONS,
+            ssr_mode=False,
+            mcp_server=False,
+            show_error=True,
+            quiet=False,
+            css=CSS,
+        )
+    except OSError as exc:  # port taken, address not local, ...
+        raise InputError(f"cannot serve on {host}:{port}: {exc}; choose another --port or --host") from None

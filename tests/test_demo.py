@@ -235,6 +235,16 @@ def test_page_in_chromium_uploads_edits_and_reuses_the_inversion(server: Server,
                 "document.querySelector('#ef-timings').innerText.includes('Inversion reused')", timeout=120_000
             )
             timings_again = page.locator("#ef-timings").inner_text()
+
+            # bad input: the CLI's message in the page, and the page keeps working
+            box = page.locator("#ef-skip input[type=number]")
+            box.fill(str(STEPS))
+            box.press("Enter")
+            page.locator("#ef-run").click()
+            message = page.get_by_text("must be smaller than the number of steps")
+            message.first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)  # the toast slides in
+            page.screenshot(path=str(tmp_path / "demo-error.png"))  # the toast is in the viewport
         finally:
             browser.close()
 
