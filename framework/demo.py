@@ -34,7 +34,7 @@ import uuid
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,11 +180,25 @@ class DemoResult:
             head = (
                 f"**Inversion reused** for {self.reused} of {n} seed(s): same image, backbone, "
                 "source prompt, inverter, steps, skip and seed as an earlier edit in this session; "
-                "only the editor ran."
+                "only the editor ran (the reconstruction is kept with the inversion)."
             )
         else:
             head = f"Inverted {n} seed(s); a new edit with the same inversion settings will reuse them."
         return head + "\n\n" + "\n".join(lines) + f"\n\nOutputs: `{self.folder}`"
+
+
+@dataclass
+class CachedInversion:
+    """An inversion of one session's cache, with the reconstructions made from it so far."""
+
+    run: Any  # framework.pipeline.InversionRun
+    reconstructions: dict[str, Any] = field(default_factory=dict)  # editor config -> EditRun
+
+
+def reused_row(phase: str, seed: int, seconds: float, nfe: int) -> PhaseTiming:
+    """A timings row for work taken from the cache: it cost this request nothing."""
+    note = f"reused from this session's cache (computed earlier: {seconds:.3f} s, {nfe} evaluations)"
+    return PhaseTiming(phase, seed, 0.0, 0, reused=True, note=note)
 
 
 class InversionCache:
@@ -446,32 +460,32 @@ class DemoEngine:
         for s in range(num_outputs):
             seed_s = seed + s
             key = inversion_key(image_hash, self.backbone_cfg, source, inverter_cfg, num_steps, skip, seed_s)
-            inv = cache.get(key)
-            if inv is None:
+            entry = cache.get(key)
+            if entry is None:
                 say(3 * s / phases, f"inverting (seed {seed_s})")
-                inv = invert_image(
+                run = invert_image(
                     self.backbone, inverter, image, source, num_steps=num_steps, skip=skip, seed=seed_s
                 )
-                cache.put(key, inv)
-                timings.append(PhaseTiming("inversion", seed_s, inv.seconds, inv.nfe))
+                entry = CachedInversion(run)
+                cache.put(key, entry)
+                timings.append(PhaseTiming("inversion", seed_s, run.seconds, run.nfe))
             else:
                 reused += 1
-                note = (
-                    f"reused from this session's cache (computed earlier: {inv.seconds:.3f} s, "
-                    f"{inv.nfe} evaluations)"
-                )
-                timings.append(PhaseTiming("inversion", seed_s, 0.0, 0, reused=True, note=note))
+                timings.append(reused_row("inversion", seed_s, entry.run.seconds, entry.run.nfe))
+            inversion = entry.run.inversion
             say((3 * s + 1) / phases, f"editing (seed {seed_s})")
-            edit = edit_inversion(
-                self.backbone, editor, inv.inversion, source, targets, skip=skip, seed=seed_s
-            )
+            edit = edit_inversion(self.backbone, editor, inversion, source, targets, skip=skip, seed=seed_s)
             timings.append(PhaseTiming("edit", seed_s, edit.seconds, edit.nfe))
             say((3 * s + 2) / phases, f"reconstructing (seed {seed_s})")
-            rec_editor, rec_caption = self.reconstruction_editor(editor, inv.inversion)
-            rec = edit_inversion(
-                self.backbone, rec_editor, inv.inversion, source, [source], skip=skip, seed=seed_s
-            )
-            timings.append(PhaseTiming("reconstruction", seed_s, rec.seconds, rec.nfe))
+            rec_editor, rec_caption = self.reconstruction_editor(editor, inversion)
+            rec_key = json.dumps([rec_editor.registered_name, vars(rec_editor.options)], sort_keys=True, default=str)
+            rec = entry.reconstructions.get(rec_key)
+            if rec is None:
+                rec = edit_inversion(self.backbone, rec_editor, inversion, source, [source], skip=skip, seed=seed_s)
+                entry.reconstructions[rec_key] = rec
+                timings.append(PhaseTiming("reconstruction", seed_s, rec.seconds, rec.nfe))
+            else:
+                timings.append(reused_row("reconstruction", seed_s, rec.seconds, rec.nfe))
 
             rec_path = folder / f"{stem}_seed{seed_s}_reconstruction.png"
             tensor_to_pil(rec.images)[0].save(rec_path)

@@ -326,9 +326,14 @@ def test_client_gets_images_errors_read_like_the_cli_and_the_server_keeps_servin
 
     # the server keeps serving: the next good request works, reuses seed 0's inversion from this
     # session, and gives the same edit as the first request
-    pairs, timings, _ = unpack(c.predict(**request(), api_name="/edit"))
+    pairs, timings, files = unpack(c.predict(**request(), api_name="/edit"))
     assert "Inversion reused" in timings
     assert np.array_equal(edit_of(pairs, "a yellow flower"), seeds[0])
+    # only the editor ran: the inversion and its reconstruction came from the cache
+    timings = json.loads(zipfile.ZipFile(files["outputs.zip"]).read("results.json"))["timings"]
+    assert [(t["phase"], t["reused"], t["nfe"] > 0) for t in timings] == [
+        ("inversion", True, False), ("edit", False, True), ("reconstruction", True, False)
+    ]
     # a different source prompt is another inversion
     _, timings, _ = unpack(c.predict(**request(source_text="a flower"), api_name="/edit"))
     assert "Inversion reused" not in timings
