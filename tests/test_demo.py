@@ -260,6 +260,11 @@ def test_page_in_chromium_uploads_edits_and_reuses_the_inversion(server: Server,
     # the front end came from the server (the wheel), nothing from elsewhere
     outside = [u for u in requests if not u.startswith(server.url) and not u.startswith(("data:", "blob:"))]
     assert not outside, outside
+    import gradio
+
+    frontend = {f.name for f in (Path(gradio.__file__).parent / "templates" / "frontend").rglob("*.js")}
+    scripts = [u.split("?")[0].rsplit("/", 1)[-1] for u in requests if u.split("?")[0].endswith(".js")]
+    assert scripts and all(name in frontend for name in scripts), scripts  # the wheel's own files
 
 
 # ------------------------------------------------------------------------------ the API
