@@ -273,12 +273,16 @@ def as_int(value: Any, what: str) -> int:
     return int(f)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
 def load_examples(folder: Path = EXAMPLES_DIR) -> list[dict[str, Any]]:
     """The shipped examples: entries of ``data/*.yaml`` lists (``init_img``, ``source_prompt``,
-    ``target_prompts``, paths relative to the file) whose image exists."""
+    ``target_prompts``, paths relative to the file) whose image exists, then the images lying
+    directly in ``data/`` that no list names (with empty prompts)."""
     import yaml
 
-    examples = []
+    examples: list[dict[str, Any]] = []
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
         try:
             entries = yaml.safe_load(path.read_text())
@@ -297,6 +301,11 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> list[dict[str, Any]]:
                         "targets": "\n".join(str(t) for t in targets),
                     }
                 )
+    listed = {e["image"] for e in examples}
+    loose = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    for image in loose:
+        if str(image.resolve()) not in listed:
+            examples.append({"image": str(image.resolve()), "source": "", "targets": ""})
     return examples
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from framework.demo import DemoEngine, EditRequest, InversionCache, inversion_key, load_examples, parse_options
 from framework.errors import ConfigError, InputError, WeightsNotFoundError
@@ -102,9 +103,15 @@ def test_inversion_key_and_cache() -> None:
     assert (cache.get("b"), cache.get("a"), cache.get("c"), len(cache)) == (None, 1, 3, 2)
 
 
-def test_examples_come_from_the_shipped_data_lists() -> None:
+def test_examples_come_from_the_shipped_data_lists(tmp_path: Path) -> None:
     examples = load_examples()
     flower = [e for e in examples if Path(e["image"]).name == "flower.png"]
-    assert flower and flower[0]["source"] == "a pink flower with green leaves"
+    assert len(flower) == 1 and flower[0]["source"] == "a pink flower with green leaves"
     assert flower[0]["targets"].splitlines() == ["a yellow flower with green leaves", "a pink flower made of paper"]
     assert all(Path(e["image"]).is_file() for e in examples)
+    # a list entry whose image is missing is left out; an image no list names comes with empty prompts
+    (tmp_path / "list.yaml").write_text("- {init_img: gone.png, source_prompt: a}\n- {init_img: a.png, source_prompt: b}\n")
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    found = [(Path(e["image"]).name, e["source"]) for e in load_examples(tmp_path)]
+    assert found == [("a.png", "b"), ("b.png", "")]
