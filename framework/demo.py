@@ -100,6 +100,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise InputError(f"cannot create the output folder {out}: {exc}") from None
     configure_env(out)
+    try:  # before the (slow) model load
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ConfigError("editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)") from None
     engine = DemoEngine.load(args.backbone, out, device=args.device)
     app = build_app(engine)
     print(f"editfriendly demo: backbone {engine.backbone_name}, writing under {out}", flush=True)
