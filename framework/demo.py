@@ -571,6 +571,12 @@ def build_app(engine: DemoEngine) -> Any:
             f"Backbone **{engine.backbone_name}** ({res}x{res} pixels). Invert an image once under its "
             "source prompt, then edit it toward each target prompt; a second edit with the same "
             "inversion settings reuses the inversion."
+            + (
+                "\n\n*The tiny model has random weights: its VAE and its edits give noise. It checks "
+                "the machinery; `--backbone digits` or `--backbone sd14` gives meaningful edits.*"
+                if engine.backbone_cfg.get("name") == "tiny"
+                else ""
+            )
         )
         # per-session inversions, freed an hour after their last use (or when the tab closes)
         cache = gr.State(None, time_to_live=SESSION_TTL_S)
