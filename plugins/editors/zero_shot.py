@@ -39,18 +39,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from framework import progress
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
-from framework.sampling import Editor
+from framework.sampling import Editor, FollowInversion, StepHook, denoise, inversion_guidance
 from plugins.editors.unet_hooks import (
     attention_modules,
     attention_probs,
     check_source_latents,
     follows_inversion,
     forward_hooks,
-    reverse_step,
     unet_of,
 )
 
@@ -105,6 +103,28 @@ def mean_embedding(backbone: Any, sentences: Sequence[str]) -> Tensor:
         total = emb if total is None else total + emb
     assert total is not None
     return total / len(sentences)
+
+
+class _CrossAttentionGuidance(StepHook):
+    """The latent update before every step: x_edit <- x_edit - λ ∇ (distance of the edit rows'
+    cross-attention maps to the reference row's), recorded per step."""
+
+    def __init__(self, backbone: Any, unet: torch.nn.Module, rule: Any, cond: Tensor, lam: float) -> None:
+        self.backbone = backbone
+        self.unet = unet
+        self.schedule = rule.schedule
+        self.cond = cond
+        self.lam = lam
+        self.losses: list[Tensor] = []
+        self.updates: list[Tensor] = []
+
+    def latents(self, i: int, x: Tensor) -> Tensor:
+        t = int(self.schedule.timesteps[i - 1])
+        grad, loss = ZeroShot._attention_gradient(self.backbone, self.unet, x, t, self.cond, self.lam > 0)
+        step = self.lam * grad
+        self.losses.append(loss)
+        self.updates.append(step.flatten(1).norm(dim=1))
+        return torch.cat([x[:1], x[1:] - step])
 
 
 @EDITORS.register("zero_shot")
@@ -231,32 +251,21 @@ class ZeroShot(Editor):
         lam = float(o.cross_attention_guidance)
         k = direction.shape[0]
         device = backbone.device
-        schedule = backbone.schedule(inversion.num_steps, inversion.eta)
-        follow = follows_inversion(o.source_latents, inversion.zs, schedule)
-        zs = None if inversion.zs is None else inversion.zs.clone()
         src = backbone.encode_prompt([source]).float()
         cond = torch.cat([src, src + direction.to(device)])  # (1 + K, L, D)
-        null = backbone.null_condition()
         scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)
-        x = inversion.x_at(start).to(device, torch.float32).clone()
-        x = torch.cat([x, x.expand(k, *x.shape[1:])])  # (1 + K, C, h, w), reference row first
-        guide = lam > 0 or measure
-        losses, updates = [], []
-        for i in progress.steps(range(start, 0, -1), desc="zero_shot", total=start):
-            if follow:
-                x[0] = inversion.x_at(i)[0].to(device, torch.float32)
-            t = int(schedule.timesteps[i - 1])
-            if guide:
-                grad, loss = self._attention_gradient(backbone, unet, x, t, cond, lam > 0)
-                step = lam * grad
-                x = torch.cat([x[:1], x[1:] - step])
-                losses.append(loss)
-                updates.append(step.flatten(1).norm(dim=1))
-            eps = backbone.predict_noise(x, t, cond, null, scale)
-            x = reverse_step(schedule, x, eps, i, zs, generator, n_source=1)
-        if not guide:
+        guidance = inversion_guidance(backbone, inversion, cond, scale)
+        rule = inversion.regeneration(backbone, start, 1 + k, generator=generator, n_source=1)
+        hooks: list[StepHook] = []
+        if follows_inversion(o.source_latents, inversion, rule.schedule):
+            hooks.append(FollowInversion(rule, slice(0, 1)))
+        guide = _CrossAttentionGuidance(backbone, unet, rule, cond, lam) if lam > 0 or measure else None
+        if guide is not None:
+            hooks.append(guide)
+        x = denoise(backbone, rule, start, guidance, hooks, desc="zero_shot")
+        if guide is None:
             return x[1:], None, None
-        return x[1:], torch.stack(losses), torch.stack(updates)
+        return x[1:], torch.stack(guide.losses), torch.stack(guide.updates)
 
     @staticmethod
     def _attention_gradient(
