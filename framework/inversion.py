@@ -32,7 +32,7 @@ from framework.errors import InputError
 class Inversion:
     """An inverted image (batch B, usually 1): its auxiliary sequence and noise maps."""
 
-    xts: Tensor  # (n+1, B, C, h, w) float32
+    xts: Tensor  # (n+1, B, C, h, w) float32 (float64 for EDICT, whose coupled arithmetic is exact in it)
     zs: Tensor | None  # (n, B, C, h, w) float32; None for deterministic (DDIM) inversions
     timesteps: Tensor  # (N,) int64, paper order
     num_steps: int  # N
@@ -62,8 +62,8 @@ class Inversion:
 
     @property
     def x0(self) -> Tensor:
-        """The inverted x0, (B, C, h, w)."""
-        return self.xts[0]
+        """The inverted x0, (B, C, h, w) float32."""
+        return self.xts[0].float()
 
     @property
     def batch_size(self) -> int:
