@@ -95,13 +95,15 @@ class Inversion:
         n_source: int = 0,
         transform: Any = None,
         zs: Any = "inversion",
+        shared_noise: bool = False,
     ) -> Any:
         """The step rule that regenerates ``rows`` copies of this inversion from step ``start``
         (a :class:`framework.sampling.StepRule` holding x_start (rows, C, h, w) float32).
 
         ``transform`` (a function of a (1, C, h, w) latent) changes the start latent of every
         sequence before it is copied (shift); ``zs`` replaces the noise maps (default: the
-        inversion's own). The first ``n_source`` rows are source rows (see ``DDPMRule``).
+        inversion's own). The first ``n_source`` rows are source rows; ``shared_noise``: fresh
+        noise (no maps, σ > 0) is one draw for every row (see ``DDPMRule``).
         """
         from framework.sampling import STEP_RULES
 
@@ -112,7 +114,8 @@ class Inversion:
             )
         maps = self.zs if isinstance(zs, str) else zs
         return STEP_RULES[self.rule](
-            self, backbone, start, rows, generator=generator, n_source=n_source, transform=transform, zs=maps
+            self, backbone, start, rows, generator=generator, n_source=n_source, transform=transform, zs=maps,
+            shared_noise=shared_noise,
         )
 
     def check_skip(self, skip: int) -> int:

@@ -148,7 +148,8 @@ class DDPMRule(StepRule):
 
     ``zs[i-1]`` (1 or B rows) is z_i. Without noise maps and σ_i > 0 the rows after the first
     ``n_source`` draw fresh noise from ``generator`` (B - n_source rows in one draw) and the
-    source rows get none. ``xts`` (the inversion's trajectory, (n+1, 1, C, h, w)) lets the
+    source rows get none; with ``shared_noise`` one draw of one row is added to every row
+    (Prompt-to-Prompt's choice: the rows then differ only by their prompts). ``xts`` (the inversion's trajectory, (n+1, 1, C, h, w)) lets the
     source rows follow the stored states (:meth:`follow`).
     """
 
@@ -160,8 +161,10 @@ class DDPMRule(StepRule):
         generator: torch.Generator | None = None,
         n_source: int = 0,
         xts: Tensor | None = None,
+        shared_noise: bool = False,
     ) -> None:
         self.schedule = schedule
+        self.shared_noise = shared_noise
         self.x = x
         self.zs = zs
         self.generator = generator
@@ -191,6 +194,8 @@ class DDPMRule(StepRule):
             z = self.zs[i - 1].to(x.device, torch.float32)
             if z.shape[0] != x.shape[0]:
                 z = z.expand_as(x)
+        elif self.shared_noise:
+            z = randn((1, *x.shape[1:]), self.generator, x.device).expand_as(x)
         else:
             k = x.shape[0] - self.n_source
             z_t = randn((k, *x.shape[1:]), self.generator, x.device)
@@ -210,6 +215,7 @@ def ddpm_regeneration(
     n_source: int = 0,
     transform: Callable[[Tensor], Tensor] | None = None,
     zs: Tensor | None = None,
+    shared_noise: bool = False,
 ) -> DDPMRule:
     """The :class:`DDPMRule` of an inversion: its η, its noise maps, its trajectory."""
     x = inversion.x_at(start).to(backbone.device)
@@ -222,11 +228,12 @@ def ddpm_regeneration(
         generator,
         n_source,
         inversion.xts,
+        shared_noise,
     )
 
 
 #: step-rule factories by the name an Inversion carries in ``rule`` (plugins add theirs):
-#: ``factory(inversion, backbone, start, rows, *, generator, n_source, transform, zs)``
+#: ``factory(inversion, backbone, start, rows, *, generator, n_source, transform, zs, shared_noise)``
 STEP_RULES: dict[str, Callable[..., StepRule]] = {"ddpm": ddpm_regeneration}
 
 

@@ -600,7 +600,9 @@ class PromptToPrompt(Editor):
         )
 
         # the layers to control
-        rule = inversion.regeneration(backbone, start, len(prompts), generator=generator, n_source=1)
+        rule = inversion.regeneration(
+            backbone, start, len(prompts), generator=generator, n_source=1, shared_noise=True
+        )
         h, w = rule.output().shape[-2:]
         layers = unet_layers(backbone.unet, h, w)
         self_limit = (o.max_self_resolution * h) * (o.max_self_resolution * w)

@@ -141,6 +141,7 @@ def edict_regeneration(
     n_source: int = 0,
     transform: Callable[[Tensor], Tensor] | None = None,
     zs: Tensor | None = None,
+    shared_noise: bool = False,
 ) -> EDICTRule:
     """The :class:`EDICTRule` of an EDICT inversion from step ``start`` (deterministic: the
     generator, the source rows and noise maps play no part)."""
