@@ -60,11 +60,11 @@ def optimise_null_text(
     null: Tensor,
     guidance_scale: float,
     options: NullTextOptions,
-) -> tuple[Tensor, list[int], list[float]]:
+) -> tuple[Tensor, list[int], list[float], list[float]]:
     """Per-step unconditional embeddings along ``pivot`` (n+1, B, C, h, w).
 
-    Returns (embeddings (n, B, L, D) in paper order, iterations per step and the last loss
-    per step, both from the noisy end)."""
+    Returns (embeddings (n, B, L, D) in paper order, and per step from the noisy end: the
+    iterations run, the loss of the first iteration and that of the last)."""
     n = pivot.shape[0] - 1
     w = float(guidance_scale)
     with torch.inference_mode(False), torch.enable_grad():
@@ -75,6 +75,7 @@ def optimise_null_text(
         embeddings = torch.empty((n, *u.shape), dtype=u.dtype, device=u.device)
         iterations: list[int] = []
         losses: list[float] = []
+        first: list[float] = []
         for k, i in enumerate(progress.steps(range(n, 0, -1), desc="null-text", total=n)):
             t = int(schedule.timesteps[i - 1])
             u = u.detach().clone().requires_grad_(True)
@@ -92,6 +93,8 @@ def optimise_null_text(
                 optimizer.step()
                 done += 1
                 loss_value = loss.item()
+                if done == 1:
+                    first.append(loss_value)
                 if loss_value < options.early_stop_epsilon + k * 2e-5:
                     break
             u = u.detach()
@@ -101,7 +104,7 @@ def optimise_null_text(
             with torch.no_grad():
                 eps_u = backbone.predict_noise(latent, t, u)
                 latent = schedule.mu(latent, eps_u + w * (eps_c - eps_u), i)
-    return embeddings.detach(), iterations, losses
+    return embeddings.detach(), iterations, first, losses
 
 
 @INVERTERS.register("null_text")
@@ -123,8 +126,8 @@ class NullTextInversion(Inverter):
         pivot = ddim_inversion_sequence(backbone, x0, schedule, n, cond, None, 1.0, desc="null-text pivot")
         if uncond is None or cond is None:  # guidance 1 or an unconditional model: nothing to optimise
             return pivot, None
-        emb, iterations, losses = optimise_null_text(backbone, pivot, schedule, cond, uncond, guidance_scale, o)
+        emb, iterations, first, last = optimise_null_text(backbone, pivot, schedule, cond, uncond, guidance_scale, o)
         return pivot, None, {
             "uncond_embeddings": emb,
-            "extras": {"null_text_iterations": iterations, "null_text_losses": losses},
+            "extras": {"null_text_iterations": iterations, "null_text_first_losses": first, "null_text_losses": last},
         }
