@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,10 +271,9 @@ class StepHook:
     def after_step(self, i: int, x: Tensor) -> Tensor:
         return x
 
-    #: which of the methods above the hook overrides is found by :func:`_overrides`
-
 
 def _overrides(hook: StepHook, name: str) -> bool:
+    """Whether ``hook`` overrides the method ``name`` (the loop skips the others)."""
     return getattr(type(hook), name) is not getattr(StepHook, name)
 
 

@@ -18,10 +18,12 @@ are mapped by :func:`plugins.editors.unet_hooks.resolve_layers` (block index cla
 block, then layer index to the block's last layer): on the tiny test model the features come
 from ``up_blocks.1.resnets.1`` and the attention from ``up_blocks.1.attentions.0..1``.
 
-The source branch uses the source prompt and the inversion's own guidance scale and noise maps,
-so with edit-friendly or CycleDiffusion noise maps it reproduces the inversion's sequence
-exactly; with a DDIM inversion (no maps, η = 0) it is DDIM sampling from the inverted x_T and
-follows the inverted trajectory. ``source_latents: inversion`` instead takes x_i of the source
+The source branch uses the source prompt and the inversion's own guidance scale, step rule and
+unconditional embeddings (the one reverse loop of ``framework/sampling.py``; the injections are
+a step hook), so with edit-friendly, CycleDiffusion or EDICT inversions it reproduces the
+inversion's sequence exactly; with a DDIM inversion (no maps, η = 0) it is DDIM sampling from
+the inverted x_T and follows the inverted trajectory. A ``negative_prompt`` replaces the
+unconditional embedding of the target branches only. ``source_latents: inversion`` instead takes x_i of the source
 branch from the stored trajectory at every step (what the PnP code does with its saved DDIM
 latents). Source and targets run as one batch per step, source first: the classifier-free
 guidance batch is [uncond: source, t_1..t_K; cond: source, t_1..t_K], and the unconditional

@@ -5,9 +5,11 @@ inversion.
   minus that of the source sentences. The sentences come from files named in the options (one
   sentence per line, blank lines ignored); without a file a side uses its prompt, so without any
   file Δc_k = E(target_k) - E(source).
-- Reference branch: the source prompt, the inversion's guidance scale and noise maps, from the
-  inversion's x_{N-skip} (it reproduces the inverted sequence for edit-friendly/CycleDiffusion
-  maps, and is DDIM sampling from the inverted latent for DDIM). Its cross-attention maps M_ref
+- Reference branch: the source prompt, the inversion's guidance scale, step rule and
+  unconditional embeddings, from the inversion's x_{N-skip} (it reproduces the inverted
+  sequence for edit-friendly/CycleDiffusion maps and EDICT, and is DDIM sampling from the
+  inverted latent for DDIM). Both branches run through the one reverse loop; the gradient
+  step is a step hook updating the latents before each step. Its cross-attention maps M_ref
   at step i are the reference for that step.
 - Edit branch: conditioned on c + Δc. At each step, before denoising, one gradient step on the
   latent: x_i ← x_i - λ ∇_{x_i} Σ_layers mean_heads ‖M_edit(x_i) - M_ref‖² (λ =
@@ -107,7 +109,8 @@ def mean_embedding(backbone: Any, sentences: Sequence[str]) -> Tensor:
 
 class _CrossAttentionGuidance(StepHook):
     """The latent update before every step: x_edit <- x_edit - λ ∇ (distance of the edit rows'
-    cross-attention maps to the reference row's), recorded per step."""
+    cross-attention maps to the reference row's), recorded per step (for a rule with two
+    sequences, EDICT's, each is updated and the first one's figures are recorded)."""
 
     def __init__(self, backbone: Any, unet: torch.nn.Module, rule: Any, cond: Tensor, lam: float) -> None:
         self.backbone = backbone
@@ -117,13 +120,16 @@ class _CrossAttentionGuidance(StepHook):
         self.lam = lam
         self.losses: list[Tensor] = []
         self.updates: list[Tensor] = []
+        self._recorded: int | None = None
 
     def latents(self, i: int, x: Tensor) -> Tensor:
         t = int(self.schedule.timesteps[i - 1])
         grad, loss = ZeroShot._attention_gradient(self.backbone, self.unet, x, t, self.cond, self.lam > 0)
         step = self.lam * grad
-        self.losses.append(loss)
-        self.updates.append(step.flatten(1).norm(dim=1))
+        if self._recorded != i:
+            self._recorded = i
+            self.losses.append(loss)
+            self.updates.append(step.flatten(1).norm(dim=1))
         return torch.cat([x[:1], x[1:] - step])
 
 
