@@ -105,8 +105,10 @@ class Inversion:
         inversion's own). The first ``n_source`` rows are source rows; ``shared_noise``: fresh
         noise (no maps, σ > 0) is one draw for every row (see ``DDPMRule``).
         """
+        from framework.registry import _load_plugins
         from framework.sampling import STEP_RULES
 
+        _load_plugins()  # plugins register their step rules on import
         if self.rule not in STEP_RULES:
             raise InputError(
                 f"the {self.method} inversion regenerates with step rule {self.rule!r}, which is not "
