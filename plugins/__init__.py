@@ -7,6 +7,9 @@ from plugins.backbones import tiny  # noqa: F401
 from plugins.inverters import cycle_diffusion  # noqa: F401
 from plugins.inverters import ddim  # noqa: F401
 from plugins.inverters import ddpm_edit_friendly  # noqa: F401
+from plugins.inverters import edict  # noqa: F401
+from plugins.inverters import negative_prompt  # noqa: F401
+from plugins.inverters import null_text  # noqa: F401
 from plugins.editors import color_strokes  # noqa: F401
 from plugins.editors import plug_and_play  # noqa: F401
 from plugins.editors import prompt_to_prompt  # noqa: F401

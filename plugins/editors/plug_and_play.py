@@ -18,10 +18,12 @@ are mapped by :func:`plugins.editors.unet_hooks.resolve_layers` (block index cla
 block, then layer index to the block's last layer): on the tiny test model the features come
 from ``up_blocks.1.resnets.1`` and the attention from ``up_blocks.1.attentions.0..1``.
 
-The source branch uses the source prompt and the inversion's own guidance scale and noise maps,
-so with edit-friendly or CycleDiffusion noise maps it reproduces the inversion's sequence
-exactly; with a DDIM inversion (no maps, η = 0) it is DDIM sampling from the inverted x_T and
-follows the inverted trajectory. ``source_latents: inversion`` instead takes x_i of the source
+The source branch uses the source prompt and the inversion's own guidance scale, step rule and
+unconditional embeddings (the one reverse loop of ``framework/sampling.py``; the injections are
+a step hook), so with edit-friendly, CycleDiffusion or EDICT inversions it reproduces the
+inversion's sequence exactly; with a DDIM inversion (no maps, η = 0) it is DDIM sampling from
+the inverted x_T and follows the inverted trajectory. A ``negative_prompt`` replaces the
+unconditional embedding of the target branches only. ``source_latents: inversion`` instead takes x_i of the source
 branch from the stored trajectory at every step (what the PnP code does with its saved DDIM
 latents). Source and targets run as one batch per step, source first: the classifier-free
 guidance batch is [uncond: source, t_1..t_K; cond: source, t_1..t_K], and the unconditional
@@ -38,11 +40,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from framework import progress
 from framework.errors import ConfigError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
-from framework.sampling import Editor
+from framework.sampling import Editor, FollowInversion, StepHook, denoise, inversion_guidance
 from plugins.editors.unet_hooks import (
     attention_modules,
     broadcast_first_row,
@@ -50,7 +51,6 @@ from plugins.editors.unet_hooks import (
     follows_inversion,
     forward_hooks,
     resolve_layers,
-    reverse_step,
     unet_of,
 )
 
@@ -83,13 +83,26 @@ class PlugAndPlayOptions:
     targets_per_batch: int = 0  # targets per batch with the source row (0: all at once)
 
 
-class _Injection:
-    """Which injections are on for the current step, and the batch's group size (1 + K)."""
+class _Injection(StepHook):
+    """Which injections are on for the current step, and the batch's group size (1 + K); the
+    forward hooks exist while the loop runs."""
 
-    def __init__(self, group: int) -> None:
+    def __init__(self, group: int, start: int, n_feat: int, n_attn: int) -> None:
         self.group = group
+        self.start = start
+        self.n_feat = n_feat
+        self.n_attn = n_attn
         self.features = False
         self.attention = False
+        self.pairs: list = []
+
+    def installed(self):  # noqa: ANN201
+        return forward_hooks(self.pairs)
+
+    def begin_step(self, i: int) -> None:
+        done = self.start - i  # steps already taken
+        self.features = done < self.n_feat
+        self.attention = done < self.n_attn
 
     def feature_hook(self, module, inputs, output: Tensor):  # noqa: ANN001, ANN201
         return broadcast_first_row(output, self.group) if self.features else None
@@ -166,34 +179,28 @@ class PlugAndPlay(Editor):
         """The source row and K targets from x_start down to x_0: (K, C, h, w)."""
         o = self.options
         k = len(targets)
-        device = backbone.device
-        schedule = backbone.schedule(inversion.num_steps, inversion.eta)
-        follow = follows_inversion(o.source_latents, inversion.zs, schedule)
         cond = torch.cat([backbone.encode_prompt([source]), backbone.encode_prompt(targets)])
         null = backbone.null_condition()
         uncond = null
         if o.negative_prompt:
             uncond = torch.cat([null, backbone.encode_prompt([o.negative_prompt]).expand(k, -1, -1)])
         scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)
-        x = inversion.x_at(start).to(device, torch.float32).clone()
-        x = torch.cat([x, x.expand(k, *x.shape[1:])])  # (1 + K, C, h, w), source row first
+        # the inversion's own unconditional embedding: every row, or the source row where the
+        # targets have a negative prompt
+        guidance = inversion_guidance(
+            backbone, inversion, cond, scale, uncond, slice(0, 1) if o.negative_prompt else None
+        )
+        rule = inversion.regeneration(backbone, start, 1 + k, generator=generator, n_source=1)
         n_feat = injection_steps(o.feature_injection, start)
         n_attn = injection_steps(o.attention_injection, start)
 
-        ctl = _Injection(group=1 + k)
-        pairs = [(unet.get_submodule(name).conv2, ctl.feature_hook) for name in feature_layers]
+        ctl = _Injection(1 + k, start, n_feat, n_attn)
+        ctl.pairs = [(unet.get_submodule(name).conv2, ctl.feature_hook) for name in feature_layers]
         for name in attention_layers:
             for attn in attention_modules(unet, name, "attn1"):
-                pairs += [(attn.to_q, ctl.attention_hook), (attn.to_k, ctl.attention_hook)]
-        zs = inversion.zs
-        with forward_hooks(pairs):
-            for i in progress.steps(range(start, 0, -1), desc="plug_and_play", total=start):
-                if follow:
-                    x[0] = inversion.x_at(i)[0].to(device, torch.float32)
-                done = start - i  # steps already taken
-                ctl.features = done < n_feat
-                ctl.attention = done < n_attn
-                t = int(schedule.timesteps[i - 1])
-                eps = backbone.predict_noise(x, t, cond, uncond, scale)
-                x = reverse_step(schedule, x, eps, i, zs, generator, n_source=1)
-        return x[1:]
+                ctl.pairs += [(attn.to_q, ctl.attention_hook), (attn.to_k, ctl.attention_hook)]
+        hooks: list[StepHook] = []
+        if follows_inversion(o.source_latents, inversion, rule.schedule):
+            hooks.append(FollowInversion(rule, slice(0, 1)))
+        hooks.append(ctl)
+        return denoise(backbone, rule, start, guidance, hooks, desc="plug_and_play")[1:]

@@ -1,9 +1,11 @@
 """Prompt-to-Prompt (Hertz et al., 2022) on diffusers' attention-processor API.
 
 The source prompt and every target prompt run as one batch of B = 1 + K rows from the
-inversion's x_{N-skip}, with the inversion's noise maps z_i (the same maps for every row) and
-its η. The source row (row 0) keeps the inversion's own guidance scale, so that with
-edit-friendly inversion it reproduces x0 exactly; the target rows use ``guidance_scale``.
+inversion's x_{N-skip}, through the one reverse loop with the inversion's step rule (eq. 3 with
+its noise maps z_i, the same maps for every row, and its η; EDICT's coupled update) and its
+unconditional embeddings (every row, as the null-text code). The source row (row 0) keeps the
+inversion's own guidance scale, so that with edit-friendly inversion it reproduces x0 exactly;
+the target rows use ``guidance_scale``. The attention control is a step hook.
 During the denoising steps the cross-attention maps of the target rows are taken from the
 source row's maps:
 
@@ -45,15 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from framework import progress
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
-from framework.random import randn
 from framework.registry import EDITORS
-from framework.sampling import Editor, expand_rows
+from framework.sampling import Editor, StepHook, denoise, inversion_guidance
 
-#: inverters whose inversions get the DDIM defaults of the reference code (cross 0.8, self 0.4)
-DDIM_METHODS = ("ddim",)
 #: (cross_replace_steps, self_replace_steps) defaults by kind of inversion (reference code)
 DEFAULT_STEPS = {"noise_maps": (0.6, 0.2), "ddim": (0.8, 0.4)}
 MODES = ("auto", "replace", "refine")
@@ -68,7 +66,8 @@ class PromptToPromptOptions:
     Defaults are the reference code's for P2P on edit-friendly inversion (run it with skip 12).
     ``cross_replace_steps`` / ``self_replace_steps`` left empty (null) are picked from the
     inversion: 0.6 / 0.2 for inversions with noise maps (ddpm_edit_friendly, cycle_diffusion),
-    0.8 / 0.4 for DDIM inversions (method ``ddim`` or no noise maps).
+    0.8 / 0.4 for deterministic ones (``Inversion.deterministic``: ddim, null_text,
+    negative_prompt, edict).
     """
 
     guidance_scale: float = 9.0  # classifier-free guidance of the target rows
@@ -445,6 +444,49 @@ class ControlledAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
+# --------------------------------------------------------------------------- the loop hook
+class _P2PHook(StepHook):
+    """Attention control in the one reverse loop: processors installed for the loop, the
+    controller's step set around every network evaluation, the local blend after every step."""
+
+    def __init__(
+        self,
+        unet: Any,
+        processors: Mapping[str, Any],
+        controller: AttentionController,
+        start: int,
+        blend_grid: tuple[int, int] | None,
+        size: tuple[int, int],
+        threshold: float,
+    ) -> None:
+        self.unet = unet
+        self.processors = processors
+        self.controller = controller
+        self.start = start
+        self.blend_grid = blend_grid
+        self.size = size
+        self.threshold = threshold
+        self.mask: Tensor | None = None  # (B, 1, h, w): the last local-blend mask
+
+    def installed(self) -> contextlib.AbstractContextManager:
+        return attention_control(self.unet, self.processors)
+
+    def before_eval(self, i: int) -> None:
+        self.controller.begin_step(self.start - i)
+
+    def after_eval(self, i: int) -> None:
+        self.controller.end_step()
+
+    def end_step(self, i: int) -> None:
+        if self.blend_grid is not None:
+            self.mask = self.controller.blend_mask(self.blend_grid, self.size, self.threshold)
+
+    def after_step(self, i: int, x: Tensor) -> Tensor:
+        if self.mask is None:
+            return x
+        return x[:1] + self.mask * (x - x[:1])
+
+
 # --------------------------------------------------------------------------- the editor
 @dataclass
 class PromptToPromptResult:
@@ -490,7 +532,7 @@ class PromptToPrompt(Editor):
 
     def windows(self, inversion: Inversion) -> tuple[tuple[float, float], tuple[float, float]]:
         """(cross, self) step windows as fractions: the options, or defaults by inversion kind."""
-        kind = "ddim" if inversion.method in DDIM_METHODS or inversion.zs is None else "noise_maps"
+        kind = "ddim" if inversion.deterministic else "noise_maps"
         cross_default, self_default = DEFAULT_STEPS[kind]
         o = self.options
         cross = o.cross_replace_steps if o.cross_replace_steps is not None else cross_default
@@ -558,8 +600,10 @@ class PromptToPrompt(Editor):
         )
 
         # the layers to control
-        x = expand_rows(inversion.x_at(start).to(backbone.device), len(prompts)).float()
-        h, w = x.shape[-2:]
+        rule = inversion.regeneration(
+            backbone, start, len(prompts), generator=generator, n_source=1, shared_noise=True
+        )
+        h, w = rule.output().shape[-2:]
         layers = unet_layers(backbone.unet, h, w)
         self_limit = (o.max_self_resolution * h) * (o.max_self_resolution * w)
         self_on = self_steps[1] > self_steps[0]
@@ -581,28 +625,9 @@ class PromptToPrompt(Editor):
 
         cond = backbone.encode_prompt(prompts)
         scales = torch.tensor([float(inversion.guidance_scale)] + [float(o.guidance_scale)] * k)
-        uncond = backbone.null_condition() if bool((scales != 1).any()) else None
-        sigmas = schedule.sigma
-        mask = None
-        with attention_control(backbone.unet, processors):
-            for i in progress.steps(range(start, 0, -1), desc="prompt_to_prompt", total=start):
-                t = int(schedule.timesteps[i - 1])
-                controller.begin_step(start - i)
-                eps = backbone.predict_noise(x, t, cond, uncond, scales)
-                controller.end_step()
-                mu = schedule.mu(x, eps, i)
-                sigma = float(sigmas[i - 1])
-                if sigma > 0:
-                    if inversion.zs is not None:
-                        z = inversion.zs[i - 1].to(x.device)
-                    else:  # no noise maps: one fresh noise shared by every row
-                        z = randn((1, *x.shape[1:]), generator, x.device)
-                    x = mu + sigma * z.expand_as(x)
-                else:
-                    x = mu
-                if blend_grid is not None:
-                    mask = controller.blend_mask(blend_grid, (h, w), o.threshold)
-                    x = x[:1] + mask * (x - x[:1])
+        hook = _P2PHook(backbone.unet, processors, controller, start, blend_grid, (h, w), o.threshold)
+        x = denoise(backbone, rule, start, inversion_guidance(backbone, inversion, cond, scales), [hook], "prompt_to_prompt")
+        mask = hook.mask
         return PromptToPromptResult(
             source=x[:1],
             targets=x[1:],
