@@ -21,6 +21,7 @@ from plugins.metrics import clip_score  # noqa: F401
 from plugins.metrics import diversity  # noqa: F401
 from plugins.metrics import lpips_distance  # noqa: F401
 from plugins.metrics import pixel  # noqa: F401
+from plugins.metrics import pie_bench  # noqa: F401
 from plugins.metrics import reconstruction  # noqa: F401
 from plugins.metrics import structure_distance  # noqa: F401
 from plugins.metrics import time  # noqa: F401
