@@ -48,6 +48,7 @@ from framework.errors import ConfigError
 from framework.runner_data import EditDataModule, Item, build_dataset, fit_mask, item_seed
 from framework.runner_plan import Variant, expand_methods, inversion_groups, safe_name, sweep_columns
 from framework.runner_results import (
+    OPTIONAL_COLUMNS,
     PartWriter,
     parts_dir,
     columns_for,
@@ -73,10 +74,10 @@ LOGGER_RUNNER_KEYS = ("max_table_images", "reconstructions")
 #: top-level keys a run config may have (key=value overrides of other keys are refused)
 RUN_KEYS = (
     "backbone", "inverter", "editor", "num_steps", "skip", "seed", "data", "methods", "metrics",
-    "trainer", "logger", "output_dir", "image_size",
+    "trainer", "logger", "output_dir", "image_size", "threads",
 )
 #: keys that may change between runs into one output_dir (they do not change any row)
-RUNTIME_KEYS = ("trainer", "logger", "output_dir")
+RUNTIME_KEYS = ("trainer", "logger", "output_dir", "threads")
 
 
 # ----------------------------------------------------------------------------- config
@@ -176,6 +177,7 @@ class EditModule(pl.LightningModule):
         image_size: Any = None,
         save_reconstructions: bool = False,
         show_steps: bool = False,
+        threads: int | None = None,
     ) -> None:
         super().__init__()
         self.backbone_cfg = dict(backbone_cfg)
@@ -187,6 +189,7 @@ class EditModule(pl.LightningModule):
         self.image_size = image_size
         self.save_reconstructions = bool(save_reconstructions)
         self.show_steps = bool(show_steps)
+        self.threads = threads
         self.backbone: Any = None
 
     # Lightning moves the (parameter-free) module to its device before this hook.
@@ -195,6 +198,10 @@ class EditModule(pl.LightningModule):
         from framework.registry import EDITORS, INVERTERS
 
         device = self.device
+        if self.threads:
+            # after Lightning's own choice (DDP on CPUs: cores // processes): float sums depend
+            # on the thread count, so 1 and N processes agree only with the same count
+            torch.set_num_threads(self.threads)
         self.backbone = load_backbone(self.backbone_cfg, device=device)
         self.inverters = {json.dumps(v.inverter, sort_keys=True): INVERTERS.build(v.inverter) for v in self.variants}
         self.editors = {json.dumps(v.editor, sort_keys=True): EDITORS.build(v.editor) for v in self.variants}
@@ -546,13 +553,13 @@ def log_results(
             table.add_data(*[_table_cell(row.get(c)) for c in table_cols], *pics)
         scols = list(summary[0]) if summary else []
         stable = wandb.Table(columns=scols, data=[[_table_cell(s.get(c)) for c in scols] for s in summary])
-        grids = []
+        grids = {}  # one key per item: grids differ in size (targets, seeds)
         for item_id in list(dict.fromkeys(str(r["item_id"]) for r in rows))[:max_images]:
             grid, caption = item_grid([r for r in rows if str(r["item_id"]) == item_id], output_dir)
             if grid is not None:
-                grids.append(wandb.Image(grid, caption=caption))
+                grids[f"grids/{item_dir(item_id)}"] = wandb.Image(grid, caption=caption)
         run = logger.experiment
-        run.log({"results": table, "summary": stable, **({"grids": grids} if grids else {})})
+        run.log({"results": table, "summary": stable, **grids})
         for s in summary:
             for key, value in s.items():
                 if key.endswith("_mean") and value is not None:
@@ -643,7 +650,7 @@ def finalize(
     rows = merge_rows(read_rows(output_dir), order)
     sweep = sweep_columns(variants)
     mcols = list(metric_cols)
-    known = set(columns_for([], sweep, []))
+    known = set(columns_for([], sweep, [])) | set(OPTIONAL_COLUMNS)
     for r in rows:  # metric columns the metrics did not announce
         for k in r:
             if k not in mcols and k not in known and not k.startswith("data."):
@@ -748,6 +755,9 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None, force: bool 
         if key in trainer_cfg:
             raise ConfigError(f"trainer.{key} is set by the runner; remove it from the config")
 
+    threads = plain.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer (CPU threads per process) or null, got {threads!r}")
     check_output_dir(output_dir, "output_dir")
     check_earlier_run(output_dir, plain, force)
     logger_cfg = plain.get("logger")
@@ -786,7 +796,7 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None, force: bool 
         logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
     module = EditModule(
         backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"),
-        save_reconstructions=save_recon, show_steps=show,
+        save_reconstructions=save_recon, show_steps=show, threads=threads,
     )
     data = EditDataModule(items)
     trainer.predict(module, datamodule=data, return_predictions=False)

@@ -44,6 +44,9 @@ BASE_COLUMNS = [
     "input_path",
     "output_path",
 ]
+#: columns some rows have: the variant's reconstruction (the edit with the source prompt),
+#: saved when a metric computes it or ``logger.reconstructions: true``
+OPTIONAL_COLUMNS = ["reconstruction_path"]
 KEY_COLUMNS = ("item_id", "variant", "setting", "target_index", "seed_index")
 
 
@@ -141,7 +144,7 @@ def merge_rows(rows: Iterable[dict[str, Any]], order: dict[str, int] | None = No
 
 def columns_for(rows: Sequence[dict[str, Any]], sweep: Sequence[str], metric_columns: Sequence[str]) -> list[str]:
     """Base columns, then swept keys, then metric columns, then anything else seen (sorted)."""
-    cols = list(BASE_COLUMNS)
+    cols = list(BASE_COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(c in r for r in rows)]
     for c in list(sweep) + list(metric_columns):
         if c not in cols:
             cols.append(c)

@@ -25,6 +25,11 @@ from framework.registry import BACKBONES
 log = logging.getLogger(__name__)
 
 
+def _short(text: str, limit: int = 60) -> str:
+    """A long prompt shortened for messages: its start, an ellipsis and its character count."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
+
+
 @dataclass
 class StableDiffusionOptions:
     """Options of the ``stable_diffusion`` backbone."""
@@ -123,15 +128,15 @@ class StableDiffusionBackbone(Backbone):
             if len(ids) > limit:
                 kept = self.tokenizer.decode(ids[1 : limit - 1])
                 msg = (
-                    f"prompt {prompt!r} has {len(ids)} tokens but the text encoder takes {limit} "
+                    f"prompt {_short(prompt)!r} has {len(ids)} tokens but the text encoder takes {limit} "
                     f"(start and end included)"
                 )
                 if not self.options.truncate_prompts:
                     raise InputError(
-                        msg + "; shorten it, or set backbone.truncate_prompts=true to cut it to "
-                        f"{kept!r}"
+                        msg + "; shorten it, or set backbone.truncate_prompts=true to cut it after "
+                        f"...{kept[-30:]!r}"
                     )
-                warnings.warn(msg + f"; truncated to {kept!r}", stacklevel=2)
+                warnings.warn(msg + f"; truncated after ...{kept[-30:]!r}", stacklevel=2)
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
