@@ -636,7 +636,10 @@ def compare(
     if not any(r.rows for r in runs):
         raise InputError(f"no rows in {', '.join(str(r.path / 'results.csv') for r in runs)}")
     out = Path(out) if out else default_out([str(d) for d in run_dirs])
-    out.mkdir(parents=True, exist_ok=True)
+    from framework.cli import check_output_dir, make_output_dir
+
+    check_output_dir(out, "report folder")
+    make_output_dir(out, "report folder")
     metric_cols, param_cols = classify_columns(runs, metrics, params)
     groups = group_rows(runs, param_cols, metric_cols)
     empty = [m for m in metric_cols if not any(g.stats[m][2] for g in groups)]

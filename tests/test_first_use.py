@@ -415,6 +415,9 @@ def test_run_shows_steps_and_compare_reads_an_interrupted_run(items2: Path, tmp_
     assert "has no results.csv (an interrupted run): read the 4 finished rows" in caplog.text
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| ef" in report or "ef |" in report, report[:1000]
+    # 5: compare's user errors are one line too
+    code, err = cli(capsys, "compare", out, "--out", tmp_path / "report" / "report.md" / "x")
+    assert code == 2 and err.startswith("error: cannot create the report folder") and err.count("\n") == 1, err
 
 
 # ----------------------------------------------------------------------------- 8
