@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
 
-from framework.errors import ConfigError
+from framework.errors import ConfigError, EditFriendlyError
 from framework.runner_data import EditDataModule, Item, build_dataset, fit_mask, item_seed
 from framework.runner_plan import Variant, expand_methods, inversion_groups, safe_name, sweep_columns
 from framework.runner_results import (
@@ -768,6 +769,7 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None, force: bool 
         raise ConfigError(f"logger.reconstructions must be auto, true or false, got {recon!r}")
     # auto: save (and log) the reconstructions that a metric computes anyway
     save_recon = recon is True or (recon == "auto" and any(m.needs_reconstruction for m in metrics))
+    created = not output_dir.exists()
     make_output_dir(output_dir, "output_dir")
     logger = build_logger(logger_cfg, output_dir, output_dir.name)
     writer = ResultsWriter(output_dir)
@@ -799,7 +801,14 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None, force: bool 
         save_reconstructions=save_recon, show_steps=show, threads=threads,
     )
     data = EditDataModule(items)
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    try:
+        trainer.predict(module, datamodule=data, return_predictions=False)
+    except EditFriendlyError:
+        # e.g. weights not found: a folder this invocation made and no rank wrote a row into
+        # is removed, so that a failed first run leaves nothing behind
+        if trainer.is_global_zero and created and not read_rows(output_dir):
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     if not trainer.is_global_zero:
         return 0
     metric_cols = [c for m in metrics for c in getattr(m, "columns", ())]

@@ -330,6 +330,17 @@ def test_run_output_dir_under_a_file(items2: Path, tmp_path: Path, capsys) -> No
     assert code == 2 and "does not fit in 64 bits" in err and not (tmp_path / "o").exists()
 
 
+def test_failed_first_run_leaves_no_folder(items2: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    cfg = experiment(tmp_path / "exp.yaml", items2, out)
+    code, err = cli(capsys, "run", cfg, "--no-progress",
+                    "backbone=stable_diffusion", f"backbone.model={tmp_path / 'no-model'}", "backbone.local_files_only=true")
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "could not load Stable Diffusion weights" in lines[0] and "Traceback" not in err
+    assert not out.exists()  # was: a folder holding only config.yaml
+
+
 # ----------------------------------------------------------------------------- 6
 
 

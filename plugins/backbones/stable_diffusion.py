@@ -78,7 +78,7 @@ class StableDiffusionBackbone(Backbone):
             if unreachable:
                 why = f"the hub {unreachable} and they are not in the local cache"
             else:
-                why = (str(exc).splitlines() or [type(exc).__name__])[0]
+                why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
             raise WeightsNotFoundError(
                 f"could not load Stable Diffusion weights from {options.model!r}: {why}. {weights_hint()}"
             ) from None
