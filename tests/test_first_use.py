@@ -309,6 +309,19 @@ def test_edit_user_errors_are_one_line(case: str, tmp_path: Path, photo_path: Pa
     assert not out.exists()
 
 
+def test_edits_into_one_folder_keep_every_config(tmp_path: Path, photo_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    for seed in (3, 4):
+        code, err = cli(capsys, "edit", "--image", photo_path, "--source", SRC, "--target", "a cat", "--backbone",
+                        "tiny", "--steps", "2", "--skip", "1", "--seed", str(seed), "--out", out, "--no-progress")
+        assert code == 0, err
+    from omegaconf import OmegaConf
+
+    history = sorted((out / "config_history").glob("*.yaml"))
+    assert [OmegaConf.load(p).seed for p in history] == [3, 4]
+    assert OmegaConf.load(out / "config.yaml").seed == 4
+
+
 def test_failed_edit_leaves_no_folder(tmp_path: Path, photo_path: Path, capsys) -> None:
     out = tmp_path / "out"
     long = "a very long prompt " * 40
