@@ -15,7 +15,9 @@ config is fully resolved.
 
 from __future__ import annotations
 
+import difflib
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,32 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return layer
 
 
+def suggest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the closest choice (difflib), or ``""``."""
+    norm = {c.replace("-", "").replace("_", "").lower(): c for c in choices}
+    key = word.replace("-", "").replace("_", "").lower()
+    if key in norm:
+        return f"; did you mean {norm[key]!r}?"
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_override_keys(overrides: Sequence[str], known: Iterable[str], command: str) -> None:
+    """Reject ``key=value`` overrides whose top-level key the command does not read.
+
+    A misspelt key (``ouput_dir=x``) would otherwise be accepted and ignored. Only the top
+    level is checked here; plugin options are checked against their dataclasses.
+    """
+    known = sorted(set(known))
+    for item in overrides:
+        key = item.split("=", 1)[0].split(".", 1)[0].strip()
+        if "=" in item and key and key not in known:
+            raise ConfigError(
+                f"unknown config key {key!r} in {item!r}{suggest(key, known)} "
+                f"({command} reads: {', '.join(known)})"
+            )
+
+
 def compose(
     experiment: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -234,6 +262,15 @@ def backbone_config(name_or_path: str) -> dict[str, Any]:
         return group_node("backbone", name_or_path)
     if is_pixel_model_folder(name_or_path):
         return {"name": "pixel_ddpm", "model": name_or_path}
+    if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).exists():
+        # Not a folder and not owner/name: a typo of a preset, not a hub id worth a lookup.
+        names = sorted(set(preset_names("backbone")) | set(BACKBONES.names()))
+        hint = suggest(name_or_path, names)
+        if hint:
+            raise ConfigError(
+                f"unknown backbone {name_or_path!r}{hint} (presets and backbones: {', '.join(names)}; "
+                "or a hub id owner/name, or a local diffusers folder)"
+            )
     return {"name": "stable_diffusion", "model": name_or_path}
 
 
@@ -265,3 +302,18 @@ def save_config(cfg: DictConfig | Mapping[str, Any], path: str | Path) -> Path:
         cfg = OmegaConf.create(dict(cfg))
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return path
+
+
+def save_config_history(cfg: DictConfig | Mapping[str, Any], folder: str | Path) -> Path:
+    """Write ``folder/config.yaml`` (the latest config) and keep every invocation's copy.
+
+    Each call also writes ``folder/config_history/NNN-<UTC time>.yaml`` (NNN counts up), so a
+    later run never erases the record of an earlier one. Returns the history copy.
+    """
+    folder = Path(folder)
+    save_config(cfg, folder / "config.yaml")
+    history = folder / "config_history"
+    history.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name.split("-", 1)[0]) for p in history.glob("*.yaml") if p.name.split("-", 1)[0].isdigit()]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return save_config(cfg, history / f"{max(numbers, default=0) + 1:03d}-{stamp}.yaml")
