@@ -38,7 +38,9 @@ def zero_direction(tiny) -> torch.Tensor:  # noqa: ANN001
 
 
 def test_no_guidance_zero_direction_reproduces_source(tiny, ef_inversion):  # noqa: ANN001
-    editor = zero_shot(cross_attention_guidance=0.0, guidance_scale=G_INV)
+    """With the empty negative prompt (the inversion's) and the inversion's guidance scale, a
+    zero direction regenerates the inverted image."""
+    editor = zero_shot(cross_attention_guidance=0.0, guidance_scale=G_INV, negative_prompt="empty")
     out = editor.run(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP, direction=zero_direction(tiny))
     assert out.latents.shape == (2, 4, 16, 16)
     assert (out.latents - ef_inversion.x0).abs().max() <= 1e-4
@@ -46,7 +48,9 @@ def test_no_guidance_zero_direction_reproduces_source(tiny, ef_inversion):  # no
     latents = editor.edit(tiny, ef_inversion, SOURCE, [SOURCE], skip=SKIP)
     assert (latents - ef_inversion.x0).abs().max() <= 1e-4
     # taking the reference row from the stored trajectory changes nothing here
-    inv_mode = zero_shot(cross_attention_guidance=0.0, guidance_scale=G_INV, source_latents="inversion")
+    inv_mode = zero_shot(
+        cross_attention_guidance=0.0, guidance_scale=G_INV, source_latents="inversion", negative_prompt="empty"
+    )
     latents = inv_mode.edit(tiny, ef_inversion, SOURCE, [SOURCE], skip=SKIP)
     assert (latents - ef_inversion.x0).abs().max() <= 1e-4
 
@@ -57,18 +61,28 @@ def test_guidance_updates_latent_and_lowers_attention_distance(tiny, ef_inversio
     n = N - SKIP
     assert off.attention_loss.shape == (n, 2) and on.update_norm.shape == (n, 2)
     assert float(off.update_norm.abs().max()) == 0.0
-    assert bool((on.update_norm > 0).all())  # a non-zero latent update at every step
+    # step 1: the unconditional copy (source prompt) sits on the reference, so the kept update
+    # is zero; the conditional copy (edit prompt) moves; afterwards both move
+    assert float(on.update_norm[0].abs().max()) == 0.0
+    assert bool((on.update_norm[1:] > 0).all()) and bool((on.cond_update_norm > 0).all())
     assert float(off.attention_loss[0].min()) > 0  # the edit's maps differ from the reference
     # step 1 is measured before any update, so it agrees; afterwards the guided edit stays closer
     assert torch.allclose(on.attention_loss[0], off.attention_loss[0], atol=1e-5)
     assert bool((on.attention_loss[1:].sum(0) < off.attention_loss[1:].sum(0)).all())
     assert (on.latents - off.latents).abs().max() > 1e-4
+    # the previous variant: the conditional copy's maps only, its update kept from step 1
+    cond_only = zero_shot(cross_attention_guidance=1.0, attention_guidance="conditional").run(
+        tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP
+    )
+    assert bool((cond_only.update_norm > 0).all())
+    assert torch.equal(cond_only.update_norm, cond_only.cond_update_norm)
+    assert (cond_only.latents - on.latents).abs().max() > 1e-4
 
 
 def test_text_editor_equivalence_without_guidance(tiny, ef_inversion, photo_x0):  # noqa: ANN001
     """Without sentence files and λ = 0 the edit embedding is E(target): the text editor."""
     text = EDITORS.build({"name": "text", "guidance_scale": 5.0})
-    editor = zero_shot(cross_attention_guidance=0.0, guidance_scale=5.0)
+    editor = zero_shot(cross_attention_guidance=0.0, guidance_scale=5.0, negative_prompt="empty")
     inversions = [ef_inversion, ddim_inversion(tiny, photo_x0, SOURCE, N, G_INV)]
     for inv in inversions:
         ref = text.edit(tiny, inv, SOURCE, TARGETS, skip=SKIP)
@@ -128,7 +142,7 @@ def test_works_under_inference_mode(tiny, photo_x0, ef_inversion):  # noqa: ANN0
         assert inv.xts.is_inference()
         out = editor.run(tiny, inv, SOURCE, TARGETS, skip=SKIP)
         assert torch.is_inference_mode_enabled()
-    assert bool((out.update_norm > 0).all())
+    assert bool((out.update_norm[1:] > 0).all()) and bool((out.cond_update_norm > 0).all())
     assert (out.latents - ref.latents).abs().max() <= 1e-4
 
 
