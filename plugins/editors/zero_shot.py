@@ -6,25 +6,44 @@ inversion.
   sentence per line, blank lines ignored); without a file a side uses its prompt, so without any
   file Δc_k = E(target_k) - E(source).
 - Reference branch: the source prompt, the inversion's guidance scale, step rule and
-  unconditional embeddings, from the inversion's x_{N-skip} (it reproduces the inverted
-  sequence for edit-friendly/CycleDiffusion maps and EDICT, and is DDIM sampling from the
-  inverted latent for DDIM). Both branches run through the one reverse loop; the gradient
-  step is a step hook updating the latents before each step. Its cross-attention maps M_ref
-  at step i are the reference for that step.
-- Edit branch: conditioned on c + Δc. At each step, before denoising, one gradient step on the
-  latent: x_i ← x_i - λ ∇_{x_i} Σ_layers mean_heads ‖M_edit(x_i) - M_ref‖² (λ =
-  ``cross_attention_guidance``; the maps of every cross-attention layer, summed over query
-  positions and tokens), then the usual step of eq. 3 with classifier-free guidance and the
-  inversion's noise maps.
+  unconditional embeddings (null-text, negative-prompt inversion), from the inversion's
+  x_{N-skip} (it reproduces the inverted sequence for edit-friendly/CycleDiffusion maps and
+  EDICT, and is DDIM sampling from the inverted latent for DDIM). Both branches run through
+  the one reverse loop, the reference row first in every batch; its cross-attention maps at
+  step i are the reference M_ref for that step.
+- Edit branch: conditioned on c + Δc, with the negative prompt ``negative_prompt`` (default
+  ``source``: the source prompt, as pix2pix-zero's ``edit_real.py`` calls its pipeline).
+  Before every step, pix2pix-zero's gradient step (``attention_guidance: both``): the
+  unconditional and the conditional guidance copies of x_i each move by -λ ∇ of
+  (1 / (2·heads)) Σ_copies Σ_layers Σ_heads ‖M_copy(x_copy) - M_ref,copy‖² (maps summed over
+  query positions and tokens; M_ref,copy is the reference row's maps under the same copy's
+  prompt: with the source prompt as the negative, both are the source prompt's maps, as in
+  the code's first loop); the prediction is ε_u(x_u') + w (ε_c(x_c') - ε_u(x_u')), and the step
+  of eq. 3 (with the inversion's noise maps) is taken from the updated *unconditional* copy
+  x_u'. At the first step x_u sits on the reference, so only x_c moves. λ =
+  ``cross_attention_guidance`` means what it means there: 0.1 with DDIM inversion, the paper's
+  0.03 with edit-friendly inversion (presets ``configs/editor/zero_shot.yaml`` and
+  ``zero_shot_ef.yaml``; the paper runs 50 steps, no skip, on ``inverter=ddim_pix2pix_zero``
+  for the DDIM baseline).
 
-The paper uses 50 steps and λ = 0.1 with DDIM inversion, λ = 0.03 with edit-friendly inversion
-(presets ``configs/editor/zero_shot.yaml`` and ``zero_shot_ef.yaml``).
+Options that give this project's earlier variant: ``negative_prompt: empty`` (the null text,
+or the inversion's per-step unconditional embedding where it has one, as every other
+editor); ``attention_guidance: conditional`` (the conditional copy's maps only, mean over
+heads, so the same λ is about twice as strong; both branches then see the one updated
+latent). With a guidance scale of 1 there is no unconditional copy: the loss is the
+conditional copy's mean over heads and its update is kept (as in the code without CFG).
+
+With a step rule of two sequences (EDICT) each sequence gets its own update, and every network
+evaluation of the step puts its conditional branch at the evaluated latent plus the mean over
+the sequences of x_c' - x_u' (the copies' difference is carried over to EDICT's intermediate
+latents).
 
 Differences from the pix2pix-zero code, on purpose: the reference branch runs in lockstep with
-the edit (it rides in the same batches, source row first) instead of a stored first pass, so
-no maps are kept across steps and the reference costs no extra forward passes; and the
-gradient step uses the conditional branch's maps only (the code guides a duplicated CFG batch
-and keeps the unconditional copy of the latent).
+the edit (it rides in the same batches) instead of a stored first pass, so no maps are kept
+across steps and the reference costs no extra forward passes (two network evaluations per
+step for all rows: the guidance pass with both copies, then the prediction); the reference row
+keeps the inversion's own guidance (the code's first loop uses the caption for both branches,
+which equals guidance 1, its inversion's scale).
 
 Gradients: the guidance pass runs under ``torch.inference_mode(False)`` and
 ``torch.enable_grad()`` on clones of the inputs, so the editor works inside Lightning's predict
