@@ -312,3 +312,26 @@ def test_empty_prompt_source_regenerated_with_per_step_unconditional(tiny, photo
     _call, _kind, raw, final = rec.values[0]  # conv2 at the first step
     assert torch.equal(final[3], raw[0]) and torch.equal(final[4], raw[0])
     assert torch.equal(final[:3], raw[:3])  # the source's own rows are left alone
+
+
+def test_edict_source_row_follows_its_half_steps(tiny, photo_x0, monkeypatch):  # noqa: ANN001
+    """EDICT evaluates the network twice per step. Following the stored (x_i, y_i), the source
+    row's first evaluation sees the stored state and its second EDICT's half step from it,
+    driven by the inversion's guided prediction (not the empty-prompt row's)."""
+    from plugins.inverters.edict import denoise_step, x_first
+
+    n = 4
+    inv = INVERTERS.build({"name": "edict"}).invert(tiny, photo_x0, SOURCE, num_steps=n, skip=0)
+    rec, _ = _record(tiny, monkeypatch, pnp(), inv, TARGETS[:1], 0)
+    assert len(rec.calls) == 2 * n
+    schedule = tiny.schedule(n, 0.0)
+    cond, null = tiny.encode_prompt([SOURCE]), tiny.null_condition()
+    for j in range(n):
+        i = n - j
+        x_i, y_i = inv.xts[i].double(), inv.coupled[i].double()
+        first, other = (y_i, x_i) if x_first(n - i) else (x_i, y_i)  # evaluated first, updated first
+        t = int(schedule.timesteps[i - 1])
+        eps = tiny.predict_noise(first.float(), t, cond, null, inv.guidance_scale).double()
+        half = denoise_step(schedule, i, other, eps).float()
+        assert torch.equal(rec.calls[2 * j][0][0], first[0].float())
+        assert (rec.calls[2 * j + 1][0][0] - half[0]).abs().max() <= 1e-4

@@ -37,9 +37,9 @@ from ``up_blocks.1.resnets.1`` and the attention from ``up_blocks.1.attentions.0
 - ``inversion`` (default; the reference's saved DDIM latents): x_i^src is the inversion's stored
   x_i at every step. With edit-friendly, CycleDiffusion and EDICT inversions this is exactly
   the sequence the inversion's step rule regenerates; with DDIM it is the inverted trajectory
-  itself (the reference), not DDIM sampling from x_T. With EDICT, whose step evaluates the
-  network twice, the second evaluation sees the source row after a half step driven by its
-  own ``empty_prompt`` prediction; ``regenerate`` gives EDICT's exact intermediate.
+  itself (the reference), not DDIM sampling from x_T. EDICT's step evaluates the network
+  twice; its source row then also gets the inversion's guided prediction (the rows of
+  ``regenerate``), so its half step inside the step is EDICT's exact intermediate too.
 - ``regenerate``: the source row takes the inversion's own step rule with the inversion's own
   guided prediction (source prompt, guidance scale, per-step unconditional embeddings of
   null-text / negative-prompt inversion), so with edit-friendly, CycleDiffusion or EDICT
@@ -173,10 +173,11 @@ class _EmptyPromptGuidance:
     One forward pass over ``[x_src with "", (x_src with the inversion's unconditional
     embedding), (x_src with the source prompt), targets with their unconditional embedding
     ×K (only where their guidance scale is not 1), targets with their prompts ×K]``; the
-    bracketed source rows exist only with ``regenerate`` and only where they differ from the
-    empty-prompt row. Returns the rows' guided predictions, (1 + K, C, h, w) float32: the
-    source row's is the inversion's guided prediction (``regenerate``) or the empty-prompt
-    row's (``inversion``: it is overwritten by the stored x_i before the next step).
+    bracketed source rows exist only where the source's own prediction is needed (``regenerate``,
+    EDICT) and only where they differ from the empty-prompt row. Returns the rows' guided predictions, (1 + K, C, h, w) float32: the
+    source row's is the inversion's guided prediction where it is needed, else the
+    empty-prompt row's (``inversion``: the row is overwritten by the stored x_i before the
+    next step).
     """
 
     def __init__(
@@ -350,7 +351,10 @@ class PlugAndPlay(Editor):
                 tgt = Guidance(tgt_cond, negative if o.guidance_scale != 1 else None, o.guidance_scale)
             else:
                 tgt = inversion_guidance(backbone, inversion, tgt_cond, o.guidance_scale)
-            src = None if follow else inversion_guidance(backbone, inversion, src_cond, inversion.guidance_scale)
+            # the source's own guided prediction moves it where it is regenerated, and inside
+            # steps that evaluate the network more than once (EDICT's half steps)
+            own = not follow or rule.evaluations_per_step > 1
+            src = inversion_guidance(backbone, inversion, src_cond, inversion.guidance_scale) if own else None
             guidance = _EmptyPromptGuidance(backbone.null_condition(), src, tgt, k, ctl)
         ctl.pairs = [(unet.get_submodule(name).conv2, ctl.feature_hook) for name in feature_layers]
         for name in attention_layers:
