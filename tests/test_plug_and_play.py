@@ -106,6 +106,11 @@ def test_several_targets_one_batch_per_step(tiny, ef_inversion):  # noqa: ANN001
         pnp(source_latents="regenerate").edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
         assert rows == [2 + 2 * 2] * (N - SKIP)
         rows.clear()
+        # with the empty source prompt (pnp-diffusers' default inversion prompt) every source
+        # row is the empty-prompt row
+        pnp(source_latents="regenerate").edit(tiny, ef_inversion, "", TARGETS, skip=SKIP)
+        assert rows == [1 + 2 * 2] * (N - SKIP)
+        rows.clear()
         pnp(source_branch="guided").edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
         assert rows == [2 * (1 + 2)] * (N - SKIP)  # a source row in each guidance half
     finally:
