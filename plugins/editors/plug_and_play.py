@@ -173,11 +173,11 @@ class _EmptyPromptGuidance:
     One forward pass over ``[x_src with "", (x_src with the inversion's unconditional
     embedding), (x_src with the source prompt), targets with their unconditional embedding
     ×K (only where their guidance scale is not 1), targets with their prompts ×K]``; the
-    bracketed source rows exist only where the source's own prediction is needed (``regenerate``,
-    EDICT) and only where they differ from the empty-prompt row. Returns the rows' guided predictions, (1 + K, C, h, w) float32: the
-    source row's is the inversion's guided prediction where it is needed, else the
-    empty-prompt row's (``inversion``: the row is overwritten by the stored x_i before the
-    next step).
+    bracketed source rows exist only where the source's own prediction is needed
+    (``regenerate``, EDICT) and only where they differ from the empty-prompt row. Returns the
+    rows' guided predictions, (1 + K, C, h, w) float32: the source row's is the inversion's
+    guided prediction where it is needed, else the empty-prompt row's (``inversion``: the row
+    is overwritten by the stored x_i before the next step).
     """
 
     def __init__(
@@ -189,7 +189,7 @@ class _EmptyPromptGuidance:
         injection: _Injection,
     ) -> None:
         self.empty = empty  # (1, L, D)
-        self.source = source  # the inversion's guidance of the source row (regenerate) or None
+        self.source = source  # the inversion's guidance of the source row where needed, else None
         self.targets = targets  # the targets' guidance (cond (K, L, D), uncond or None)
         self.k = k
         self.injection = injection
