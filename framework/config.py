@@ -82,7 +82,13 @@ def preset_names(group: str) -> list[str]:
 
 
 def group_node(group: str, value: Any) -> dict[str, Any]:
-    """Normalize a group value (preset name, plugin name or mapping) to a plain mapping."""
+    """Normalize a group value (preset name, plugin name or mapping) to a plain mapping of the
+    plugin's name and options (a preset's ``settings`` left out: see :func:`preset_node`)."""
+    return {k: v for k, v in preset_node(group, value).items() if k != SETTINGS}
+
+
+def preset_node(group: str, value: Any) -> dict[str, Any]:
+    """:func:`group_node` keeping the preset's ``settings`` (num_steps/skip), if it has any."""
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, str):
@@ -102,7 +108,7 @@ def group_node(group: str, value: Any) -> dict[str, Any]:
             node[SETTINGS] = check_settings(node[SETTINGS], f"the {group} config")
         if "name" not in node:
             if "preset" in node:
-                base = group_node(group, node.pop("preset"))
+                base = preset_node(group, node.pop("preset"))
                 return merge_group(base, {**node, "name": base["name"]})
             raise ConfigError(f"the {group} config needs a 'name' key (or a preset name), got {node}")
         return node
@@ -203,7 +209,7 @@ def merge_layers(layers: Iterable[Mapping[str, Any] | DictConfig]) -> dict[str, 
                 if isinstance(value, Mapping) and "name" not in value and "preset" not in value and key in groups:
                     groups[key] = {**groups[key], **value}  # options only: keep the plugin
                 else:
-                    groups[key] = merge_group(groups.get(key), group_node(key, value))
+                    groups[key] = merge_group(groups.get(key), preset_node(key, value))
             elif key == "methods" and value is not None:
                 rest[key] = [normalize_method(m, i) for i, m in enumerate(_as_list(value, "methods"))]
             else:
@@ -236,7 +242,7 @@ def normalize_method(method: Any, index: int) -> dict[str, Any]:
     out = dict(method)
     for group in ("inverter", "editor"):
         if group in out:
-            out[group] = group_node(group, out[group])
+            out[group] = preset_node(group, out[group])
     return out
 
 
@@ -261,7 +267,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     for group in GROUPS:  # backbone.dtype=float16 only changes options of the chosen plugin
         if group in rest and isinstance(rest[group], dict):
             if group in layer:
-                layer[group] = {**group_node(group, layer[group]), **rest.pop(group)}
+                layer[group] = {**preset_node(group, layer[group]), **rest.pop(group)}
     layer.update(rest)
     return layer
 

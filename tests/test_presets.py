@@ -247,3 +247,20 @@ def test_paper_zero_shot_experiment_plans_and_runs(tmp_path: Path) -> None:
     assert [(m["num_steps"], m["skip"]) for m in saved["methods"]] == [(3, 0), (3, 0)]
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 3  # header + one row per method
+
+
+def test_every_preset_builds_from_group_node() -> None:
+    """``group_node`` gives the plugin's options only: every shipped preset builds, with or
+    without settings (``preset_node`` keeps them for composition)."""
+    from framework.config import group_node, preset_names, preset_node
+    from framework.registry import EDITORS, INVERTERS
+
+    carrying = []
+    for group, registry in (("inverter", INVERTERS), ("editor", EDITORS)):
+        for name in preset_names(group):
+            node = group_node(group, name)
+            assert "settings" not in node
+            registry.build(node)
+            if "settings" in preset_node(group, name):
+                carrying.append(name)
+    assert {"prompt_to_prompt_ef", "prompt_to_prompt_ddim", "ddim", "zero_shot", "zero_shot_ef"} <= set(carrying)
