@@ -63,8 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument("--out", default=None, help="output folder (default: outputs/<image name>)")
     edit.add_argument("--seed", type=int, help="random seed (default 0)")
-    edit.add_argument("--steps", type=int, help="number of inference steps N (default 100)")
-    edit.add_argument("--skip", type=int, help="T_skip: steps skipped at the noisy end (default 36)")
+    edit.add_argument(
+        "--steps",
+        type=int,
+        help="number of inference steps N (default 100, or the preset's: 50 for zero_shot); "
+        "without --skip the skip keeps its proportion (36 of 100 -> 7 of 20, round half up)",
+    )
+    edit.add_argument(
+        "--skip",
+        type=int,
+        help="T_skip: steps skipped at the noisy end (default 36, or the preset's: 12 for "
+        "prompt_to_prompt_ef, 0 for ddim and zero_shot)",
+    )
     edit.add_argument("--size", help="N or WxH: output size in pixels instead of the default policy")
     edit.add_argument("--device", help="cuda, cuda:1, cpu, mps or auto (default)")
     edit.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -829,8 +829,12 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None, force: bool 
 
 
 def apply_method_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """``methods.<index or name>.<dotted key>=value`` overrides (e.g. methods.ef_text.num_steps=10)."""
+    """``methods.<index or name>.<dotted key>=value`` overrides (e.g. methods.ef_text.num_steps=10).
+
+    A ``num_steps`` override without a ``skip`` override of the same method keeps the
+    proportion of the method's skip (36 of 100 -> 7 of 20, round half up)."""
     methods = cfg.get("methods")
+    parsed_items = []
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.split(".", 2)
@@ -844,8 +848,21 @@ def apply_method_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
             index = names.index(which)
         else:
             raise ConfigError(f"{item!r}: no method {which!r}; methods are {', '.join(names)} (or their index)")
-        parsed = OmegaConf.from_dotlist([f"v={value}"])["v"]
+        parsed_items.append((index, rest, OmegaConf.from_dotlist([f"v={value}"])["v"]))
+    skips = {index for index, rest, _ in parsed_items if rest == "skip"}
+    for index, rest, parsed in parsed_items:
+        if rest == "num_steps" and index not in skips:
+            skip = scaled_method_skip(methods[index], parsed)
+            OmegaConf.update(methods[index], "skip", skip, merge=False, force_add=True)
         OmegaConf.update(methods[index], rest, parsed, merge=True, force_add=True)
+
+
+def scaled_method_skip(method: Any, num_steps: Any) -> Any:
+    """The skip of a ``methods`` entry when an override sets only its num_steps."""
+    from framework.config import apply_settings
+
+    current = {k: method.get(k) for k in ("num_steps", "skip")}
+    return apply_settings(current, {"num_steps": num_steps}).get("skip")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from attention_editor_helpers import FailingBackbone, ddim_inversion
 
-from framework.config import group_node
+from framework.config import group_node, preset_node
 from framework.errors import ConfigError, InputError
 from framework.random import make_generator
 from framework.registry import EDITORS, INVERTERS
@@ -323,6 +323,7 @@ def test_regularized_ddim_inversion(tiny, photo_x0):  # noqa: ANN001
     o = preset.options
     assert (o.autocorrelation_weight, o.kl_weight, o.regularization_steps, o.autocorrelation_rolls) == (20, 20, 5, 5)
     assert o.guidance_scale == 1.0
+    assert preset_node("inverter", "ddim_pix2pix_zero")["settings"] == {"num_steps": 50, "skip": 0}
     reg = preset.invert(tiny, photo_x0, SOURCE, num_steps=N, generator=make_generator(0))
     again = preset.invert(tiny, photo_x0, SOURCE, num_steps=N, generator=make_generator(0))
     assert torch.equal(reg.xts, again.xts)  # the random shifts come from the generator
