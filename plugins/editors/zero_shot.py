@@ -194,13 +194,13 @@ class _ZeroShotStep(StepHook):
         if not self.active:
             return x
         t = int(self.schedule.timesteps[i - 1])
-        x = x.float()
         neg = self.negative(i, x.shape[0]) if self.two_copies else None
         grads, loss = ZeroShot.attention_gradient(
-            self.backbone, self.unet, x, t, self.guidance.cond, neg, need_grad=self.lam > 0
+            self.backbone, self.unet, x.float(), t, self.guidance.cond, neg, need_grad=self.lam > 0
         )
-        x_c = x[1:] - self.lam * grads[-1]
-        x_u = x[1:] - self.lam * grads[0] if self.two_copies else x_c
+        # the update in the sequence's own dtype (EDICT keeps float64)
+        x_c = x[1:] - self.lam * grads[-1].to(x.dtype)
+        x_u = x[1:] - self.lam * grads[0].to(x.dtype) if self.two_copies else x_c
         if self._recorded != i:
             self._recorded = i
             self.losses.append(loss)
