@@ -31,7 +31,8 @@ x0 to ≤ 1e-4 in float32 (tests/test_batched_inversion.py). ``batch`` = 1 is th
   network's passes are dominated by per-call overhead, which batching removes; a large one is
   compute-bound, so the measurement settles on a small batch there.
 The choice (or the CUDA per-step memory) is cached per backbone, latent shape, image count and
-guidance setting, so later inversions skip the measurement.
+guidance setting, so later inversions skip the measurement; an inversion too short to finish
+the CPU measurement leaves it to the next one, which resumes it where it stopped.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ AUTO_MEMORY_FRACTION = 0.8
 AUTO_MAX_CPU = 32
 
 _AUTO_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+_MEASURED: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
 
 
 def check_timestep_batch(value: Any, what: str = "ddpm_edit_friendly timestep_batch") -> int | str:
@@ -188,9 +190,14 @@ def _auto_sizes(backbone: Any, xts: Tensor, uncond: Tensor | None, guidance_scal
     n = xts.shape[0] - 1
     if torch.device(getattr(backbone, "device", "cpu")).type == "cuda":
         return _CudaMemorySizes(cache, key, n, torch.device(backbone.device))
-    if key in cache:
-        return _FixedSizes(cache[key])
-    return _MeasuredSizes(cache, key)
+    found = cache.get(key)
+    if isinstance(found, int):
+        return _FixedSizes(found)
+    if isinstance(found, _MeasuredSizes):
+        return found  # a measurement the last inversion ended before concluding: resume it
+    cache[key] = sizes = _MeasuredSizes(cache, key)
+    _MEASURED.setdefault(backbone, {})[key] = sizes
+    return sizes
 
 
 class _MeasuredSizes(_Sizes):
@@ -252,8 +259,14 @@ class _CudaMemorySizes(_Sizes):
 
 def auto_choice(backbone: Any) -> dict[tuple, Any]:
     """What ``auto`` has settled on for ``backbone``: {(device, dtype, (B, C, h, w), cfg):
-    steps per pass (CPU) or measured bytes per step (CUDA)}; for reports and the benchmark."""
-    return dict(_AUTO_CACHE.get(backbone, {}))
+    steps per pass (CPU; ``"measuring"`` until decided, with the seconds/step so far in
+    :func:`auto_measurements`) or measured bytes per step (CUDA)}; for reports and the benchmark."""
+    return {k: (v if isinstance(v, int) else "measuring") for k, v in _AUTO_CACHE.get(backbone, {}).items()}
+
+
+def auto_measurements(backbone: Any) -> dict[tuple, dict[int, float]]:
+    """The CPU measurements behind ``auto``: {key: {steps per pass: seconds per step}}."""
+    return {k: dict(m.per_step) for k, m in _MEASURED.get(backbone, {}).items()}
 
 
 def expected_calls(n: int, batch: int) -> int:
