@@ -220,10 +220,10 @@ def check_finite(x: Tensor, what: str, dtype: torch.dtype, option: str) -> None:
         return
     if dtype in (torch.float16, torch.bfloat16):
         raise PrecisionError(
-            f"{what} contains NaN/inf with {option}={dtype_name(dtype)} (half precision overflowed); "
+            f"{what} has NaN/inf with {option}={dtype_name(dtype)} (half precision overflowed); "
             f"set {option}=float32" + (" or bfloat16" if dtype == torch.float16 else "")
         )
-    raise PrecisionError(f"{what} contains NaN/inf in float32: the model's weights or inputs are broken")
+    raise PrecisionError(f"{what} has NaN/inf in float32: the model's weights or inputs are broken")
 
 
 def _rows(x: Tensor | None, b: int) -> Tensor | None:
