@@ -194,8 +194,9 @@ def _auto_sizes(backbone: Any, xts: Tensor, uncond: Tensor | None, guidance_scal
     if isinstance(found, int):
         return _FixedSizes(found)
     if isinstance(found, _MeasuredSizes):
+        found.n = n
         return found  # a measurement the last inversion ended before concluding: resume it
-    cache[key] = sizes = _MeasuredSizes(cache, key)
+    cache[key] = sizes = _MeasuredSizes(cache, key, n)
     _MEASURED.setdefault(backbone, {})[key] = sizes
     return sizes
 
@@ -205,8 +206,8 @@ class _MeasuredSizes(_Sizes):
     gain less than AUTO_MIN_GAIN in seconds/step (one is not enough on a busy CPU, where a
     single timing is noisy) or at AUTO_MAX_CPU; then the fastest size seen is used."""
 
-    def __init__(self, cache: dict, key: tuple) -> None:
-        self.cache, self.key = cache, key
+    def __init__(self, cache: dict, key: tuple, n: int) -> None:
+        self.cache, self.key, self.n = cache, key, n  # n: steps of the current inversion
         self.per_step: dict[int, float] = {}
         self.next_size = 1
         self.misses = 0
@@ -216,16 +217,23 @@ class _MeasuredSizes(_Sizes):
         return self.chosen if self.chosen is not None else self.next_size
 
     def feedback(self, size: int, seconds: float) -> None:
-        if self.chosen is not None or size != self.next_size:
-            return  # a chunk cut short by the end of the sequence says nothing about its size
+        if self.chosen is not None:
+            return
+        if size != self.next_size:  # a chunk cut short by the end of the sequence: not timed,
+            if self.next_size > self.n and self.per_step:  # and sizes beyond n never run here
+                self._choose()
+            return
         self.per_step[size] = seconds / size
         prev = self.per_step.get(size // 2)
         self.misses = self.misses + 1 if prev is not None and self.per_step[size] > (1 - AUTO_MIN_GAIN) * prev else 0
         if self.misses >= 2 or 2 * size > AUTO_MAX_CPU:
-            self.chosen = min(self.per_step, key=self.per_step.__getitem__)
-            self.cache[self.key] = self.chosen
+            self._choose()
         else:
             self.next_size = 2 * size
+
+    def _choose(self) -> None:
+        self.chosen = min(self.per_step, key=self.per_step.__getitem__)
+        self.cache[self.key] = self.chosen
 
 
 class _CudaMemorySizes(_Sizes):

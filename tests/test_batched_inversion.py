@@ -126,7 +126,7 @@ def test_auto_measures_then_reuses_its_choice(photo_x0) -> None:
 def test_auto_decision_rule() -> None:
     """Doubling goes on while it gains >= 10% per step; two misses in a row stop it."""
     cache: dict = {}
-    sizes = _MeasuredSizes(cache, "k")
+    sizes = _MeasuredSizes(cache, "k", 64)
     per_step = {1: 10.0, 2: 6.0, 4: 5.8, 8: 4.0, 16: 3.9, 32: 3.8}  # 4 is a noisy miss
     seen = []
     while sizes.chosen is None:
@@ -134,13 +134,18 @@ def test_auto_decision_rule() -> None:
         seen.append(size)
         sizes.feedback(size, per_step[size] * size)
     assert seen == [1, 2, 4, 8, 16, 32] and sizes.chosen == 32 and cache == {"k": 32}
-    sizes = _MeasuredSizes({}, "k")
+    sizes = _MeasuredSizes({}, "k", 64)
     for size in (1, 2, 4, 8):
         assert next(sizes) == size
         sizes.feedback(size, {1: 10.0, 2: 5.0, 4: 4.9, 8: 5.1}[size] * size)
     assert sizes.chosen == 4 and next(sizes) == 4
     sizes.feedback(3, 1.0)  # a cut-short chunk changes nothing
     assert sizes.chosen == 4
+    sizes = _MeasuredSizes({}, "k", 3)  # 3-step inversions: 1 and 2 are timed, 4 never fits
+    for size, ran in ((1, 1), (2, 2), (4, 3)):
+        assert next(sizes) == size
+        sizes.feedback(ran, {1: 3.0, 2: 4.0, 3: 1.0}[ran])
+    assert sizes.chosen == 2  # the fastest timed size (2 s/step); the cut-short 3 is not timed
 
 
 @pytest.mark.parametrize("bad", [0, -2, "fast", 2.5, True])
