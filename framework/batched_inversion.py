@@ -238,13 +238,14 @@ class _MeasuredSizes(_Sizes):
 
 class _CudaMemorySizes(_Sizes):
     """First step alone (its peak extra memory measured, once per key), then as many steps as
-    fit in AUTO_MEMORY_FRACTION of the free memory."""
+    fit in AUTO_MEMORY_FRACTION of the free memory. The cache entry is
+    ``{"bytes_per_step": m, "steps_per_pass": last choice}``."""
 
     def __init__(self, cache: dict, key: tuple, n: int, device: torch.device) -> None:
         self.cache, self.key, self.n, self.device = cache, key, n, device
         self.chosen: int | None = None
         if key in cache:
-            self.chosen = self._fit(cache[key])
+            self.chosen = self._fit(cache[key]["bytes_per_step"])
         else:
             torch.cuda.synchronize(device)
             self.base = torch.cuda.memory_allocated(device)
@@ -253,28 +254,39 @@ class _CudaMemorySizes(_Sizes):
     def _fit(self, per_step_bytes: int) -> int:
         free, _ = torch.cuda.mem_get_info(self.device)
         free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        return max(1, min(self.n, int(AUTO_MEMORY_FRACTION * free // max(per_step_bytes, 1))))
+        chosen = max(1, min(self.n, int(AUTO_MEMORY_FRACTION * free // max(per_step_bytes, 1))))
+        self.cache[self.key] = {"bytes_per_step": per_step_bytes, "steps_per_pass": chosen}
+        return chosen
 
     def __next__(self) -> int:
         return self.chosen if self.chosen is not None else 1
 
     def feedback(self, size: int, seconds: float) -> None:
         if self.chosen is None:
-            per_step = max(torch.cuda.max_memory_allocated(self.device) - self.base, 1)
-            self.cache[self.key] = per_step
-            self.chosen = self._fit(per_step)
+            self.chosen = self._fit(max(torch.cuda.max_memory_allocated(self.device) - self.base, 1))
 
 
 def auto_choice(backbone: Any) -> dict[tuple, Any]:
     """What ``auto`` has settled on for ``backbone``: {(device, dtype, (B, C, h, w), cfg):
-    steps per pass (CPU; ``"measuring"`` until decided, with the seconds/step so far in
-    :func:`auto_measurements`) or measured bytes per step (CUDA)}; for reports and the benchmark."""
-    return {k: (v if isinstance(v, int) else "measuring") for k, v in _AUTO_CACHE.get(backbone, {}).items()}
+    steps per pass} (on CUDA the last inversion's; ``"measuring"`` while the CPU measurement
+    has not finished). For reports and the benchmark."""
+    out: dict[tuple, Any] = {}
+    for key, value in _AUTO_CACHE.get(backbone, {}).items():
+        if isinstance(value, dict):
+            out[key] = value["steps_per_pass"]
+        else:
+            out[key] = value if isinstance(value, int) else "measuring"
+    return out
 
 
-def auto_measurements(backbone: Any) -> dict[tuple, dict[int, float]]:
-    """The CPU measurements behind ``auto``: {key: {steps per pass: seconds per step}}."""
-    return {k: dict(m.per_step) for k, m in _MEASURED.get(backbone, {}).items()}
+def auto_measurements(backbone: Any) -> dict[tuple, Any]:
+    """What ``auto`` measured: {key: {steps per pass: seconds per step}} on the CPU,
+    {key: {"bytes_per_step": ..., "steps_per_pass": ...}} on CUDA."""
+    out: dict[tuple, Any] = {k: dict(m.per_step) for k, m in _MEASURED.get(backbone, {}).items()}
+    for key, value in _AUTO_CACHE.get(backbone, {}).items():
+        if isinstance(value, dict):
+            out[key] = dict(value)
+    return out
 
 
 def expected_calls(n: int, batch: int) -> int:

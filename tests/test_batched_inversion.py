@@ -149,9 +149,9 @@ def test_auto_decision_rule() -> None:
 
 
 @pytest.mark.parametrize("bad", [0, -2, "fast", 2.5, True])
-def test_bad_timestep_batch_is_a_config_error(tiny, photo_x0, bad) -> None:
+def test_bad_timestep_batch_is_a_config_error(bad) -> None:
     with pytest.raises(ConfigError, match="timestep_batch"):
-        INVERTERS.build({"name": "ddpm_edit_friendly", "timestep_batch": bad}).invert(tiny, photo_x0, "a cat", num_steps=4)
+        INVERTERS.build({"name": "ddpm_edit_friendly", "timestep_batch": bad})
 
 
 def test_gaussian_per_row_timesteps_match_the_closed_form() -> None:
@@ -163,3 +163,27 @@ def test_gaussian_per_row_timesteps_match_the_closed_form() -> None:
     rows = g.predict_noise(x, ts, None)
     for k in range(3):
         torch.testing.assert_close(rows[k : k + 1], g.optimal_epsilon(x[k : k + 1], int(ts[k])))
+
+
+def test_auto_on_cuda_fits_the_free_memory(monkeypatch) -> None:
+    """The CUDA rule with the allocator's figures faked: 1st step alone, then 80% of free / step."""
+    from framework import batched_inversion as bi
+
+    gib = 2**30
+    mem = {"allocated": 1 * gib, "peak": 1 * gib, "free": 10 * gib, "reserved": 1 * gib}
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(cuda, "memory_allocated", lambda device=None: mem["allocated"])
+    monkeypatch.setattr(cuda, "max_memory_allocated", lambda device=None: mem["peak"])
+    monkeypatch.setattr(cuda, "memory_reserved", lambda device=None: mem["reserved"])
+    monkeypatch.setattr(cuda, "mem_get_info", lambda device=None: (mem["free"], 80 * gib))
+    cache: dict = {}
+    sizes = bi._CudaMemorySizes(cache, "k", 64, torch.device("cuda"))
+    assert next(sizes) == 1  # the first step runs alone, measured
+    mem["peak"] = int(1.5 * gib)  # that step needed 0.5 GiB more
+    sizes.feedback(1, 0.1)
+    assert next(sizes) == 16 and cache["k"] == {"bytes_per_step": gib // 2, "steps_per_pass": 16}
+    mem["free"] = 4 * gib  # a later inversion: the cached per-step memory, today's free memory
+    assert next(bi._CudaMemorySizes(cache, "k", 64, torch.device("cuda"))) == 6
+    assert next(bi._CudaMemorySizes(cache, "k", 3, torch.device("cuda"))) == 3  # at most n

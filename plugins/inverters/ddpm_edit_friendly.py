@@ -91,6 +91,10 @@ class DDPMEditFriendly(Inverter):
 
     Options = DDPMEditFriendlyOptions
 
+    def __init__(self, options: DDPMEditFriendlyOptions | None = None) -> None:
+        super().__init__(options)
+        check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
+
     def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
         """Eq. 6 then eq. 5: the independent-noise sequence and its noise maps."""
         batch = check_timestep_batch(self.options.timestep_batch)
