@@ -110,14 +110,24 @@ def build_sd14_parts(
 ) -> tuple[Any, Any, Any, Any, Any]:
     """(tokenizer, text_encoder, unet, vae, scheduler) with SD 1.4's sizes and random weights
     drawn from ``seed`` on ``device`` (weights depend on the device's generator)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_tokenizer()
-    devices = [device] if device.type == "cuda" else []
+    devices = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # .to(dtype) on a fresh model warns about nothing
+    try:
+        return _build(tokenizer, seed, device, devices, dtype, vae_dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
+def _build(tokenizer: Any, seed: int, device: torch.device, devices: list[int], dtype: torch.dtype,
+           vae_dtype: torch.dtype) -> tuple[Any, Any, Any, Any, Any]:
+    """The parts, each created in float32 on ``device`` and cast at once (see the module doc)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     with torch.random.fork_rng(devices=devices), torch.device(device):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**SD14_UNET).to(dtype)
@@ -130,7 +140,6 @@ def build_sd14_parts(
                 pad_token_id=tokenizer.pad_token_id,
             )
         ).to(dtype)
-    diffusers_logging.set_verbosity(verbosity)
     scheduler = DDIMScheduler(**SD14_SCHEDULER, timestep_spacing="leading")
     return tokenizer, text_encoder, unet, vae, scheduler
 
