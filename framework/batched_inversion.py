@@ -121,7 +121,7 @@ def extract_noise_maps_batched(
     n = xts.shape[0] - 1
     zs = torch.empty_like(xts[1:])
     sigmas = schedule.sigma
-    sizes = _FixedSizes(batch) if isinstance(batch, int) else _auto_sizes(backbone, xts, uncond, guidance_scale)
+    sizes: _Sizes = _FixedSizes(batch) if isinstance(batch, int) else _auto_sizes(backbone, xts, uncond, guidance_scale)
     top = n
     bar = progress.steps(range(n), desc=desc, total=n)  # a tqdm bar (advanced by hand) or the range
     bar_update = getattr(bar, "update", None)
@@ -129,9 +129,9 @@ def extract_noise_maps_batched(
         while top >= 1:
             size = min(next(sizes), top)
             steps = list(range(top, top - size, -1))
-            start = _now(backbone)
+            start = _now(backbone) if sizes.timed else 0.0  # no device sync unless measuring
             eps = evaluate_steps(backbone, xts, steps, schedule, cond, uncond, guidance_scale)
-            sizes_feedback(sizes, size, _now(backbone) - start)
+            sizes.feedback(size, _now(backbone) - start if sizes.timed else 0.0)
             for j, i in enumerate(steps):  # the sequential loop's sweep, in its order
                 mu = schedule.mu(xts[i], eps[j], i)
                 sigma = float(sigmas[i - 1])
@@ -160,15 +160,13 @@ def _now(backbone: Any) -> float:
 
 # ----------------------------------------------------------------------------- chunk sizes
 class _Sizes(Iterator[int]):
-    """An iterator of chunk sizes that may learn from the seconds each chunk took."""
+    """An iterator of chunk sizes that may learn from each chunk (its wall time if ``timed``)."""
+
+    #: whether ``feedback`` needs the chunk's wall time (a device sync on CUDA)
+    timed: bool = False
 
     def feedback(self, size: int, seconds: float) -> None:  # noqa: B027 - optional hook
-        """Called after each chunk with its size and wall time."""
-
-
-def sizes_feedback(sizes: Iterator[int], size: int, seconds: float) -> None:
-    if isinstance(sizes, _Sizes):
-        sizes.feedback(size, seconds)
+        """Called after each chunk with its size and (if ``timed``) its wall time."""
 
 
 class _FixedSizes(_Sizes):
