@@ -26,7 +26,7 @@ x0 to ≤ 1e-4 in float32 (tests/test_batched_inversion.py). ``batch`` = 1 is th
   under-used by one step's 2 rows, and a larger batch costs nothing but memory.
 * elsewhere (CPU, MPS) by measurement: the first chunks run with 1, 2, 4, ... steps (real
   work, not a separate probe) and their seconds per step are timed; doubling stops after two
-  doublings in a row that each gain less than 10% (or at 32 steps), and the fastest size seen
+  doublings in a row that each gain less than 5% (or at 32 steps), and the fastest size seen
   is used for the rest. On a CPU a small
   network's passes are dominated by per-call overhead, which batching removes; a large one is
   compute-bound, so the measurement settles on a small batch there.
@@ -51,7 +51,7 @@ from framework.errors import ConfigError
 from framework.schedule import Schedule
 
 #: doubling stops when the next size improves seconds/step by less than this fraction
-AUTO_MIN_GAIN = 0.10
+AUTO_MIN_GAIN = 0.05
 #: share of the free GPU memory the chosen batch may use
 AUTO_MEMORY_FRACTION = 0.8
 #: the CPU measurement never goes beyond this many steps per pass

@@ -283,7 +283,8 @@ def run_throughput(args: argparse.Namespace, processes: int, workdir: Path) -> d
         f"metrics: [time]\ntrainer: {{accelerator: {accel}, devices: {processes}, strategy: {strategy}}}\n"
         f"logger: {{name: none}}\noutput_dir: {out}\nseed: 0\n"
     )
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    # --threads per process if given (1 avoids oversubscribing a busy CPU), else the cores shared
+    threads = args.threads or max(1, (os.cpu_count() or 1) // processes)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "framework.cli", "run", str(cfg), "--no-progress"],
@@ -304,8 +305,8 @@ def mib(b: int | None) -> str:
 
 def table(result: dict[str, Any]) -> str:
     rows = result["rows"]
-    base = next((r for r in rows if r["dtype"] == "float32" and r["timestep_batch"] == 1), rows[0])
-    lines = [
+    base = next((r for r in rows if r["dtype"] == "float32" and r["timestep_batch"] == 1), rows[0] if rows else None)
+    lines = [] if not rows else [
         "| dtype | timestep_batch | inversion s | inv. NFE | inv. floor s | inv. overhead | inv. peak MiB "
         "| vs seq. | edit s | edit NFE | edit overhead | per edit s | speedup |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -404,7 +405,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--targets", type=int, default=1, help="number of target prompts edited as one batch")
     p.add_argument("--resolution", type=int, default=None, help="image side (default: the model's)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads, here and in each editfriendly run process (default: torch's; "
+                        "the run processes then share the cores)")
     p.add_argument("--run-processes", default="1,2", help="comma list; empty: skip editfriendly run")
     p.add_argument("--run-dtype", default="float32")
     p.add_argument("--run-timestep-batch", default="1")

@@ -124,7 +124,7 @@ def test_auto_measures_then_reuses_its_choice(photo_x0) -> None:
 
 
 def test_auto_decision_rule() -> None:
-    """Doubling goes on while it gains >= 10% per step; two misses in a row stop it."""
+    """Doubling goes on while it gains >= 5% per step; two misses in a row stop it."""
     cache: dict = {}
     sizes = _MeasuredSizes(cache, "k", 64)
     per_step = {1: 10.0, 2: 6.0, 4: 5.8, 8: 4.0, 16: 3.9, 32: 3.8}  # 4 is a noisy miss
