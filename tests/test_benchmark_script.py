@@ -21,7 +21,7 @@ def test_benchmark_side_by_side(tmp_path, tiny, capsys) -> None:
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = bench.main(["--backbone", "tiny", "--device", "cpu", "--steps", "8", "--skip", "2",
                          "--targets", "2", "--repeats", "1", "--dtypes", "float32,bfloat16",
-                         "--timestep-batch", "1,3", "--run-processes", "1", "--run-timeout", "300",
+                         "--timestep-batch", "1,3", "--run-processes", "1", "--run-copies", "1", "--run-timeout", "300",
                          "--json", str(out), "--plot", str(png)])
     rows = {(r["dtype"], r["timestep_batch"]): r for r in result["rows"]}
     assert set(rows) == {("float32", 1), ("float32", 3), ("bfloat16", 1), ("bfloat16", 3)}
