@@ -18,6 +18,10 @@ pass runs), while the first row of each chunk sees its corrected value, as in th
 loop. The two inputs differ by rounding, so the ε̂ (and the maps, and the reconstruction) agree
 with the sequential path to float tolerance, not bit for bit; the reverse pass still reproduces
 x0 to ≤ 1e-4 in float32 (tests/test_batched_inversion.py). ``batch`` = 1 is the sequential loop.
+This needs a row's ε̂ not to depend on the rest of its batch beyond float32 rounding: in half
+precision (and TF32) the kernels round per batch shape, so a batched half-precision inversion
+reconstructs x0 only approximately (~5e-2 in bfloat16 on the tiny model), where the sequential
+one is bit-exact (its reverse pass repeats the very same calls).
 
 ``auto`` picks the batch:
 * on CUDA from memory: the first step runs alone and its peak extra memory m (activations of
