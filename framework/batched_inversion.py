@@ -208,6 +208,11 @@ class _MeasuredSizes(_Sizes):
     gain less than AUTO_MIN_GAIN in seconds/step (one is not enough on a busy CPU, where a
     single timing is noisy) or at AUTO_MAX_CPU; then the fastest size seen is used."""
 
+    @property
+    def timed(self) -> bool:  # type: ignore[override]
+        """Chunks are timed until the choice is made."""
+        return self.chosen is None
+
     def __init__(self, cache: dict, key: tuple, n: int) -> None:
         self.cache, self.key, self.n = cache, key, n  # n: steps of the current inversion
         self.per_step: dict[int, float] = {}

@@ -116,7 +116,9 @@ def test_auto_measures_then_reuses_its_choice(photo_x0) -> None:
         runs.append(invert(backbone, photo_x0, "auto", steps=40, skip=0))
         assert len(runs) <= 3  # 1+2+4+8+16+32 steps at most are measured
     chosen = auto_choice(backbone)[KEY]
-    assert 1 <= chosen <= 32 and chosen in auto_measurements(backbone)[KEY]
+    measured = auto_measurements(backbone)[KEY]  # {steps per pass: seconds per step}
+    assert 1 <= chosen <= 32 and chosen in measured and min(measured.values()) > 0
+    assert measured[chosen] == min(measured.values())
     runs.append(invert(backbone, photo_x0, "auto", steps=40, skip=0))
     assert runs[-1].nfe == math.ceil(40 / chosen)  # the cached choice, no new measurement
     for inv in runs:
