@@ -28,8 +28,9 @@ one is bit-exact (its reverse pass repeats the very same calls).
   one step's rows) is measured; the batch is the number of steps that fit in 80% of the free
   memory (free in the driver plus the caching allocator's unused reserve), at most n. A GPU is
   under-used by one step's 2 rows, and a larger batch costs nothing but memory.
-* elsewhere (CPU, MPS) by measurement: the first chunks run with 1, 2, 4, ... steps (real
-  work, not a separate probe) and their seconds per step are timed; doubling stops after two
+* elsewhere (CPU, MPS) by measurement: the first chunks run with 1, 2, 4, ... steps, each size
+  twice (real work, not a separate probe), and the second run's seconds per step are timed (the
+  first pays the one-off set-up of a new batch shape); doubling stops after two
   doublings in a row that each gain less than 5% (or at 32 steps), and the fastest size seen
   is used for the rest. On a CPU a small
   network's passes are dominated by per-call overhead, which batching removes; a large one is
@@ -204,7 +205,8 @@ def _auto_sizes(backbone: Any, xts: Tensor, uncond: Tensor | None, guidance_scal
 
 
 class _MeasuredSizes(_Sizes):
-    """1, 2, 4, ... timed as they run; doubling stops after two doublings in a row that each
+    """1, 1, 2, 2, 4, 4, ... timed as they run (the second run of each size: the first pays the
+    one-off cost of a new batch shape, which later inversions do not); doubling stops after two doublings in a row that each
     gain less than AUTO_MIN_GAIN in seconds/step (one is not enough on a busy CPU, where a
     single timing is noisy) or at AUTO_MAX_CPU; then the fastest size seen is used."""
 
@@ -216,6 +218,7 @@ class _MeasuredSizes(_Sizes):
     def __init__(self, cache: dict, key: tuple, n: int) -> None:
         self.cache, self.key, self.n = cache, key, n  # n: steps of the current inversion
         self.per_step: dict[int, float] = {}
+        self.warm: set[int] = set()  # sizes run once already (their first call is not timed)
         self.next_size = 1
         self.misses = 0
         self.chosen: int | None = None
@@ -229,6 +232,9 @@ class _MeasuredSizes(_Sizes):
         if size != self.next_size:  # a chunk cut short by the end of the sequence: not timed,
             if self.next_size > self.n and self.per_step:  # and sizes beyond n never run here
                 self._choose()
+            return
+        if size not in self.warm:  # a new batch shape pays one-off set-up (kernel selection,
+            self.warm.add(size)  # allocations): run it again, and time that
             return
         self.per_step[size] = seconds / size
         prev = self.per_step.get(size // 2)

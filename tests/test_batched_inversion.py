@@ -114,7 +114,7 @@ def test_auto_measures_then_reuses_its_choice(photo_x0) -> None:
     runs = []
     while not runs or auto_choice(backbone) == {KEY: "measuring"}:  # 40 steps may not finish it
         runs.append(invert(backbone, photo_x0, "auto", steps=40, skip=0))
-        assert len(runs) <= 3  # 1+2+4+8+16+32 steps at most are measured
+        assert len(runs) <= 4  # 2 x (1+2+4+8+16+32) steps at most are measured
     chosen = auto_choice(backbone)[KEY]
     measured = auto_measurements(backbone)[KEY]  # {steps per pass: seconds per step}
     assert 1 <= chosen <= 32 and chosen in measured and min(measured.values()) > 0
@@ -126,27 +126,31 @@ def test_auto_measures_then_reuses_its_choice(photo_x0) -> None:
 
 
 def test_auto_decision_rule() -> None:
-    """Doubling goes on while it gains >= 5% per step; two misses in a row stop it."""
+    """Each size runs twice (the second is timed); doubling goes on while it gains >= 5% per
+    step; two misses in a row stop it; the fastest timed size wins."""
+
+    def drive(sizes, per_step, first=1000.0):  # noqa: ANN001, ANN202
+        seen = []
+        while sizes.chosen is None:
+            size = next(sizes)
+            cold = size not in sizes.warm
+            seen.append(size)
+            sizes.feedback(size, (first if cold else per_step[size]) * size)  # cold runs: slow
+        return seen
+
     cache: dict = {}
     sizes = _MeasuredSizes(cache, "k", 64)
-    per_step = {1: 10.0, 2: 6.0, 4: 5.8, 8: 4.0, 16: 3.9, 32: 3.8}  # 4 is a noisy miss
-    seen = []
-    while sizes.chosen is None:
-        size = next(sizes)
-        seen.append(size)
-        sizes.feedback(size, per_step[size] * size)
-    assert seen == [1, 2, 4, 8, 16, 32] and sizes.chosen == 32 and cache == {"k": 32}
+    seen = drive(sizes, {1: 10.0, 2: 6.0, 4: 5.8, 8: 4.0, 16: 3.9, 32: 3.8})  # 4 is a noisy miss
+    assert seen == [1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32] and sizes.chosen == 32 and cache == {"k": 32}
     sizes = _MeasuredSizes({}, "k", 64)
-    for size in (1, 2, 4, 8):
-        assert next(sizes) == size
-        sizes.feedback(size, {1: 10.0, 2: 5.0, 4: 4.9, 8: 5.1}[size] * size)
+    assert drive(sizes, {1: 10.0, 2: 5.0, 4: 4.9, 8: 5.1}) == [1, 1, 2, 2, 4, 4, 8, 8]
     assert sizes.chosen == 4 and next(sizes) == 4
-    sizes.feedback(3, 1.0)  # a cut-short chunk changes nothing
+    sizes.feedback(3, 1.0)  # after the choice, feedback changes nothing
     assert sizes.chosen == 4
     sizes = _MeasuredSizes({}, "k", 3)  # 3-step inversions: 1 and 2 are timed, 4 never fits
-    for size, ran in ((1, 1), (2, 2), (4, 3)):
+    for size, ran, seconds in ((1, 1, 9.0), (1, 1, 3.0), (2, 2, 9.0), (2, 2, 4.0), (4, 3, 1.0)):
         assert next(sizes) == size
-        sizes.feedback(ran, {1: 3.0, 2: 4.0, 3: 1.0}[ran])
+        sizes.feedback(ran, seconds)
     assert sizes.chosen == 2  # the fastest timed size (2 s/step); the cut-short 3 is not timed
 
 
