@@ -374,6 +374,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.bar([x + 0.2 for x in xs], [r["per_edit_seconds"] for r in rows], 0.4, label="whole edit (wall)")
     ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel("seconds")
+    walls = [r["per_edit_seconds"] for r in rows] + [r["inversion"]["seconds"] for r in rows]
+    if max(walls) > 10 * min(walls):  # e.g. float16 on a CPU beside float32: a log scale
+        ax.set_yscale("log")
     ax.set_title(f"{result['backbone']} on {result['device_name']}, {result['steps']} steps, skip {result['skip']}")
     ax.legend(fontsize=8)
     if runs:
@@ -399,7 +402,8 @@ def device_name(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"CPU {cpu}, {torch.get_num_threads()} torch threads"
+    threads = torch.get_num_threads()
+    return f"CPU {cpu}, {threads} torch thread{'s' if threads > 1 else ''}"
 
 
 def parse_batch(text: str) -> list[int | str]:
