@@ -8,6 +8,7 @@ Stable Diffusion, on the tiny random model of the tests, and on the analytic Gau
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,7 +39,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but no CUDA GPU is available here; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise InputError(f"device {device!r} was asked for but Apple MPS is not available here; use --device cpu or auto")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -233,6 +244,50 @@ def _rows(x: Tensor | None, b: int) -> Tensor | None:
     if x.shape[0] == 1:
         return x.expand(b, *x.shape[1:])
     raise InputError(f"conditioning has {x.shape[0]} rows for a batch of {b}")
+
+
+#: seconds to wait for the model hub before calling it unreachable
+HUB_PROBE_TIMEOUT = float(os.environ.get("EDITFRIENDLY_HUB_TIMEOUT", "3"))
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) is set."""
+    return os.environ.get("HF_HUB_OFFLINE", os.environ.get("TRANSFORMERS_OFFLINE", "")).strip().upper() in (
+        "1", "ON", "YES", "TRUE",
+    )
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Probe the model hub once (``HF_ENDPOINT``, default huggingface.co) with one short request.
+
+    Returns None when it answers (any HTTP status), else why not (``"ConnectError: ..."``).
+    huggingface_hub itself retries every file five times with back-off, which offline took
+    4-5 minutes and printed hundreds of warnings before failing; this takes ``timeout`` seconds.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+    try:
+        get_session().head(endpoint + "/api/models", timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any transport failure means "unreachable"
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{endpoint} cannot be reached ({type(exc).__name__}: {text})"[:300]
+    return None
+
+
+def weights_hint(option: str = "--backbone PATH, or backbone.model=PATH in a run config") -> str:
+    """What to do when weights are neither local nor downloadable (one sentence per way out)."""
+    cache = "the local cache (~/.cache/huggingface, or $HF_HOME)"
+    first = (
+        f"HF_HUB_OFFLINE=1 is set, so only {cache} was searched"
+        if hub_offline()
+        else f"offline, set HF_HUB_OFFLINE=1 to use only {cache} without waiting for the network"
+    )
+    return (
+        f"{first}; give a local diffusers folder ({option}); let the hub download the weights once "
+        "(network access); or use --backbone tiny for a run that needs no download"
+    )
 
 
 def load_backbone(

@@ -19,16 +19,32 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from framework.backbone import Backbone, PrecisionError, check_finite, dtype_name, resolve_device, resolve_dtype
+from framework.backbone import (
+    Backbone,
+    PrecisionError,
+    check_finite,
+    dtype_name,
+    hub_offline,
+    hub_unreachable,
+    resolve_device,
+    resolve_dtype,
+    weights_hint,
+)
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 
 log = logging.getLogger(__name__)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """A long prompt shortened for messages: its start, an ellipsis and its character count."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
 @dataclass
@@ -60,6 +76,13 @@ class StableDiffusionBackbone(Backbone):
         self.dtype = resolve_dtype(options.dtype)
         self.vae_dtype = resolve_dtype(options.vae_dtype or options.dtype)
         kw: dict[str, Any] = {"revision": options.revision, "local_files_only": options.local_files_only}
+        unreachable = None
+        if not (options.local_files_only or hub_offline() or Path(options.model).is_dir()):
+            # One short probe instead of huggingface_hub's minutes of retries per file:
+            # unreachable, only the local cache is tried.
+            unreachable = hub_unreachable()
+            if unreachable:
+                kw["local_files_only"] = True
         try:
             tokenizer = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer", **kw)
             text_encoder = CLIPTextModel.from_pretrained(
@@ -71,11 +94,12 @@ class StableDiffusionBackbone(Backbone):
             vae = AutoencoderKL.from_pretrained(options.model, subfolder="vae", torch_dtype=self.vae_dtype, **kw)
             sched_cfg = DDIMScheduler.load_config(options.model, subfolder="scheduler", **kw)
         except (OSError, ValueError) as exc:
+            if unreachable:
+                why = f"the hub {unreachable} and they are not in the local cache"
+            else:
+                why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
             raise WeightsNotFoundError(
-                f"could not load Stable Diffusion weights from {options.model!r}: {str(exc).splitlines()[0]}\n"
-                "Give a local diffusers folder (--backbone PATH), let the hub download them once "
-                "(network access, cached under ~/.cache/huggingface), or use --backbone tiny for a "
-                "run that needs no download."
+                f"could not load Stable Diffusion weights from {options.model!r}: {why}. {weights_hint()}"
             ) from None
         self.attach(tokenizer, text_encoder, unet, vae, DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading"))
 
@@ -147,15 +171,15 @@ class StableDiffusionBackbone(Backbone):
             if len(ids) > limit:
                 kept = self.tokenizer.decode(ids[1 : limit - 1])
                 msg = (
-                    f"prompt {prompt!r} has {len(ids)} tokens but the text encoder takes {limit} "
+                    f"prompt {_short(prompt)!r} has {len(ids)} tokens but the text encoder takes {limit} "
                     f"(start and end included)"
                 )
                 if not self.options.truncate_prompts:
                     raise InputError(
-                        msg + "; shorten it, or set backbone.truncate_prompts=true to cut it to "
-                        f"{kept!r}"
+                        msg + "; shorten it, or set backbone.truncate_prompts=true to cut it after "
+                        f"...{kept[-30:]!r}"
                     )
-                warnings.warn(msg + f"; truncated to {kept!r}", stacklevel=2)
+                warnings.warn(msg + f"; truncated after ...{kept[-30:]!r}", stacklevel=2)
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)

@@ -5,9 +5,11 @@ inversion.
   minus that of the source sentences. The sentences come from files named in the options (one
   sentence per line, blank lines ignored); without a file a side uses its prompt, so without any
   file Δc_k = E(target_k) - E(source).
-- Reference branch: the source prompt, the inversion's guidance scale and noise maps, from the
-  inversion's x_{N-skip} (it reproduces the inverted sequence for edit-friendly/CycleDiffusion
-  maps, and is DDIM sampling from the inverted latent for DDIM). Its cross-attention maps M_ref
+- Reference branch: the source prompt, the inversion's guidance scale, step rule and
+  unconditional embeddings, from the inversion's x_{N-skip} (it reproduces the inverted
+  sequence for edit-friendly/CycleDiffusion maps and EDICT, and is DDIM sampling from the
+  inverted latent for DDIM). Both branches run through the one reverse loop; the gradient
+  step is a step hook updating the latents before each step. Its cross-attention maps M_ref
   at step i are the reference for that step.
 - Edit branch: conditioned on c + Δc. At each step, before denoising, one gradient step on the
   latent: x_i ← x_i - λ ∇_{x_i} Σ_layers mean_heads ‖M_edit(x_i) - M_ref‖² (λ =
@@ -39,18 +41,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from framework import progress
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
-from framework.sampling import Editor
+from framework.sampling import Editor, FollowInversion, StepHook, denoise, inversion_guidance
 from plugins.editors.unet_hooks import (
     attention_modules,
     attention_probs,
     check_source_latents,
     follows_inversion,
     forward_hooks,
-    reverse_step,
     unet_of,
 )
 
@@ -105,6 +105,32 @@ def mean_embedding(backbone: Any, sentences: Sequence[str]) -> Tensor:
         total = emb if total is None else total + emb
     assert total is not None
     return total / len(sentences)
+
+
+class _CrossAttentionGuidance(StepHook):
+    """The latent update before every step: x_edit <- x_edit - λ ∇ (distance of the edit rows'
+    cross-attention maps to the reference row's), recorded per step (for a rule with two
+    sequences, EDICT's, each is updated and the first one's figures are recorded)."""
+
+    def __init__(self, backbone: Any, unet: torch.nn.Module, rule: Any, cond: Tensor, lam: float) -> None:
+        self.backbone = backbone
+        self.unet = unet
+        self.schedule = rule.schedule
+        self.cond = cond
+        self.lam = lam
+        self.losses: list[Tensor] = []
+        self.updates: list[Tensor] = []
+        self._recorded: int | None = None
+
+    def latents(self, i: int, x: Tensor) -> Tensor:
+        t = int(self.schedule.timesteps[i - 1])
+        grad, loss = ZeroShot._attention_gradient(self.backbone, self.unet, x, t, self.cond, self.lam > 0)
+        step = self.lam * grad
+        if self._recorded != i:
+            self._recorded = i
+            self.losses.append(loss)
+            self.updates.append(step.flatten(1).norm(dim=1))
+        return torch.cat([x[:1], x[1:] - step])
 
 
 @EDITORS.register("zero_shot")
@@ -231,32 +257,21 @@ class ZeroShot(Editor):
         lam = float(o.cross_attention_guidance)
         k = direction.shape[0]
         device = backbone.device
-        schedule = backbone.schedule(inversion.num_steps, inversion.eta)
-        follow = follows_inversion(o.source_latents, inversion.zs, schedule)
-        zs = None if inversion.zs is None else inversion.zs.clone()
         src = backbone.encode_prompt([source]).float()
         cond = torch.cat([src, src + direction.to(device)])  # (1 + K, L, D)
-        null = backbone.null_condition()
         scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)
-        x = inversion.x_at(start).to(device, torch.float32).clone()
-        x = torch.cat([x, x.expand(k, *x.shape[1:])])  # (1 + K, C, h, w), reference row first
-        guide = lam > 0 or measure
-        losses, updates = [], []
-        for i in progress.steps(range(start, 0, -1), desc="zero_shot", total=start):
-            if follow:
-                x[0] = inversion.x_at(i)[0].to(device, torch.float32)
-            t = int(schedule.timesteps[i - 1])
-            if guide:
-                grad, loss = self._attention_gradient(backbone, unet, x, t, cond, lam > 0)
-                step = lam * grad
-                x = torch.cat([x[:1], x[1:] - step])
-                losses.append(loss)
-                updates.append(step.flatten(1).norm(dim=1))
-            eps = backbone.predict_noise(x, t, cond, null, scale)
-            x = reverse_step(schedule, x, eps, i, zs, generator, n_source=1)
-        if not guide:
+        guidance = inversion_guidance(backbone, inversion, cond, scale)
+        rule = inversion.regeneration(backbone, start, 1 + k, generator=generator, n_source=1)
+        hooks: list[StepHook] = []
+        if follows_inversion(o.source_latents, inversion, rule.schedule):
+            hooks.append(FollowInversion(rule, slice(0, 1)))
+        guide = _CrossAttentionGuidance(backbone, unet, rule, cond, lam) if lam > 0 or measure else None
+        if guide is not None:
+            hooks.append(guide)
+        x = denoise(backbone, rule, start, guidance, hooks, desc="zero_shot")
+        if guide is None:
             return x[1:], None, None
-        return x[1:], torch.stack(losses), torch.stack(updates)
+        return x[1:], torch.stack(guide.losses), torch.stack(guide.updates)
 
     @staticmethod
     def _attention_gradient(
