@@ -15,10 +15,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from framework.errors import InputError
+from framework.errors import EditFriendlyError, InputError
 from framework.schedule import Schedule, make_schedule
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class PrecisionError(EditFriendlyError, FloatingPointError):
+    """A network in half precision produced NaN/inf (or an all-black decode); the message says
+    which option to change (``backbone.dtype`` or ``backbone.vae_dtype``)."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``."""
+    return str(dtype).replace("torch.", "")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -131,8 +141,11 @@ class Backbone(abc.ABC):
 
     # ----------------------------------------------------------------- the network
     @abc.abstractmethod
-    def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
-        """One batched forward pass of the raw network (its own prediction type), float32."""
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
+        """One batched forward pass of the raw network (its own prediction type), float32.
+
+        ``t`` is one timestep for every row (an int), or a (B,) int64 tensor with one timestep
+        per row (batched inversion evaluates several timesteps in one pass)."""
 
     def predict_noise(
         self,
@@ -144,14 +157,17 @@ class Backbone(abc.ABC):
     ) -> Tensor:
         """ε̂(x_t, t) with classifier-free guidance, (B, C, h, w) float32.
 
-        ``cond`` has 1 or B rows (one row is broadcast), as has ``uncond``. With ``uncond``
-        given and a guidance scale other than 1 the unconditional and conditional branches run
-        as one batched forward pass: ε̂ = ε_u + w (ε_c - ε_u). ``guidance_scale`` may be a (B,)
-        tensor, one scale per row (e.g. the source row of Prompt-to-Prompt keeps the
-        inversion's scale). v- and sample-prediction outputs are converted to epsilon here.
+        ``t`` is an int (or a 0-d tensor) for all rows, or a (B,) tensor: one timestep per row,
+        so one forward pass can evaluate several steps of a trajectory (x_t's rows then belong
+        to different noise levels). ``cond`` has 1 or B rows (one row is broadcast), as has
+        ``uncond``. With ``uncond`` given and a guidance scale other than 1 the unconditional and
+        conditional branches run as one batched forward pass (2B rows, the timesteps repeated):
+        ε̂ = ε_u + w (ε_c - ε_u). ``guidance_scale`` may be a (B,) tensor, one scale per row
+        (e.g. the source row of Prompt-to-Prompt keeps the inversion's scale). v- and
+        sample-prediction outputs are converted to epsilon here.
         """
-        t = int(t)
         b = x_t.shape[0]
+        t = timestep_rows(t, b)
         x_t = x_t.float()
         if isinstance(guidance_scale, Tensor):
             scale = guidance_scale.to(x_t.device, torch.float32).reshape(-1, *([1] * (x_t.dim() - 1)))
@@ -164,7 +180,8 @@ class Backbone(abc.ABC):
             assert cond is not None and uncond is not None
             emb = torch.cat([_rows(uncond, b), _rows(cond, b)])
             x_in = torch.cat([x_t, x_t])
-            out = self.to_epsilon(self.model_output(x_in, t, emb), x_in, t)
+            t_in = t if isinstance(t, int) else torch.cat([t, t])
+            out = self.to_epsilon(self.model_output(x_in, t_in, emb), x_in, t_in)
             self.nfe += 1
             eps_u, eps_c = out.chunk(2)
             return eps_u + scale * (eps_c - eps_u)
@@ -173,12 +190,19 @@ class Backbone(abc.ABC):
         self.nfe += 1
         return self.to_epsilon(out, x_t, t)
 
-    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int) -> Tensor:
-        """Convert the network's output at timestep t to the noise prediction ε (float32)."""
+    def abar_at(self, t: int | Tensor, like: Tensor) -> Tensor:
+        """ᾱ_t as float32 on ``like``'s device: 0-d for an int t, (B, 1, ..., 1) for (B,) rows."""
+        if isinstance(t, Tensor) and t.dim() > 0:
+            a = self.alphas_cumprod[t.to("cpu", torch.int64)]
+            return a.to(like.device, torch.float32).reshape(-1, *([1] * (like.dim() - 1)))
+        return self.alphas_cumprod[int(t)].to(like.device, torch.float32)
+
+    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """Convert the network's output at timestep(s) t to the noise prediction ε (float32)."""
         out = out.float()
         if self.prediction_type == "epsilon":
             return out
-        a = self.alphas_cumprod[t].to(out.device, torch.float32)
+        a = self.abar_at(t, out)
         if self.prediction_type == "v_prediction":
             return a.sqrt() * out + (1 - a).sqrt() * x_t
         if self.prediction_type == "sample":
@@ -189,6 +213,28 @@ class Backbone(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """A short JSON-able description, for logs and result rows."""
         return {"class": type(self).__name__, "prediction_type": self.prediction_type}
+
+
+def timestep_rows(t: int | Tensor, b: int) -> int | Tensor:
+    """An int for one timestep shared by all rows, else a (b,) int64 tensor of per-row ones."""
+    if isinstance(t, Tensor) and t.dim() > 0:
+        if t.dim() != 1 or t.shape[0] != b:
+            raise InputError(f"per-row timesteps must have shape ({b},), got {tuple(t.shape)}")
+        return t.to(torch.int64)
+    return int(t)
+
+
+def check_finite(x: Tensor, what: str, dtype: torch.dtype, option: str) -> None:
+    """Raise :class:`PrecisionError` if ``x`` holds NaN/inf, naming ``option`` to change when
+    ``dtype`` is a half precision (else the model itself is broken)."""
+    if bool(torch.isfinite(x).all()):
+        return
+    if dtype in (torch.float16, torch.bfloat16):
+        raise PrecisionError(
+            f"{what} has NaN/inf with {option}={dtype_name(dtype)} (half precision overflowed); "
+            f"set {option}=float32" + (" or bfloat16" if dtype == torch.float16 else "")
+        )
+    raise PrecisionError(f"{what} has NaN/inf in float32: the model's weights or inputs are broken")
 
 
 def _rows(x: Tensor | None, b: int) -> Tensor | None:

@@ -2,6 +2,7 @@
 
 from plugins.backbones import gaussian  # noqa: F401
 from plugins.backbones import pixel_ddpm  # noqa: F401
+from plugins.backbones import sd14_random  # noqa: F401
 from plugins.backbones import stable_diffusion  # noqa: F401
 from plugins.backbones import tiny  # noqa: F401
 from plugins.inverters import cycle_diffusion  # noqa: F401

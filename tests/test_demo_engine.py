@@ -59,7 +59,7 @@ def test_default_backbone_is_digits_where_it_loads_otherwise_tiny(monkeypatch: p
 def test_options_boxes_round_trip_and_reject_bad_yaml() -> None:
     text, guidance, doc = DemoEngine.preset_options("inverter", "ddpm_edit_friendly_reference")
     assert guidance == 3.5 and "ddpm_edit_friendly" in doc
-    assert parse_options(text, "inverter") == {"eta": 1.0, "zero_last_noise": True}
+    assert parse_options(text, "inverter") == {"eta": 1.0, "zero_last_noise": True, "timestep_batch": 1}
     # editors whose guidance defaults to the inversion's keep it in the box, not on the slider
     text, guidance, _ = DemoEngine.preset_options("editor", "shift")
     assert guidance is None and parse_options(text, "editor")["guidance_scale"] is None

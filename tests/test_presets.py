@@ -214,7 +214,8 @@ def test_pie_bench_experiment_plans_with_pie_bench_settings(tmp_path: Path) -> N
     cfg = compose(experiment=exp, overrides=["backbone=tiny", f"data.path={mapping}"])
     (v,) = expand_methods(cfg)
     assert (v.num_steps, v.skip) == (50, 12)
-    assert v.inverter == {"name": "ddpm_edit_friendly", "eta": 1.0, "guidance_scale": 1.0, "zero_last_noise": True}
+    assert v.inverter == {"name": "ddpm_edit_friendly", "eta": 1.0, "guidance_scale": 1.0, "zero_last_noise": True,
+                          "timestep_batch": 1}
     assert v.editor["name"] == "prompt_to_prompt" and v.editor["guidance_scale"] == 7.5
     assert (v.editor["cross_replace_steps"], v.editor["self_replace_steps"]) == (0.4, 0.6)
     assert v.editor["mode"] == "auto"  # replace vs. refine by word count, as their script
