@@ -76,6 +76,26 @@ def test_batched_maps_equal_sequential_and_reconstruct(tiny, photo_x0, sequentia
     assert (out - photo_x0).abs().max().item() <= 1e-4
 
 
+def test_cycle_diffusion_batched_equals_its_sequential_maps(tiny, photo_x0) -> None:
+    """CycleDiffusion's chain is drawn without the model, so its extraction batches too."""
+
+    def cycle(batch):  # noqa: ANN001, ANN202
+        inverter = INVERTERS.build({"name": "cycle_diffusion", "timestep_batch": batch})
+        return inverter.invert(tiny, photo_x0, "a photo of a cat", num_steps=STEPS, skip=SKIP,
+                               generator=torch.Generator().manual_seed(3))
+
+    seq = cycle(1)
+    with CallCounter(tiny.unet) as counter:
+        bat = cycle(5)
+    assert counter.calls == math.ceil(N / 5) == bat.nfe and seq.nfe == N
+    assert torch.equal(bat.xts[N], seq.xts[N])  # the same chain (same generator draws)
+    torch.testing.assert_close(bat.zs, seq.zs, atol=1e-4, rtol=0)
+    out = EDITORS.build({"name": "text", "guidance_scale": 3.5}).edit(
+        tiny, bat, "a photo of a cat", ["a photo of a cat"], skip=SKIP
+    )
+    assert (out - photo_x0).abs().max().item() <= 1e-4
+
+
 def test_batch_one_through_the_batched_code_is_the_sequential_loop(tiny, photo_x0) -> None:
     schedule = tiny.schedule(STEPS, 1.0)
     cond, uncond = tiny.encode_prompt(["a cat"]), tiny.null_condition()

@@ -78,7 +78,9 @@ def test_compose_applies_presets_boxes_and_sliders(tmp_path: Path) -> None:
         editor_options="", editor_guidance=7.0, num_steps=20.0, skip=4.0, seed=3.0,
     )  # fmt: skip
     cfg = engine.compose(req)
-    assert dict(cfg.inverter) == {"name": "cycle_diffusion", "eta": 0.1, "guidance_scale": 2.0, "zero_last_noise": True}
+    assert dict(cfg.inverter) == {
+        "name": "cycle_diffusion", "eta": 0.1, "guidance_scale": 2.0, "zero_last_noise": True, "timestep_batch": 1
+    }
     assert cfg.editor.name == "prompt_to_prompt" and cfg.editor.guidance_scale == 7.0
     assert (cfg.num_steps, cfg.skip, cfg.seed) == (20, 4, 3)
     with pytest.raises(InputError, match="seed must be a whole number"):

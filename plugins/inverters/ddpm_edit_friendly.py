@@ -16,7 +16,7 @@ tolerance (the network sees rounding-different inputs), not bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -97,15 +97,34 @@ class DDPMEditFriendly(Inverter):
 
     def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
         """Eq. 6 then eq. 5: the independent-noise sequence and its noise maps."""
-        batch = check_timestep_batch(self.options.timestep_batch)
         xts = auxiliary_sequence(x0, schedule, n, generator)
-        if batch == 1:
-            zs = extract_noise_maps(
-                backbone, xts, schedule, cond, uncond, guidance_scale, self.options.zero_last_noise
-            )
-        else:
-            zs = extract_noise_maps_batched(
-                backbone, xts, schedule, cond, uncond, guidance_scale, batch, self.options.zero_last_noise
-            )
-        check_finite(zs, "the noise maps", getattr(backbone, "dtype", torch.float32), "backbone.dtype")
+        zs = noise_maps(
+            backbone, xts, schedule, cond, uncond, guidance_scale, self.options.timestep_batch,
+            self.options.zero_last_noise,
+        )
         return xts, zs
+
+
+def noise_maps(
+    backbone: Any,
+    xts: Tensor,
+    schedule: Schedule,
+    cond: Tensor | None,
+    uncond: Tensor | None,
+    guidance_scale: float,
+    timestep_batch: int | str,
+    zero_last_noise: bool,
+    desc: str = "invert",
+) -> Tensor:
+    """Eq. 5 along a sequence whose every x_i is known before the first network call (the
+    edit-friendly sequence, CycleDiffusion's chain): :func:`extract_noise_maps` for
+    ``timestep_batch`` 1, else :func:`extract_noise_maps_batched`; the maps are checked finite."""
+    batch = check_timestep_batch(timestep_batch)
+    if batch == 1:
+        zs = extract_noise_maps(backbone, xts, schedule, cond, uncond, guidance_scale, zero_last_noise, desc=desc)
+    else:
+        zs = extract_noise_maps_batched(
+            backbone, xts, schedule, cond, uncond, guidance_scale, batch, zero_last_noise, desc=desc
+        )
+    check_finite(zs, "the noise maps", getattr(backbone, "dtype", torch.float32), "backbone.dtype")
+    return zs
