@@ -8,16 +8,27 @@ Stable Diffusion, on the tiny random model of the tests, and on the analytic Gau
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from framework.errors import InputError
+from framework.errors import EditFriendlyError, InputError
 from framework.schedule import Schedule, make_schedule
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class PrecisionError(EditFriendlyError, FloatingPointError):
+    """A network in half precision produced NaN/inf (or an all-black decode); the message says
+    which option to change (``backbone.dtype`` or ``backbone.vae_dtype``)."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``."""
+    return str(dtype).replace("torch.", "")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -28,7 +39,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but no CUDA GPU is available here; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise InputError(f"device {device!r} was asked for but Apple MPS is not available here; use --device cpu or auto")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -120,8 +141,11 @@ class Backbone(abc.ABC):
 
     # ----------------------------------------------------------------- the network
     @abc.abstractmethod
-    def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
-        """One batched forward pass of the raw network (its own prediction type), float32."""
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
+        """One batched forward pass of the raw network (its own prediction type), float32.
+
+        ``t`` is one timestep for every row (an int), or a (B,) int64 tensor with one timestep
+        per row (batched inversion evaluates several timesteps in one pass)."""
 
     def predict_noise(
         self,
@@ -133,14 +157,17 @@ class Backbone(abc.ABC):
     ) -> Tensor:
         """ε̂(x_t, t) with classifier-free guidance, (B, C, h, w) float32.
 
-        ``cond`` has 1 or B rows (one row is broadcast), as has ``uncond``. With ``uncond``
-        given and a guidance scale other than 1 the unconditional and conditional branches run
-        as one batched forward pass: ε̂ = ε_u + w (ε_c - ε_u). ``guidance_scale`` may be a (B,)
-        tensor, one scale per row (e.g. the source row of Prompt-to-Prompt keeps the
-        inversion's scale). v- and sample-prediction outputs are converted to epsilon here.
+        ``t`` is an int (or a 0-d tensor) for all rows, or a (B,) tensor: one timestep per row,
+        so one forward pass can evaluate several steps of a trajectory (x_t's rows then belong
+        to different noise levels). ``cond`` has 1 or B rows (one row is broadcast), as has
+        ``uncond``. With ``uncond`` given and a guidance scale other than 1 the unconditional and
+        conditional branches run as one batched forward pass (2B rows, the timesteps repeated):
+        ε̂ = ε_u + w (ε_c - ε_u). ``guidance_scale`` may be a (B,) tensor, one scale per row
+        (e.g. the source row of Prompt-to-Prompt keeps the inversion's scale). v- and
+        sample-prediction outputs are converted to epsilon here.
         """
-        t = int(t)
         b = x_t.shape[0]
+        t = timestep_rows(t, b)
         x_t = x_t.float()
         if isinstance(guidance_scale, Tensor):
             scale = guidance_scale.to(x_t.device, torch.float32).reshape(-1, *([1] * (x_t.dim() - 1)))
@@ -153,7 +180,8 @@ class Backbone(abc.ABC):
             assert cond is not None and uncond is not None
             emb = torch.cat([_rows(uncond, b), _rows(cond, b)])
             x_in = torch.cat([x_t, x_t])
-            out = self.to_epsilon(self.model_output(x_in, t, emb), x_in, t)
+            t_in = t if isinstance(t, int) else torch.cat([t, t])
+            out = self.to_epsilon(self.model_output(x_in, t_in, emb), x_in, t_in)
             self.nfe += 1
             eps_u, eps_c = out.chunk(2)
             return eps_u + scale * (eps_c - eps_u)
@@ -162,12 +190,19 @@ class Backbone(abc.ABC):
         self.nfe += 1
         return self.to_epsilon(out, x_t, t)
 
-    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int) -> Tensor:
-        """Convert the network's output at timestep t to the noise prediction ε (float32)."""
+    def abar_at(self, t: int | Tensor, like: Tensor) -> Tensor:
+        """ᾱ_t as float32 on ``like``'s device: 0-d for an int t, (B, 1, ..., 1) for (B,) rows."""
+        if isinstance(t, Tensor) and t.dim() > 0:
+            a = self.alphas_cumprod[t.to("cpu", torch.int64)]
+            return a.to(like.device, torch.float32).reshape(-1, *([1] * (like.dim() - 1)))
+        return self.alphas_cumprod[int(t)].to(like.device, torch.float32)
+
+    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """Convert the network's output at timestep(s) t to the noise prediction ε (float32)."""
         out = out.float()
         if self.prediction_type == "epsilon":
             return out
-        a = self.alphas_cumprod[t].to(out.device, torch.float32)
+        a = self.abar_at(t, out)
         if self.prediction_type == "v_prediction":
             return a.sqrt() * out + (1 - a).sqrt() * x_t
         if self.prediction_type == "sample":
@@ -180,6 +215,28 @@ class Backbone(abc.ABC):
         return {"class": type(self).__name__, "prediction_type": self.prediction_type}
 
 
+def timestep_rows(t: int | Tensor, b: int) -> int | Tensor:
+    """An int for one timestep shared by all rows, else a (b,) int64 tensor of per-row ones."""
+    if isinstance(t, Tensor) and t.dim() > 0:
+        if t.dim() != 1 or t.shape[0] != b:
+            raise InputError(f"per-row timesteps must have shape ({b},), got {tuple(t.shape)}")
+        return t.to(torch.int64)
+    return int(t)
+
+
+def check_finite(x: Tensor, what: str, dtype: torch.dtype, option: str) -> None:
+    """Raise :class:`PrecisionError` if ``x`` holds NaN/inf, naming ``option`` to change when
+    ``dtype`` is a half precision (else the model itself is broken)."""
+    if bool(torch.isfinite(x).all()):
+        return
+    if dtype in (torch.float16, torch.bfloat16):
+        raise PrecisionError(
+            f"{what} has NaN/inf with {option}={dtype_name(dtype)} (half precision overflowed); "
+            f"set {option}=float32" + (" or bfloat16" if dtype == torch.float16 else "")
+        )
+    raise PrecisionError(f"{what} has NaN/inf in float32: the model's weights or inputs are broken")
+
+
 def _rows(x: Tensor | None, b: int) -> Tensor | None:
     """Broadcast a (1, ...) conditioning to b rows; leave a (b, ...) one as it is."""
     if x is None or x.shape[0] == b:
@@ -187,6 +244,50 @@ def _rows(x: Tensor | None, b: int) -> Tensor | None:
     if x.shape[0] == 1:
         return x.expand(b, *x.shape[1:])
     raise InputError(f"conditioning has {x.shape[0]} rows for a batch of {b}")
+
+
+#: seconds to wait for the model hub before calling it unreachable
+HUB_PROBE_TIMEOUT = float(os.environ.get("EDITFRIENDLY_HUB_TIMEOUT", "3"))
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) is set."""
+    return os.environ.get("HF_HUB_OFFLINE", os.environ.get("TRANSFORMERS_OFFLINE", "")).strip().upper() in (
+        "1", "ON", "YES", "TRUE",
+    )
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Probe the model hub once (``HF_ENDPOINT``, default huggingface.co) with one short request.
+
+    Returns None when it answers (any HTTP status), else why not (``"ConnectError: ..."``).
+    huggingface_hub itself retries every file five times with back-off, which offline took
+    4-5 minutes and printed hundreds of warnings before failing; this takes ``timeout`` seconds.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+    try:
+        get_session().head(endpoint + "/api/models", timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any transport failure means "unreachable"
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{endpoint} cannot be reached ({type(exc).__name__}: {text})"[:300]
+    return None
+
+
+def weights_hint(option: str = "--backbone PATH, or backbone.model=PATH in a run config") -> str:
+    """What to do when weights are neither local nor downloadable (one sentence per way out)."""
+    cache = "the local cache (~/.cache/huggingface, or $HF_HOME)"
+    first = (
+        f"HF_HUB_OFFLINE=1 is set, so only {cache} was searched"
+        if hub_offline()
+        else f"offline, set HF_HUB_OFFLINE=1 to use only {cache} without waiting for the network"
+    )
+    return (
+        f"{first}; give a local diffusers folder ({option}); let the hub download the weights once "
+        "(network access); or use --backbone tiny for a run that needs no download"
+    )
 
 
 def load_backbone(

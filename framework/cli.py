@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -62,8 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument("--out", default=None, help="output folder (default: outputs/<image name>)")
     edit.add_argument("--seed", type=int, help="random seed (default 0)")
-    edit.add_argument("--steps", type=int, help="number of inference steps N (default 100)")
-    edit.add_argument("--skip", type=int, help="T_skip: steps skipped at the noisy end (default 36)")
+    edit.add_argument(
+        "--steps",
+        type=int,
+        help="number of inference steps N (default 100, or the preset's: 50 for zero_shot); "
+        "without --skip the skip keeps its proportion (36 of 100 -> 7 of 20, round half up)",
+    )
+    edit.add_argument(
+        "--skip",
+        type=int,
+        help="T_skip: steps skipped at the noisy end (default 36, or the preset's: 12 for "
+        "prompt_to_prompt_ef, 0 for ddim and zero_shot)",
+    )
     edit.add_argument("--size", help="N or WxH: output size in pixels instead of the default policy")
     edit.add_argument("--device", help="cuda, cuda:1, cpu, mps or auto (default)")
     edit.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -78,17 +89,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_seed(seed: object, what: str = "seed") -> int:
+    """A seed torch's generators take: an integer in [-2**63, 2**64 - 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"{what} must be an integer, got {seed!r}")
+    if not -(2**63) <= seed < 2**64:
+        raise InputError(f"{what} {seed} does not fit in 64 bits; use an integer in 0..{2**64 - 1}")
+    return seed
+
+
+def check_output_dir(path: Path, what: str = "output folder") -> None:
+    """Fail early (before any model loads) when ``path`` cannot be created or written to.
+
+    Creates nothing: the folder is made only when there is something to write into it.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"cannot create the {what} {path}: {probe} is a file, not a folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"cannot create the {what} {path}: {probe} is not writable")
+
+
+def make_output_dir(path: Path, what: str = "output folder") -> Path:
+    """``mkdir -p`` with one clear error instead of an OSError traceback."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the {what} {path}: {exc.strerror or exc}") from None
+    return Path(path)
+
+
+#: top-level keys ``edit`` reads from its config (``key=value`` overrides of others are typos)
+EDIT_KEYS = ("backbone", "inverter", "editor", "num_steps", "skip", "seed")
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from framework.backbone import resolve_device
-    from framework.config import backbone_config, compose, save_config
+    from framework.config import backbone_config, check_override_keys, compose, save_config_history
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
     from framework.pipeline import invert_and_edit
     from framework.progress import progress_bars
     from framework.registry import BACKBONES, EDITORS, INVERTERS
     from framework.schedule import check_steps
 
+    check_override_keys(args.overrides, EDIT_KEYS, "edit")
     layer: dict = {}
     if args.backbone:
         layer["backbone"] = backbone_config(args.backbone)
@@ -98,8 +149,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
     cfg = compose(overrides=args.overrides, extra_layers=[layer])
     if args.device:
         cfg.backbone.device = args.device
+    check_seed(cfg.seed)
     check_steps(int(cfg.num_steps), int(cfg.skip))
     # Validate everything cheap before the (slow) model load.
+    if "device" in cfg.backbone:
+        resolve_device(cfg.backbone.device)
     inverter = INVERTERS.build(cfg.inverter)
     editor = EDITORS.build(cfg.editor)
     targets = list(args.target)
@@ -108,7 +162,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     pil = load_image(args.image)
     out = Path(args.out) if args.out else Path("outputs") / Path(args.image).stem
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
 
     logging.getLogger(__name__).info("loading backbone %s", dict(cfg.backbone))
     backbone = BACKBONES.build(cfg.backbone)
@@ -118,7 +172,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
     cfg.target_prompts = targets
     cfg.size = f"{image.shape[-1]}x{image.shape[-2]}"
     cfg.device = str(resolve_device(cfg.backbone.device))
-    save_config(cfg, out / "config.yaml")
 
     with progress_bars(not args.no_progress):
         result = invert_and_edit(
@@ -132,6 +185,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
             skip=int(cfg.skip),
             seed=int(cfg.seed),
         )
+    # The folder is made only now: a failed edit leaves nothing behind.
+    make_output_dir(out)
+    save_config_history(cfg, out)
     tensor_to_pil(image)[0].save(out / "input.png")
     stem = Path(args.image).stem
     lines = []
@@ -204,6 +260,25 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def skip_records_handled_below(record: logging.LogRecord) -> bool:
+    """A root-handler filter: drop records that a logger below the root already printed.
+
+    Lightning (``lightning.pytorch``) and huggingface_hub attach their own stream handlers and
+    still propagate to the root, so with ``logging.basicConfig`` each of their lines came out
+    twice. Records of loggers without a handler of their own pass.
+    """
+    name = record.name
+    while name:
+        logger = logging.Logger.manager.loggerDict.get(name)
+        if isinstance(logger, logging.Logger):
+            if logger.handlers:
+                return False
+            if not logger.propagate:
+                return True
+        name = name.rpartition(".")[0]
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -211,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(skip_records_handled_below)
     if args.command is None:
         parser.print_help()
         return 2

@@ -54,6 +54,7 @@ FIXED_COLUMNS = (
     "error",
     "output_path",
     "input_path",
+    "reconstruction_path",
     # the runner's bookkeeping columns
     "variant",
     "setting",
@@ -140,15 +141,19 @@ def read_run(path: str | Path) -> Run:
         csv_path = path / "results.csv"
     if not path.exists():
         raise InputError(f"run directory not found: {path}")
-    if not csv_path.is_file():
+    if csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = [dict(r) for r in reader]
+    elif csv_path.name == "results.csv" and list((path / "parts").glob("rows-*.jsonl")):
+        header, rows = read_part_files(path)
+        log.warning("%s has no results.csv (an interrupted run): read the %d finished rows of its part files", path, len(rows))
+    else:
         raise InputError(
-            f"{path} is not a run directory: it has no results.csv (give directories written by "
-            "`editfriendly run`, or a results.csv file)"
+            f"{path} is not a run directory: it has no results.csv and no parts/rows-*.jsonl (give "
+            "directories written by `editfriendly run`, or a results.csv file)"
         )
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        rows = [dict(r) for r in reader]
     missing = [c for c in ("item_id", "method") if c not in header]
     if missing:
         raise InputError(
@@ -171,6 +176,25 @@ def read_run(path: str | Path) -> Run:
                 log.warning("could not read %s: %s", path / name, exc)
             break
     return Run(path=path, label=path.resolve().name or str(path), header=header, rows=rows, config=config)
+
+
+def read_part_files(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The rows of an unfinished run, merged from its per-rank part files as the runner's
+    final merge would (one row per key, the last ok one winning), as a header and string cells."""
+    from framework.runner_results import columns_for, merge_rows, read_rows
+
+    rows = merge_rows(read_rows(path))
+    header = columns_for(rows, [], [])
+    text = [{c: _csv_cell(r.get(c)) for c in header} for r in rows]
+    return header, text
+
+
+def _csv_cell(value: Any) -> str:
+    """A value as results.csv would hold it (the runner's CSV cell rule)."""
+    from framework.runner_results import _cell
+
+    out = _cell(value)
+    return "" if out is None else str(out)
 
 
 def unique_labels(runs: list[Run]) -> None:
@@ -632,7 +656,10 @@ def compare(
     if not any(r.rows for r in runs):
         raise InputError(f"no rows in {', '.join(str(r.path / 'results.csv') for r in runs)}")
     out = Path(out) if out else default_out([str(d) for d in run_dirs])
-    out.mkdir(parents=True, exist_ok=True)
+    from framework.cli import check_output_dir, make_output_dir
+
+    check_output_dir(out, "report folder")
+    make_output_dir(out, "report folder")
     metric_cols, param_cols = classify_columns(runs, metrics, params)
     groups = group_rows(runs, param_cols, metric_cols)
     empty = [m for m in metric_cols if not any(g.stats[m][2] for g in groups)]

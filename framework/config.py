@@ -4,6 +4,16 @@ Layers, later ones winning: ``configs/defaults.yaml``, the group presets it sele
 (``configs/backbone/*.yaml``, ``configs/inverter/*.yaml``, ``configs/editor/*.yaml``), an
 experiment file, then ``key=value`` overrides from the command line.
 
+Run settings carried by presets. A preset file may hold the reserved key ``settings`` (e.g.
+``settings: {num_steps: 50, skip: 0}``): the run settings of the paper the preset comes from.
+Composition strips it from the plugin's options and applies it as a layer just above
+``defaults.yaml``: the inverter preset's settings, then the editor preset's (the editor's win
+where both set a key), then every explicit source: the experiment file, the command line (flags
+and ``key=value`` together), and, for a ``methods`` entry, the entry's own ``num_steps``/``skip``
+(see :func:`run_settings`). A layer that sets ``num_steps`` without ``skip`` keeps the
+proportion of the skip below it: ``skip' = floor(skip * N' / N + 1/2)`` (round half up, at most
+``N' - 1``), so ``--steps 20`` alone runs 36 of 100 as 7 of 20.
+
 A group value (``backbone``, ``inverter``, ``editor``; also inside each entry of ``methods``)
 may be a string or a mapping. A string names a preset file ``configs/<group>/<string>.yaml``
 or, if there is none, a registered plugin. A mapping needs a ``name``. When a later layer
@@ -15,7 +25,9 @@ config is fully resolved.
 
 from __future__ import annotations
 
+import difflib
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +38,10 @@ from omegaconf.errors import OmegaConfBaseException
 from framework.errors import ConfigError
 
 GROUPS = ("backbone", "inverter", "editor")
+#: reserved key of a preset file: the run settings it carries (not a plugin option)
+SETTINGS = "settings"
+#: what ``settings`` may set
+SETTING_KEYS = ("num_steps", "skip")
 
 
 def config_dir() -> Path:
@@ -66,7 +82,13 @@ def preset_names(group: str) -> list[str]:
 
 
 def group_node(group: str, value: Any) -> dict[str, Any]:
-    """Normalize a group value (preset name, plugin name or mapping) to a plain mapping."""
+    """Normalize a group value (preset name, plugin name or mapping) to a plain mapping of the
+    plugin's name and options (a preset's ``settings`` left out: see :func:`preset_node`)."""
+    return {k: v for k, v in preset_node(group, value).items() if k != SETTINGS}
+
+
+def preset_node(group: str, value: Any) -> dict[str, Any]:
+    """:func:`group_node` keeping the preset's ``settings`` (num_steps/skip), if it has any."""
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, str):
@@ -76,24 +98,95 @@ def group_node(group: str, value: Any) -> dict[str, Any]:
             assert isinstance(node, dict)
             if "name" not in node:
                 raise ConfigError(f"preset {preset} has no 'name' key")
+            if SETTINGS in node:
+                node[SETTINGS] = check_settings(node[SETTINGS], str(preset))
             return node
         return {"name": value}
     if isinstance(value, Mapping):
         node = dict(value)
+        if SETTINGS in node:
+            node[SETTINGS] = check_settings(node[SETTINGS], f"the {group} config")
         if "name" not in node:
             if "preset" in node:
-                base = group_node(group, node.pop("preset"))
-                return {**base, **node}
+                base = preset_node(group, node.pop("preset"))
+                return merge_group(base, {**node, "name": base["name"]})
             raise ConfigError(f"the {group} config needs a 'name' key (or a preset name), got {node}")
         return node
     raise ConfigError(f"the {group} config must be a name or a mapping, got {value!r}")
 
 
 def merge_group(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """Later wins; another plugin name replaces the group, the same name merges options."""
+    """Later wins; another plugin name replaces the group, the same name merges options (and
+    the presets' ``settings``, key by key)."""
     if old is None or old.get("name") != new.get("name"):
         return dict(new)
-    return {**old, **new}
+    out = {**old, **new}
+    if SETTINGS in old and SETTINGS in new:
+        out[SETTINGS] = {**old[SETTINGS], **new[SETTINGS]}
+    return out
+
+
+def check_settings(settings: Any, where: str) -> dict[str, Any]:
+    """Validate a preset's ``settings`` mapping (only ``num_steps``/``skip``, integers)."""
+    if isinstance(settings, (DictConfig, ListConfig)):
+        settings = OmegaConf.to_container(settings, resolve=True)
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"{where}: settings must map {' and/or '.join(SETTING_KEYS)} to integers, got {settings!r}")
+    bad = sorted(set(settings) - set(SETTING_KEYS))
+    if bad:
+        raise ConfigError(f"{where}: settings has unknown keys {bad}; accepted: {', '.join(SETTING_KEYS)}")
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}: settings.{key} must be a non-negative integer, got {value!r}")
+    return dict(settings)
+
+
+def scaled_skip(skip: int, num_steps: int, new_steps: int) -> int:
+    """``skip`` of ``num_steps`` at the same proportion of ``new_steps``: round half up,
+    at most ``new_steps - 1`` (36 of 100 -> 7 of 20; 12 of 100 -> 6 of 50)."""
+    if num_steps <= 0 or new_steps <= 0:
+        return skip
+    return max(0, min((2 * skip * new_steps + num_steps) // (2 * num_steps), new_steps - 1))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def apply_settings(current: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``current`` run settings (num_steps, skip) with ``layer``'s on top. A layer that sets
+    ``num_steps`` but not ``skip`` rescales the current skip (:func:`scaled_skip`)."""
+    out = dict(current)
+    if layer.get("num_steps") is not None:
+        new = layer["num_steps"]
+        old, skip = current.get("num_steps"), current.get("skip")
+        if layer.get("skip") is None and _is_int(new) and _is_int(old) and _is_int(skip):
+            out["skip"] = scaled_skip(skip, old, new)
+        out["num_steps"] = new
+    if layer.get("skip") is not None:
+        out["skip"] = layer["skip"]
+    return out
+
+
+def _settings_of(layer: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: layer[k] for k in SETTING_KEYS if k in layer and layer[k] is not None}
+
+
+def run_settings(
+    base: Mapping[str, Any],
+    groups: Sequence[Mapping[str, Any] | None],
+    explicit: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """num_steps and skip from ``base`` (defaults.yaml), then each group's preset ``settings``
+    (inverter, then editor), then the ``explicit`` layers in order (experiment file, command
+    line, a method entry): each applied with :func:`apply_settings`."""
+    current = _settings_of(base)
+    for node in groups:
+        if node and node.get(SETTINGS):
+            current = apply_settings(current, node[SETTINGS])
+    for layer in explicit:
+        current = apply_settings(current, _settings_of(layer))
+    return current
 
 
 def _container(cfg: Any) -> dict[str, Any]:
@@ -116,7 +209,7 @@ def merge_layers(layers: Iterable[Mapping[str, Any] | DictConfig]) -> dict[str, 
                 if isinstance(value, Mapping) and "name" not in value and "preset" not in value and key in groups:
                     groups[key] = {**groups[key], **value}  # options only: keep the plugin
                 else:
-                    groups[key] = merge_group(groups.get(key), group_node(key, value))
+                    groups[key] = merge_group(groups.get(key), preset_node(key, value))
             elif key == "methods" and value is not None:
                 rest[key] = [normalize_method(m, i) for i, m in enumerate(_as_list(value, "methods"))]
             else:
@@ -149,7 +242,7 @@ def normalize_method(method: Any, index: int) -> dict[str, Any]:
     out = dict(method)
     for group in ("inverter", "editor"):
         if group in out:
-            out[group] = group_node(group, out[group])
+            out[group] = preset_node(group, out[group])
     return out
 
 
@@ -174,9 +267,35 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     for group in GROUPS:  # backbone.dtype=float16 only changes options of the chosen plugin
         if group in rest and isinstance(rest[group], dict):
             if group in layer:
-                layer[group] = {**group_node(group, layer[group]), **rest.pop(group)}
+                layer[group] = {**preset_node(group, layer[group]), **rest.pop(group)}
     layer.update(rest)
     return layer
+
+
+def suggest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the closest choice (difflib), or ``""``."""
+    norm = {c.replace("-", "").replace("_", "").lower(): c for c in choices}
+    key = word.replace("-", "").replace("_", "").lower()
+    if key in norm:
+        return f"; did you mean {norm[key]!r}?"
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_override_keys(overrides: Sequence[str], known: Iterable[str], command: str) -> None:
+    """Reject ``key=value`` overrides whose top-level key the command does not read.
+
+    A misspelt key (``ouput_dir=x``) would otherwise be accepted and ignored. Only the top
+    level is checked here; plugin options are checked against their dataclasses.
+    """
+    known = sorted(set(known))
+    for item in overrides:
+        key = item.split("=", 1)[0].split(".", 1)[0].strip()
+        if "=" in item and key and key not in known:
+            raise ConfigError(
+                f"unknown config key {key!r} in {item!r}{suggest(key, known)} "
+                f"({command} reads: {', '.join(known)})"
+            )
 
 
 def compose(
@@ -186,12 +305,47 @@ def compose(
     extra_layers: Sequence[Mapping[str, Any]] = (),
 ) -> DictConfig:
     """Compose defaults, the experiment file, extra layers (CLI flags) and overrides."""
-    layers: list[Any] = [load_yaml(defaults or config_dir() / "defaults.yaml")]
+    base = load_yaml(defaults or config_dir() / "defaults.yaml")
+    layers: list[Any] = [base]
+    explicit: list[dict[str, Any]] = []  # where num_steps/skip may be set explicitly
     if experiment is not None:
         layers.append(load_yaml(experiment))
+        explicit.append(_container(layers[-1]))
+    command_line = parse_overrides(overrides)
     layers.extend(extra_layers)
-    layers.append(parse_overrides(overrides))
-    return resolve(merge_layers(layers))
+    layers.append(command_line)
+    # flags and key=value overrides are one source: --skip 5 num_steps=20 keeps skip 5
+    cli = {}
+    for layer in [*extra_layers, command_line]:
+        cli.update(_settings_of(_container(layer)))
+    explicit.append(cli)
+    return resolve(apply_preset_settings(merge_layers(layers), _container(base), explicit))
+
+
+def apply_preset_settings(
+    cfg: dict[str, Any], base: Mapping[str, Any], explicit: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Strip the presets' ``settings`` from the groups of ``cfg`` (top level and per method)
+    and set ``num_steps``/``skip`` from :func:`run_settings`; each ``methods`` entry gets its
+    own, from its own inverter/editor (or the top-level ones), the explicit layers and then
+    the entry's own values."""
+    top = {g: cfg.get(g) if isinstance(cfg.get(g), Mapping) else None for g in ("inverter", "editor")}
+    cfg.update(run_settings(base, [top["inverter"], top["editor"]], explicit))
+    if isinstance(cfg.get("methods"), list):
+        methods = []
+        for m in cfg["methods"]:
+            m = dict(m)
+            groups = [m.get(g) if isinstance(m.get(g), Mapping) else top[g] for g in ("inverter", "editor")]
+            m.update(run_settings(base, groups, [*explicit, m]))
+            for g in ("inverter", "editor"):
+                if isinstance(m.get(g), Mapping):
+                    m[g] = {k: v for k, v in m[g].items() if k != SETTINGS}
+            methods.append(m)
+        cfg["methods"] = methods
+    for g in ("inverter", "editor"):
+        if top[g] is not None:
+            cfg[g] = {k: v for k, v in top[g].items() if k != SETTINGS}
+    return cfg
 
 
 def resolve(cfg: Mapping[str, Any]) -> DictConfig:
@@ -222,7 +376,8 @@ def full_options(registry: Any, node: Mapping[str, Any]) -> dict[str, Any]:
     """``{"name": ..., **every option with its default}`` after validating ``node``."""
     import dataclasses
 
-    _, options = registry.options(dict(node))
+    # a preset's settings (num_steps/skip) are no plugin option; compose applies them
+    _, options = registry.options({k: v for k, v in node.items() if k != SETTINGS})
     return {"name": node["name"], **dataclasses.asdict(options)}
 
 
@@ -236,6 +391,15 @@ def backbone_config(name_or_path: str) -> dict[str, Any]:
         return {"name": "pixel_ddpm", "model": name_or_path}
     if is_text_pixel_model_folder(name_or_path):
         return {"name": "text_pixel_ddpm", "model": name_or_path}
+    if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).exists():
+        # Not a folder and not owner/name: a typo of a preset, not a hub id worth a lookup.
+        names = sorted(set(preset_names("backbone")) | set(BACKBONES.names()))
+        hint = suggest(name_or_path, names)
+        if hint:
+            raise ConfigError(
+                f"unknown backbone {name_or_path!r}{hint} (presets and backbones: {', '.join(names)}; "
+                "or a hub id owner/name, or a local diffusers folder)"
+            )
     return {"name": "stable_diffusion", "model": name_or_path}
 
 
@@ -279,3 +443,18 @@ def save_config(cfg: DictConfig | Mapping[str, Any], path: str | Path) -> Path:
         cfg = OmegaConf.create(dict(cfg))
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return path
+
+
+def save_config_history(cfg: DictConfig | Mapping[str, Any], folder: str | Path) -> Path:
+    """Write ``folder/config.yaml`` (the latest config) and keep every invocation's copy.
+
+    Each call also writes ``folder/config_history/NNN-<UTC time>.yaml`` (NNN counts up), so a
+    later run never erases the record of an earlier one. Returns the history copy.
+    """
+    folder = Path(folder)
+    save_config(cfg, folder / "config.yaml")
+    history = folder / "config_history"
+    history.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name.split("-", 1)[0]) for p in history.glob("*.yaml") if p.name.split("-", 1)[0].isdigit()]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return save_config(cfg, history / f"{max(numbers, default=0) + 1:03d}-{stamp}.yaml")

@@ -5,6 +5,12 @@ Paper indexing: with N = ``num_steps`` and n = N - ``skip`` computed steps,
 is z_i (the noise that takes x_i to x_{i-1}) for i = 1..n, and ``timesteps[i-1]`` is the
 model timestep of step i for all N steps. An edit that skips ``skip`` steps starts from
 ``xts[N - skip]`` and uses ``zs[:N - skip]``; inverters compute nothing beyond that.
+
+An inversion also says how to regenerate from it (see ``framework/sampling.py``): ``rule``
+names its step rule (``ddpm``: eq. 3 with ``zs`` and ``eta``, DDIM where σ = 0; ``edict``: the
+coupled pair, whose second sequence is ``coupled``), and ``uncond_embeddings`` is its
+unconditional embedding per step (null-text inversion; one row for all steps: negative-prompt
+inversion), used instead of the null text wherever an edit applies classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from framework.errors import InputError
 class Inversion:
     """An inverted image (batch B, usually 1): its auxiliary sequence and noise maps."""
 
-    xts: Tensor  # (n+1, B, C, h, w) float32
+    xts: Tensor  # (n+1, B, C, h, w) float32 (float64 for EDICT, whose coupled arithmetic is exact in it)
     zs: Tensor | None  # (n, B, C, h, w) float32; None for deterministic (DDIM) inversions
     timesteps: Tensor  # (N,) int64, paper order
     num_steps: int  # N
@@ -38,6 +44,16 @@ class Inversion:
     nfe: int = 0  # network evaluations the inversion took
     seconds: float = 0.0  # wall time of the inversion
     extras: dict[str, Any] = field(default_factory=dict)
+    rule: str = "ddpm"  # the step rule regenerating from it: ddpm (eq. 3) | edict
+    rule_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"mix_weight": 0.93}
+    coupled: Tensor | None = None  # (n+1, B, C, h, w): EDICT's second sequence y_i
+    uncond_embeddings: Tensor | None = None  # (n or 1, 1, L, D): unconditional embedding of step i
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether regeneration adds no noise (no noise maps: σ = 0 at every step); edits then
+        get the DDIM settings of methods that distinguish them (Prompt-to-Prompt)."""
+        return self.zs is None
 
     @property
     def start_step(self) -> int:
@@ -46,8 +62,8 @@ class Inversion:
 
     @property
     def x0(self) -> Tensor:
-        """The inverted x0, (B, C, h, w)."""
-        return self.xts[0]
+        """The inverted x0, (B, C, h, w) float32."""
+        return self.xts[0].float()
 
     @property
     def batch_size(self) -> int:
@@ -65,6 +81,43 @@ class Inversion:
             self,
             xts=self.xts.to(device),
             zs=None if self.zs is None else self.zs.to(device),
+            coupled=None if self.coupled is None else self.coupled.to(device),
+            uncond_embeddings=None if self.uncond_embeddings is None else self.uncond_embeddings.to(device),
+        )
+
+    def regeneration(
+        self,
+        backbone: Any,
+        start: int,
+        rows: int,
+        *,
+        generator: torch.Generator | None = None,
+        n_source: int = 0,
+        transform: Any = None,
+        zs: Any = "inversion",
+        shared_noise: bool = False,
+    ) -> Any:
+        """The step rule that regenerates ``rows`` copies of this inversion from step ``start``
+        (a :class:`framework.sampling.StepRule` holding x_start (rows, C, h, w) float32).
+
+        ``transform`` (a function of a (1, C, h, w) latent) changes the start latent of every
+        sequence before it is copied (shift); ``zs`` replaces the noise maps (default: the
+        inversion's own). The first ``n_source`` rows are source rows; ``shared_noise``: fresh
+        noise (no maps, σ > 0) is one draw for every row (see ``DDPMRule``).
+        """
+        from framework.registry import _load_plugins
+        from framework.sampling import STEP_RULES
+
+        _load_plugins()  # plugins register their step rules on import
+        if self.rule not in STEP_RULES:
+            raise InputError(
+                f"the {self.method} inversion regenerates with step rule {self.rule!r}, which is not "
+                f"registered; known: {', '.join(sorted(STEP_RULES))}"
+            )
+        maps = self.zs if isinstance(zs, str) else zs
+        return STEP_RULES[self.rule](
+            self, backbone, start, rows, generator=generator, n_source=n_source, transform=transform, zs=maps,
+            shared_noise=shared_noise,
         )
 
     def check_skip(self, skip: int) -> int:
@@ -130,9 +183,11 @@ class Inverter(abc.ABC):
         cond = backbone.encode_prompt(prompts)
         uncond = backbone.null_condition() if guidance != 1 else None
         with torch.no_grad():
-            xts, zs = self.trajectory(
+            out = self.trajectory(
                 backbone, x0, schedule, num_steps - skip, cond, uncond, guidance, generator
             )
+        xts, zs = out[0], out[1]
+        fields = out[2] if len(out) > 2 else {}
         return Inversion(
             xts=xts,
             zs=zs,
@@ -145,6 +200,7 @@ class Inverter(abc.ABC):
             guidance_scale=guidance,
             nfe=backbone.nfe - nfe0,
             seconds=time.perf_counter() - start,
+            **fields,
         )
 
     @abc.abstractmethod
@@ -158,8 +214,10 @@ class Inverter(abc.ABC):
         uncond: Tensor | None,
         guidance_scale: float,
         generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Steps 1..n from x0 (B, C, h, w): (xts (n+1, B, C, h, w), zs (n, B, C, h, w) or None)."""
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, dict[str, Any]]:
+        """Steps 1..n from x0 (B, C, h, w): (xts (n+1, B, C, h, w), zs (n, B, C, h, w) or None),
+        optionally with a dict of further :class:`Inversion` fields (``rule``, ``coupled``,
+        ``uncond_embeddings``, ``extras``, ...). Runs under ``torch.no_grad``."""
 
 
 def as_batch(x0: Tensor, device: torch.device) -> Tensor:

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -44,11 +45,13 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
 
-from framework.errors import ConfigError
+from framework.errors import ConfigError, EditFriendlyError
 from framework.runner_data import EditDataModule, Item, build_dataset, fit_mask, item_seed
 from framework.runner_plan import Variant, expand_methods, inversion_groups, safe_name, sweep_columns
 from framework.runner_results import (
+    OPTIONAL_COLUMNS,
     PartWriter,
+    parts_dir,
     columns_for,
     done_keys,
     merge_rows,
@@ -65,6 +68,17 @@ CRASH_ENV = "EDITFRIENDLY_RUN_CRASH_AFTER"
 TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "strategy": "auto", "num_nodes": 1}
 _USER_WANDB_DATA_DIR = os.environ.get("WANDB_DATA_DIR")
 LOGGER_DEFAULTS = {"name": "wandb", "mode": "offline", "project": "editfriendly"}
+#: logger keys the runner reads itself: how many rows/items get images in wandb, and whether
+#: to compute and save a reconstruction (the edit with the source prompt) of every variant when
+#: no metric needs one
+LOGGER_RUNNER_KEYS = ("max_table_images", "reconstructions")
+#: top-level keys a run config may have (key=value overrides of other keys are refused)
+RUN_KEYS = (
+    "backbone", "inverter", "editor", "num_steps", "skip", "seed", "data", "methods", "metrics",
+    "trainer", "logger", "output_dir", "image_size", "threads",
+)
+#: keys that may change between runs into one output_dir (they do not change any row)
+RUNTIME_KEYS = ("trainer", "logger", "output_dir", "threads")
 
 
 # ----------------------------------------------------------------------------- config
@@ -162,6 +176,9 @@ class EditModule(pl.LightningModule):
         output_dir: str,
         seed: int,
         image_size: Any = None,
+        save_reconstructions: bool = False,
+        show_steps: bool = False,
+        threads: int | None = None,
     ) -> None:
         super().__init__()
         self.backbone_cfg = dict(backbone_cfg)
@@ -171,6 +188,9 @@ class EditModule(pl.LightningModule):
         self.output_dir = str(output_dir)
         self.run_seed = int(seed)
         self.image_size = image_size
+        self.save_reconstructions = bool(save_reconstructions)
+        self.show_steps = bool(show_steps)
+        self.threads = threads
         self.backbone: Any = None
 
     # Lightning moves the (parameter-free) module to its device before this hook.
@@ -179,17 +199,26 @@ class EditModule(pl.LightningModule):
         from framework.registry import EDITORS, INVERTERS
 
         device = self.device
+        if self.threads:
+            # after Lightning's own choice (DDP on CPUs: cores // processes): float sums depend
+            # on the thread count, so 1 and N processes agree only with the same count
+            torch.set_num_threads(self.threads)
         self.backbone = load_backbone(self.backbone_cfg, device=device)
         self.inverters = {json.dumps(v.inverter, sort_keys=True): INVERTERS.build(v.inverter) for v in self.variants}
         self.editors = {json.dumps(v.editor, sort_keys=True): EDITORS.build(v.editor) for v in self.variants}
         self.metrics = build_metrics(self.metric_cfgs)
         for m in self.metrics:
             m.setup(device)
-        self.needs_reconstruction = any(m.needs_reconstruction for m in self.metrics)
+        self.needs_reconstruction = self.save_reconstructions or any(m.needs_reconstruction for m in self.metrics)
         self.done = done_keys(self.output_dir)
 
-    def predict_step(self, item: Item, batch_idx: int = 0) -> list[dict[str, Any]]:
-        with torch.no_grad():
+    def predict_step(self, item: Item | None, batch_idx: int = 0) -> list[dict[str, Any]]:
+        if item is None:  # an idle rank's placeholder (more devices than items)
+            return []
+        from framework.progress import progress_bars
+
+        # rank 0 shows the denoising steps of the current item under the items bar
+        with torch.no_grad(), progress_bars(self.show_steps and self.global_rank == 0):
             return self.process(item)
 
     # -- one item
@@ -357,16 +386,23 @@ class EditModule(pl.LightningModule):
                             values[target_s][k].update(d)
             for s in range(v.seeds):
                 pils = tensor_to_pil(outs[s]["images"])
+                suffix = f"_s{s}" if v.seeds > 1 else ""
+                recon_rel, recon_pil = "", None
+                if outs[s]["recon"] is not None and self.save_reconstructions:
+                    recon_rel = f"images/{v.dirname}/{idir}/reconstruction{suffix}.png"
+                    recon_pil = tensor_to_pil(outs[s]["recon"])[0]
                 for k, target in enumerate(item.target_prompts):
                     if (item.id, v.label, v.setting, k, s) in self.done:
                         continue
                     row = self._row(item, v, k, s)
-                    suffix = f"_s{s}" if v.seeds > 1 else ""
                     row["output_path"] = f"images/{v.dirname}/{idir}/{k:02d}_{slug(target)}{suffix}.png"
                     row["input_path"] = input_rel
                     row["error"] = "; ".join(metric_errors)
                     row.update({c: _plain_number(x) for c, x in values[s][k].items()})
                     row["_image"] = pils[k]
+                    if recon_rel:
+                        row["reconstruction_path"] = recon_rel
+                        row["_reconstruction"] = recon_pil
                     rows.append(row)
         if rows:
             rows[0]["_input"] = input_image
@@ -421,8 +457,11 @@ class ResultsWriter(BasePredictionWriter):
             row = dict(row)
             inp = row.pop("_input", None)
             img = row.pop("_image", None)
+            rec = row.pop("_reconstruction", None)
             if inp is not None and row.get("input_path"):
                 save_image(inp, self.output_dir / row["input_path"])
+            if rec is not None and row.get("reconstruction_path"):
+                save_image(rec, self.output_dir / row["reconstruction_path"])
             if img is not None and row.get("output_path"):
                 save_image(img, self.output_dir / row["output_path"])
             self.part.write(row)
@@ -450,7 +489,8 @@ def build_logger(cfg: Any, output_dir: Path, run_name: str) -> Any:
         cfg = {"name": cfg}
     cfg = dict(cfg)
     name = str(cfg.pop("name", "wandb")).lower()
-    cfg.pop("max_table_images", None)
+    for key in LOGGER_RUNNER_KEYS:  # read by the runner, not by the logger class
+        cfg.pop(key, None)
     if name in ("none", "false", "off", "null"):
         return None
     if name == "csv":
@@ -488,24 +528,39 @@ def log_results(
     output_dir: Path,
     max_images: int,
 ) -> None:
-    """Log the resolved config, the table of rows (with images) and the summary."""
+    """Log the resolved config, the table of rows (with images), per-item grids and the summary.
+
+    wandb: ``results`` is a table whose ``input``, ``output`` and ``reconstruction`` cells are
+    images (for the first ``max_images`` rows), ``grids`` one image per item (the first
+    ``max_images`` items; see :func:`item_grid`), ``summary`` the summary table, and the run
+    summary holds every ``<variant>/<metric>_mean``. wandb keeps logged tables in a run
+    artifact (staged under ``<output_dir>/wandb/data`` until ``wandb sync``; the copy under
+    ``files/media/table`` is wandb's text-only stub), and the grid PNGs under
+    ``files/media/images/``.
+    """
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     if isinstance(logger, WandbLogger):
         import wandb
 
-        table_cols = [c for c in columns if c not in ("input_path", "output_path")]
-        table = wandb.Table(columns=table_cols + ["input", "output"])
+        image_cols = {"input": "input_path", "output": "output_path", "reconstruction": "reconstruction_path"}
+        table_cols = [c for c in columns if c not in image_cols.values()]
+        table = wandb.Table(columns=table_cols + list(image_cols))
         for n, row in enumerate(rows):
             pics = []
-            for key in ("input_path", "output_path"):
+            for key in image_cols.values():
                 path = output_dir / str(row.get(key) or "")
                 pics.append(wandb.Image(str(path)) if row.get(key) and path.is_file() and n < max_images else None)
             table.add_data(*[_table_cell(row.get(c)) for c in table_cols], *pics)
         scols = list(summary[0]) if summary else []
         stable = wandb.Table(columns=scols, data=[[_table_cell(s.get(c)) for c in scols] for s in summary])
+        grids = {}  # one key per item: grids differ in size (targets, seeds)
+        for item_id in list(dict.fromkeys(str(r["item_id"]) for r in rows))[:max_images]:
+            grid, caption = item_grid([r for r in rows if str(r["item_id"]) == item_id], output_dir)
+            if grid is not None:
+                grids[f"grids/{item_dir(item_id)}"] = wandb.Image(grid, caption=caption)
         run = logger.experiment
-        run.log({"results": table, "summary": stable})
+        run.log({"results": table, "summary": stable, **grids})
         for s in summary:
             for key, value in s.items():
                 if key.endswith("_mean") and value is not None:
@@ -518,6 +573,51 @@ def log_results(
             logger.log_metrics(metrics, step=step)
         logger.save()
     logger.finalize("success")
+
+
+def item_grid(rows: Sequence[dict[str, Any]], output_dir: Path) -> tuple[Image.Image | None, str]:
+    """One item's images as one picture: a row per (target, seed index), a column per variant.
+
+    Column 0 is the input, then each variant's edit (its reconstruction, when saved, in a
+    first row beside the input). Missing images (failed rows) stay grey. Returns the grid and a
+    caption naming the columns and rows, or (None, "") when the item has no image on disk.
+    """
+
+    def load(rel: Any) -> Image.Image | None:
+        path = output_dir / str(rel or "")
+        return Image.open(path).convert("RGB") if rel and path.is_file() else None
+
+    variants = list(dict.fromkeys(str(r["variant"]) for r in rows))
+    lines = sorted({(int(r["target_index"]), int(r["seed_index"])) for r in rows})
+    inp = next((img for r in rows if (img := load(r.get("input_path"))) is not None), None)
+    cells: dict[tuple[int, int], Image.Image] = {}
+    recon_row = any(r.get("reconstruction_path") for r in rows)
+    offset = 1 if recon_row else 0
+    prompts = {}
+    for r in rows:
+        line = lines.index((int(r["target_index"]), int(r["seed_index"]))) + offset
+        prompts[line] = f"{r.get('target_prompt', '')}" + (f" (seed {r['seed_index']})" if int(r["seed_index"]) else "")
+        col = variants.index(str(r["variant"])) + 1
+        img = load(r.get("output_path"))
+        if img is not None:
+            cells[(line, col)] = img
+        rec = load(r.get("reconstruction_path"))
+        if rec is not None and int(r["target_index"]) == 0 and int(r["seed_index"]) == 0:
+            cells[(0, col)] = rec
+    if inp is not None:
+        cells[(0, 0)] = inp
+    if not cells:
+        return None, ""
+    w, h = next(iter(cells.values())).size
+    pad = 2
+    n_rows, n_cols = len(lines) + offset, len(variants) + 1
+    grid = Image.new("RGB", (n_cols * (w + pad) + pad, n_rows * (h + pad) + pad), (128, 128, 128))
+    for (line, col), img in cells.items():
+        grid.paste(img.resize((w, h)), (pad + col * (w + pad), pad + line * (h + pad)))
+    head = "columns: input, " + ", ".join(variants)
+    body = "; ".join(f"row {k + 1}: {prompts[k]}" for k in sorted(prompts))
+    caption = f"{rows[0]['item_id']} ({head}; {'row 1: reconstructions; ' if recon_row else ''}{body})"
+    return grid, caption
 
 
 def _table_cell(value: Any) -> Any:
@@ -551,7 +651,7 @@ def finalize(
     rows = merge_rows(read_rows(output_dir), order)
     sweep = sweep_columns(variants)
     mcols = list(metric_cols)
-    known = set(columns_for([], sweep, []))
+    known = set(columns_for([], sweep, [])) | set(OPTIONAL_COLUMNS)
     for r in rows:  # metric columns the metrics did not announce
         for k in r:
             if k not in mcols and k not in known and not k.startswith("data."):
@@ -559,15 +659,76 @@ def finalize(
     columns = columns_for(rows, sweep, mcols)
     results_csv = write_csv(output_dir / "results.csv", rows, columns)
     current = [r for r in rows if wanted.get(r["variant"]) == r["setting"] and r["item_id"] in ids]
-    summary = summarize(current, sweep, mcols)
+    # every row of results.csv is summarised (rows of another setting, kept from an earlier run
+    # with --force, form groups of their own: the summary is keyed by variant and setting)
+    summary = summarize(rows, sweep, mcols)
     summary_csv = write_csv(output_dir / "summary.csv", summary, summary_columns(sweep, mcols))
     failed = [r for r in current if r.get("status") != "ok"]
     return RunOutcome(rows, failed, summary, columns, results_csv, summary_csv)
 
 
-def run_experiment(cfg: DictConfig, experiment: Path | None = None) -> int:
-    """Run a composed experiment config; returns the exit status (1 when any row failed)."""
-    from framework.config import save_config
+def _diff_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two plain configs differ (``seed: 0 -> 1``), for error messages."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _diff_paths(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    if old != new:
+        show = lambda v: (json.dumps(v, default=str) if not isinstance(v, str) else v)[:60]  # noqa: E731
+        return [f"{prefix.rstrip('.')}: {show(old)} -> {show(new)}"]
+    return []
+
+
+def config_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """How the run config ``new`` differs from ``old`` beyond what may change between runs
+    into one output_dir: the runtime keys (trainer, logger, output_dir) and methods added or
+    left out. A method kept under its name must be unchanged."""
+    def strip(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS and k != "methods"}
+
+    diffs = _diff_paths(strip(old), strip(new))
+    old_methods = {str(m.get("name")): m for m in old.get("methods") or [] if isinstance(m, dict)}
+    for m in new.get("methods") or []:
+        name = str(m.get("name"))
+        if isinstance(m, dict) and name in old_methods:
+            diffs += _diff_paths(old_methods[name], m, f"methods.{name}.")
+    return diffs
+
+
+def check_earlier_run(output_dir: Path, plain: dict[str, Any], force: bool) -> None:
+    """Refuse to run into a folder that holds a run of another configuration (unless ``force``).
+
+    The earlier run's config is its ``config.yaml``; rows (``parts/``, ``results.csv``) make
+    it a run. Adding methods is allowed (the new rows go beside the old ones), as is another
+    trainer or logger; anything that changes the rows of an existing method or the items
+    (backbone, data, seed, metrics, a method's options, ...) is refused.
+    """
+    config = output_dir / "config.yaml"
+    has_rows = (output_dir / "results.csv").is_file() or any(parts_dir(output_dir).glob("rows-*.jsonl"))
+    if force or not has_rows or not config.is_file():
+        return
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+    except Exception:  # noqa: BLE001 - an unreadable record is a conflict too
+        old = {}
+    diffs = config_conflicts(old if isinstance(old, dict) else {}, plain)
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise ConfigError(
+            f"output_dir {output_dir} holds a run of another configuration ({shown}); choose another "
+            "output_dir, or add --force to run into it anyway (its rows are kept; the new ones go "
+            "beside them, summarised apart by setting)"
+        )
+
+
+def run_experiment(cfg: DictConfig, experiment: Path | None = None, force: bool = False, progress: bool = True) -> int:
+    """Run a composed experiment config; returns the exit status (1 when any row failed).
+
+    ``force``: run even into an output_dir holding a run of another configuration.
+    """
+    from framework.cli import check_output_dir, check_seed, make_output_dir
+    from framework.config import save_config_history
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -575,7 +736,7 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None) -> int:
         raise ConfigError("the experiment needs data: {name: yaml_list|pie_bench|folder, path: ...}")
     plain["data"] = resolve_data_path(plain["data"], experiment)
     output_dir = Path(str(plain.get("output_dir") or "runs/experiment"))
-    seed = int(plain.get("seed", 0))
+    seed = check_seed(plain.get("seed", 0))
     backbone_cfg = plain.get("backbone")
     if backbone_cfg is None:
         raise ConfigError("the experiment needs a backbone, e.g. backbone: {name: tiny}")
@@ -591,34 +752,63 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None) -> int:
     items = dataset.items()
     if not items:
         raise ConfigError(f"the dataset {plain['data']} has no items")
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    logger_cfg = plain.get("logger")
-    max_images = int((logger_cfg or {}).get("max_table_images", 1000)) if isinstance(logger_cfg, dict) else 1000
-    logger = build_logger(logger_cfg, output_dir, output_dir.name)
-    writer = ResultsWriter(output_dir)
-    for key in ("callbacks", "logger", "inference_mode"):
+    for key in ("callbacks", "logger", "inference_mode", "use_distributed_sampler"):
         if key in trainer_cfg:
             raise ConfigError(f"trainer.{key} is set by the runner; remove it from the config")
+
+    threads = plain.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer (CPU threads per process) or null, got {threads!r}")
+    check_output_dir(output_dir, "output_dir")
+    check_earlier_run(output_dir, plain, force)
+    logger_cfg = plain.get("logger")
+    opts = logger_cfg if isinstance(logger_cfg, dict) else {}
+    max_images = int(opts.get("max_table_images", 1000))
+    recon = opts.get("reconstructions", "auto")
+    if recon not in ("auto", True, False):
+        raise ConfigError(f"logger.reconstructions must be auto, true or false, got {recon!r}")
+    # auto: save (and log) the reconstructions that a metric computes anyway
+    save_recon = recon is True or (recon == "auto" and any(m.needs_reconstruction for m in metrics))
+    created = not output_dir.exists()
+    make_output_dir(output_dir, "output_dir")
+    logger = build_logger(logger_cfg, output_dir, output_dir.name)
+    writer = ResultsWriter(output_dir)
+    callbacks: list[Any] = [writer]
+    show = progress and trainer_cfg.get("enable_progress_bar", True) is not False
+    if show:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar())  # tqdm, so that the steps bar nests under it
     try:
         trainer = pl.Trainer(
             **trainer_cfg,
             logger=logger if logger is not None else False,
-            callbacks=[writer],
+            callbacks=callbacks,
             inference_mode=False,
             enable_checkpointing=False,
             enable_model_summary=False,
             default_root_dir=str(output_dir),
+            use_distributed_sampler=False,  # EditDataModule shards the items itself
         )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad trainer config {trainer_cfg}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - TypeError, ValueError, MisconfigurationException
+        raise ConfigError(f"bad trainer config {trainer_cfg}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     if trainer.is_global_zero:
-        save_config(OmegaConf.create(plain), output_dir / "config.yaml")
+        save_config_history(OmegaConf.create(plain), output_dir)
     if logger is not None:
         logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
-    module = EditModule(backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"))
+    module = EditModule(
+        backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"),
+        save_reconstructions=save_recon, show_steps=show, threads=threads,
+    )
     data = EditDataModule(items)
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    try:
+        trainer.predict(module, datamodule=data, return_predictions=False)
+    except EditFriendlyError:
+        # e.g. weights not found: a folder this invocation made and no rank wrote a row into
+        # is removed, so that a failed first run leaves nothing behind
+        if trainer.is_global_zero and created and not read_rows(output_dir):
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     if not trainer.is_global_zero:
         return 0
     metric_cols = [c for m in metrics for c in getattr(m, "columns", ())]
@@ -639,8 +829,12 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None) -> int:
 
 
 def apply_method_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """``methods.<index or name>.<dotted key>=value`` overrides (e.g. methods.ef_text.num_steps=10)."""
+    """``methods.<index or name>.<dotted key>=value`` overrides (e.g. methods.ef_text.num_steps=10).
+
+    A ``num_steps`` override without a ``skip`` override of the same method keeps the
+    proportion of the method's skip (36 of 100 -> 7 of 20, round half up)."""
     methods = cfg.get("methods")
+    parsed_items = []
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.split(".", 2)
@@ -654,26 +848,43 @@ def apply_method_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
             index = names.index(which)
         else:
             raise ConfigError(f"{item!r}: no method {which!r}; methods are {', '.join(names)} (or their index)")
-        parsed = OmegaConf.from_dotlist([f"v={value}"])["v"]
+        parsed_items.append((index, rest, OmegaConf.from_dotlist([f"v={value}"])["v"]))
+    skips = {index for index, rest, _ in parsed_items if rest == "skip"}
+    for index, rest, parsed in parsed_items:
+        if rest == "num_steps" and index not in skips:
+            skip = scaled_method_skip(methods[index], parsed)
+            OmegaConf.update(methods[index], "skip", skip, merge=False, force_add=True)
         OmegaConf.update(methods[index], rest, parsed, merge=True, force_add=True)
 
 
+def scaled_method_skip(method: Any, num_steps: Any) -> Any:
+    """The skip of a ``methods`` entry when an override sets only its num_steps."""
+    from framework.config import apply_settings
+
+    current = {k: method.get(k) for k in ("num_steps", "skip")}
+    return apply_settings(current, {"num_steps": num_steps}).get("skip")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """``editfriendly run CONFIG [key=value ...]``."""
-    from framework.config import compose
+    """``editfriendly run CONFIG [--no-progress] [--force] [key=value ...]``."""
+    from framework.config import check_override_keys, compose, load_yaml
 
     rest = list(args.overrides)
-    if "--no-progress" in rest:
-        args.no_progress = True
-        rest = [o for o in rest if o != "--no-progress"]
+    for flag in ("--no-progress", "--force"):
+        if flag in rest:
+            setattr(args, flag[2:].replace("-", "_"), True)
+            rest = [o for o in rest if o != flag]
     flags = [o for o in rest if o.startswith("-")]
     if flags:
-        raise ConfigError(f"unknown option {flags[0]!r} for run; accepted: --no-progress, then key=value overrides")
+        raise ConfigError(
+            f"unknown option {flags[0]!r} for run; accepted: --no-progress, --force, then key=value overrides"
+        )
     experiment = find_experiment(args.config)
     overrides = [o for o in rest if not o.startswith("methods.")]
     method_overrides = [o for o in rest if o.startswith("methods.")]
+    check_override_keys(overrides, set(RUN_KEYS) | set(load_yaml(experiment)), "run")
     cfg = compose(experiment=experiment, overrides=overrides)
     apply_method_overrides(cfg, method_overrides)
     if args.no_progress:
         cfg.trainer = {**(OmegaConf.to_container(cfg.trainer) if "trainer" in cfg else {}), "enable_progress_bar": False}
-    return run_experiment(cfg, experiment)
+    return run_experiment(cfg, experiment, force=bool(getattr(args, "force", False)), progress=not args.no_progress)

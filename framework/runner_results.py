@@ -44,6 +44,9 @@ BASE_COLUMNS = [
     "input_path",
     "output_path",
 ]
+#: columns some rows have: the variant's reconstruction (the edit with the source prompt),
+#: saved when a metric computes it or ``logger.reconstructions: true``
+OPTIONAL_COLUMNS = ["reconstruction_path"]
 KEY_COLUMNS = ("item_id", "variant", "setting", "target_index", "seed_index")
 
 
@@ -86,21 +89,27 @@ class PartWriter:
     """Append-only JSONL rows of one process, flushed and fsynced per row."""
 
     def __init__(self, output_dir: str | Path, rank: int) -> None:
-        folder = parts_dir(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"rows-rank{rank}.jsonl"
+        self.path = parts_dir(output_dir) / f"rows-rank{rank}.jsonl"
+        self.fh: Any = None  # opened on the first row: a rank with nothing to do writes nothing
+
+    def _open(self) -> Any:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         self.fh = open(self.path, "a", encoding="utf-8")
         if torn:  # the last run died mid-line: start on a fresh line
             self.fh.write("\n")
+        return self.fh
 
     def write(self, row: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(row, default=_json_default) + "\n")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        fh = self.fh or self._open()
+        fh.write(json.dumps(row, default=_json_default) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
     def close(self) -> None:
-        self.fh.close()
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
 
 
 def _json_default(value: Any) -> Any:
@@ -135,7 +144,7 @@ def merge_rows(rows: Iterable[dict[str, Any]], order: dict[str, int] | None = No
 
 def columns_for(rows: Sequence[dict[str, Any]], sweep: Sequence[str], metric_columns: Sequence[str]) -> list[str]:
     """Base columns, then swept keys, then metric columns, then anything else seen (sorted)."""
-    cols = list(BASE_COLUMNS)
+    cols = list(BASE_COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(c in r for r in rows)]
     for c in list(sweep) + list(metric_columns):
         if c not in cols:
             cols.append(c)

@@ -82,13 +82,15 @@ def test_strength_zero_reproduces_input_pixel_with_skip(tiny_pixel, pixel_x0):
 
 # ----------------------------------------------------------------------------- 2. what is touched
 def _capture_reverse(monkeypatch, module):
+    """Replace the module's reverse loop; record the rule's start latents, maps and step."""
     calls = {}
 
-    def fake(backbone, x_start, schedule, start_step, cond, uncond, g, zs=None, **kw):
-        calls.update(x_start=x_start.clone(), zs=None if zs is None else zs.clone(), start=start_step)
-        return x_start
+    def fake(backbone, rule, start_step, guidance, hooks=(), desc="edit"):
+        zs = rule.zs
+        calls.update(x_start=rule.x.clone(), zs=None if zs is None else zs.clone(), start=start_step)
+        return rule.x
 
-    monkeypatch.setattr(module, "reverse_process", fake)
+    monkeypatch.setattr(module, "denoise", fake)
     return calls
 
 

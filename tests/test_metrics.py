@@ -14,7 +14,7 @@ from framework.errors import ConfigError, InputError, WeightsNotFoundError
 from framework.images import load_image_tensor, tensor_to_pil
 from framework.metrics import MetricInput
 from framework.registry import METRICS
-from metric_standins import build_lpips_trunk, build_standins, standin_metric_configs
+from metric_standins import build_lpips_trunk, build_lpips_weights, build_standins, standin_metric_configs
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,11 @@ def test_pixel_closed_forms():
     assert p["psnr"] == pytest.approx(10 * math.log10(1 / c**2), abs=1e-3)  # 20 dB
     assert p["psnr_bg"] == pytest.approx(10 * math.log10(1 / (f_bg * c**2)), abs=1e-3)  # PIE-Bench
     m = run(mse, src, edit, mask=mask)[0]
-    assert m["mse"] == pytest.approx(c**2, rel=1e-5) and m["mse_bg"] == pytest.approx(c**2, rel=1e-5)
+    # PIE-Bench: both images masked, mean over all values -> f_bg·c², and psnr_bg = -10·log10(mse_bg)
+    assert m["mse"] == pytest.approx(c**2, rel=1e-5) and m["mse_bg"] == pytest.approx(f_bg * c**2, rel=1e-5)
+    assert p["psnr_bg"] == pytest.approx(-10 * math.log10(m["mse_bg"]), abs=1e-3)
+    m = run(METRICS.build({"name": "mse", "bg_mean": "background"}), src, edit, mask=mask)[0]
+    assert m["mse_bg"] == pytest.approx(c**2, rel=1e-5)  # our variant: mean over background values
     # SSIM of two constant images: (2ab + C1) / (a² + b² + C1), C1 = (0.01·1)²
     a, b, c1 = 0.5, 0.5 + c, 0.01**2
     s = run(ssim, src, edit)[0]
@@ -220,6 +224,27 @@ def test_pixel_closed_forms():
     assert run(METRICS.build({"name": "psnr", "max_db": 60.0}), src, src)[0]["psnr"] == 60.0
     assert run(ssim, src, src)[0]["ssim"] == pytest.approx(1.0, abs=1e-6)
     assert run(mse, src, src)[0]["mse"] == 0.0
+
+
+def test_pixel_background_by_hand():
+    """A 4×4 image whose top-left 2×2 block is the edited region (f_bg = 12/16); the edit moves
+    background pixels by d_bg and edited pixels by d_m (in [0, 1] units), channel by channel.
+    PIE-Bench (evaluate.py + torchmetrics) multiplies both images by (1 - mask) and averages over
+    all 3·16 values: mse_bg = (12·3·d_bg²) / 48 = 0.75·d_bg², psnr_bg = 10·log10(1 / mse_bg)."""
+    d_bg, d_m = 0.2, 0.5
+    src = torch.zeros(1, 3, 4, 4)  # 0.5 grey in [0, 1]
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :2] = 1
+    edit = src + 2 * torch.where(mask.bool(), torch.tensor(d_m), torch.tensor(d_bg)).expand(1, 3, 4, 4)
+    mse = run(METRICS.build("mse"), src, edit, mask=mask)[0]
+    assert mse["mse"] == pytest.approx((12 * d_bg**2 + 4 * d_m**2) / 16, rel=1e-5)  # 0.0925
+    assert mse["mse_bg"] == pytest.approx(0.03, rel=1e-5)  # 0.75 · 0.04
+    psnr = run(METRICS.build("psnr"), src, edit, mask=mask)[0]
+    assert psnr["psnr_bg"] == pytest.approx(10 * math.log10(1 / 0.03), abs=1e-4)  # 15.229 dB
+    ours = run(METRICS.build({"name": "mse", "bg_mean": "background"}), src, edit, mask=mask)[0]
+    assert ours["mse_bg"] == pytest.approx(0.04, rel=1e-5)
+    with pytest.raises(ConfigError, match="bg_mean.*image, background"):
+        METRICS.build({"name": "mse", "bg_mean": "pixels"})
 
 
 def test_pixel_noise_order_symmetry_and_background(image):
@@ -283,6 +308,73 @@ def test_structure_distance_uses_last_layer_keys(structure_metric, image):
     other = METRICS.build({"name": "structure_distance", "model": structure_metric.options.model, "resolution": 48})
     other.setup("cpu")
     assert other.keys(image).shape == (1, 1 + 36, 32)
+
+
+def test_structure_distance_pie_bench_convention(structure_metric, image):
+    """PIE-Bench feeds 8-bit values (0-255, not divided by 255) through ImageNet normalisation."""
+    from plugins.metrics.structure_distance import IMAGENET_MEAN, IMAGENET_STD, last_key_projection
+
+    pie = METRICS.build(
+        {"name": "structure_distance", "model": structure_metric.options.model, "resolution": 32,
+         "convention": "pie_bench"}
+    )
+    pie.setup("cpu")
+    model = pie.model
+    x = torch.round((image + 1) / 2 * 255)  # what PIL gives for the saved image
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    assert x.abs().max() > 100  # inputs far outside ImageNet's range, as in PIE-Bench
+    hidden = model(pixel_values=x, output_hidden_states=True).hidden_states
+    last = model.layers[-1] if hasattr(model, "layers") else model.encoder.layer[-1]
+    manual = last_key_projection(model)(last.layernorm_before(hidden[-2]))
+    assert torch.allclose(pie.keys(image), manual, atol=1e-4)
+    edit = noisy(image, 0.3)
+    a = run(structure_metric, image, edit)[0]["structure_distance"]
+    b = run(pie, image, edit)[0]["structure_distance"]
+    assert a != pytest.approx(b, rel=1e-2)  # the two conventions are different numbers
+    with pytest.raises(ConfigError, match="convention.*standard, pie_bench"):
+        METRICS.build({"name": "structure_distance", "convention": "0-255"})
+
+
+def test_pie_bench_metric_set(standins, image):
+    """PIE-Bench's columns, scales and 8-bit quantisation, each value from the metric it names."""
+    from plugins.metrics.pie_bench import COLUMNS, quantise
+
+    squeeze = build_lpips_weights(standins["lpips"].parent, net="squeeze")
+    m = METRICS.build(
+        {"name": "pie_bench", "dino_model": str(standins["dino"]), "dino_resolution": 32,
+         "clip_model": str(standins["clip"]), "lpips_weights": str(squeeze)}
+    )
+    m.setup("cpu")
+    assert m.parts["lpips"].options.net == "squeeze"
+    edits = torch.cat([noisy(image, 0.1), noisy(image, 0.4)])
+    mask = centre_mask(64, 16, 48)
+    rows = run(m, image, edits, mask=mask)
+    assert list(rows[0]) == list(COLUMNS) and len(rows) == 2
+    q_src, q_edits = quantise(image), quantise(edits)
+    assert torch.equal(quantise(q_src), q_src)  # an 8-bit image is its own round trip
+    # MSE ×10⁴ of the masked, quantised images, by hand
+    bg = 1 - mask
+    a, b = (q_src + 1) / 2 * bg, (q_edits + 1) / 2 * bg
+    by_hand = ((a - b) ** 2).mean(dim=(1, 2, 3)) * 1e4
+    assert col(rows, "mse_unedit_part_x1e4") == pytest.approx(by_hand.tolist(), rel=1e-5)
+    assert col(rows, "ssim_unedit_part_x1e2") == pytest.approx(
+        [100 * v for v in col(run(METRICS.build("ssim"), q_src, q_edits, mask=mask), "ssim_bg")], rel=1e-5
+    )
+    dino = METRICS.build({"name": "structure_distance", "model": str(standins["dino"]), "resolution": 32,
+                          "convention": "pie_bench"})
+    assert col(rows, "structure_distance_x1e3") == pytest.approx(
+        [1e3 * v for v in col(run(dino, q_src, q_edits), "structure_distance")], rel=1e-5
+    )
+    lp = METRICS.build({"name": "lpips", "net": "squeeze", "weights": str(squeeze)})
+    assert col(rows, "lpips_unedit_part_x1e3") == pytest.approx(
+        [1e3 * v for v in col(run(lp, q_src, q_edits, mask=mask), "lpips_bg")], rel=1e-5
+    )
+    assert all(r["clip_similarity_target_image_edit_part"] is not None for r in rows)
+    # without a mask the background and edited-part columns are empty, the whole-image ones are not
+    rows = run(m, image, edits)
+    assert rows[0]["psnr_unedit_part"] is None and rows[0]["clip_similarity_target_image_edit_part"] is None
+    assert rows[0]["structure_distance_x1e3"] is not None and rows[0]["clip_similarity_target_image"] is not None
 
 
 def test_structure_distance_missing(tmp_path):

@@ -7,6 +7,7 @@ Prompts use words of the tiny tokenizer's vocabulary (single tokens): "a photo o
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import pytest
 import torch
@@ -137,7 +138,9 @@ def test_replace_and_refine_change_the_output(tiny, ef_inversion, uncontrolled):
 
 
 def test_self_attention_replacement_changes_the_output(tiny, ef_inversion, uncontrolled):
-    res = run(tiny, ef_inversion, [SAME, LONGER], cross_replace_steps=0.0, self_replace_steps=1.0)
+    # tiny's latents are small: at the reference's 16/64 of the side no self-attention layer is left
+    res = run(tiny, ef_inversion, [SAME, LONGER], cross_replace_steps=0.0, self_replace_steps=1.0,
+              max_self_resolution=1.0)
     assert (res.targets - uncontrolled.targets).abs().amax(dim=(1, 2, 3)).min() > 1e-3
 
 
@@ -235,11 +238,12 @@ def test_processors_restored_after_an_edit_and_after_an_error(tiny, ef_inversion
     monkeypatch.undo()
     after = tiny.unet.attn_processors
     assert all(after[k] is before[k] for k in before)
-    # during the edit: every cross-attention layer and the 8x8 self-attention layers only
+    # during the edit: every cross-attention layer; self-attention only at <= (16/64 · 16)² = 16
+    # queries (the reference's rule scaled to tiny's 16×16 latents): none of tiny's 16×16 / 8×8
     controlled = {k for k, v in seen.items() if isinstance(v, ControlledAttnProcessor)}
     layers = {l.name: l for l in unet_layers(tiny.unet, 16, 16)}
-    expected = {k for k, l in layers.items() if l.is_cross or l.positions <= 64}
-    assert controlled == expected and len(expected) == 7 + 4
+    expected = {k for k, l in layers.items() if l.is_cross or l.positions <= 16}
+    assert controlled == expected and len(expected) == 7
     assert all(seen[k] is before[k] for k in before if k not in controlled)  # still SDPA
     assert {(l.height, l.width) for l in layers.values()} == {(16, 16), (8, 8)}
 
@@ -255,20 +259,78 @@ def test_attention_control_restores_the_same_objects_on_error(tiny):
 
 
 # ----------------------------------------------------------------------------- units
-def test_align_tokens_and_mapping():
+class WordTokenizer:
+    """A stand-in tokenizer with a fixed vocabulary: "tiger" is two tokens, every other word one;
+    start token 90, end token 91 (the shape of CLIP's tokenizer output that P2P uses)."""
+
+    VOCAB = {"a": [1], "photo": [2], "of": [3], "cat": [4], "dog": [5], "red": [7], "tiger": [8, 9],
+             "on": [10], "grass": [11]}
+
+    def __call__(self, text, add_special_tokens=True, truncation=False, max_length=None):
+        ids = [t for w in text.split(" ") for t in self.VOCAB[w]]
+        if add_special_tokens:
+            ids = [90, *ids, 91]
+        return types.SimpleNamespace(input_ids=ids[:max_length] if truncation else ids)
+
+
+def test_align_tokens_as_the_reference():
     # start, a, photo, of, a, cat, end  vs  start, a, red, photo, of, a, cat, end
     src = [90, 1, 2, 3, 1, 4, 91]
     tgt = [90, 1, 7, 2, 3, 1, 4, 91]
     assert align_tokens(src, tgt) == [0, 1, -1, 2, 3, 4, 5, 6]
-    index, alpha, mode = token_mapping(src, tgt, "auto", 10)
-    assert mode == "refine"
-    assert index.tolist() == [0, 1, 0, 2, 3, 4, 5, 6, 8, 9]
-    assert alpha.tolist() == [1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
     assert align_tokens([90, 1, 4, 91], [90, 1, 5, 91]) == [0, 1, -1, 3]  # a substitution is not aligned
-    index, alpha, mode = token_mapping([90, 1, 4, 91], [90, 1, 5, 91], "auto", 6)
-    assert mode == "replace" and index.tolist() == list(range(6)) and bool((alpha == 1).all())
-    with pytest.raises(InputError, match="same number of tokens"):
-        token_mapping(src, tgt, "replace", 10)
+    # Repeated words, worked out by hand on the score table (gap 0, match 1, mismatch -1) with the
+    # reference's preference left > up > diagonal: "a cat" -> "a cat a cat" aligns the FIRST
+    # "a cat" of the target and leaves the second new. (Preferring the diagonal, as this project
+    # did before, aligned the second one: [0, -1, -1, 1, 2, 3].)
+    assert align_tokens([90, 1, 4, 91], [90, 1, 4, 1, 4, 91]) == [0, 1, 2, -1, -1, 3]
+    # "a cat a cat" -> "a cat": the target's "a cat" takes the source's first "a cat" too
+    # (from (5, 3): up, up, then diagonals).
+    assert align_tokens([90, 1, 4, 1, 4, 91], [90, 1, 4, 91]) == [0, 1, 2, 5]
+
+
+def test_token_mapping_by_words_as_the_reference():
+    tok = WordTokenizer()
+    # auto: same number of WORDS -> replace (here with different token counts), else refine
+    m, alpha, mode = token_mapping(tok, "a cat on grass", "a tiger on grass", "auto", 8)
+    assert mode == "replace" and bool((alpha == 1).all())
+    # P2P's replacement mapper, by hand: tokens 0, 1 one to one; "cat" (position 2) shared by the
+    # two "tiger" tokens (2, 3) with weight 1/2; after the last replaced word the reference maps
+    # every position to itself, so target "on" (4) gets source position 4 ("grass").
+    expected = torch.zeros(8, 8)
+    expected[0, 0] = expected[1, 1] = 1
+    expected[2, 2] = expected[2, 3] = 0.5
+    for j in range(4, 8):
+        expected[j, j] = 1
+    assert torch.equal(m, expected)
+    m, _, mode = token_mapping(tok, "a cat on grass", "a dog on grass", "auto", 8)
+    assert mode == "replace" and torch.equal(m, torch.eye(8))
+    m, alpha, mode = token_mapping(tok, "a photo of a cat", "a red photo of a cat", "auto", 10)
+    assert mode == "refine"
+    assert m.argmax(0).tolist() == [0, 1, 0, 2, 3, 4, 5, 6, 8, 9] and bool((m.sum(0) == 1).all())
+    assert alpha.tolist() == [1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
+    with pytest.raises(InputError, match="same number of words"):
+        token_mapping(tok, "a photo of a cat", "a red photo of a cat", "replace", 10)
+
+
+def test_self_attention_replaced_at_the_authors_resolution(tiny):
+    """Reference: self-attention maps are replaced where the layer has <= 16² queries, i.e. the
+    16×16 and 8×8 layers of SD's UNet at 64×64 latents (max_self_resolution 0.25); 0.5 adds 32×32."""
+    from diffusers import UNet2DConditionModel
+
+    sd = UNet2DConditionModel(  # SD 1.x's block layout, narrow channels (built in well under a second)
+        block_out_channels=(32, 32, 32, 32), layers_per_block=2, cross_attention_dim=32,
+        attention_head_dim=2, norm_num_groups=8,
+    )
+    layers = unet_layers(sd, 64, 64)
+    for fraction, grids in ((0.25, {(16, 16), (8, 8)}), (0.5, {(32, 32), (16, 16), (8, 8)})):
+        limit = (fraction * 64) ** 2
+        chosen = {(l.height, l.width) for l in layers if not l.is_cross and l.positions <= limit}
+        assert chosen == grids
+    assert p2p().options.max_self_resolution == 0.25
+    # 64×64 latents, SD's layout: the self-attention layers at 16×16 and 8×8 are 2 + 3 + 1 of 16
+    names = [l.name for l in layers if not l.is_cross and l.positions <= 16**2]
+    assert len(names) == 6 and all(n.startswith(("down_blocks.2", "up_blocks.1", "mid_block")) for n in names)
 
 
 def test_word_positions(tiny):
@@ -282,8 +344,9 @@ def test_controller_replaces_maps_of_target_rows():
     torch.manual_seed(0)
     b, heads, n, keys = 3, 2, 4, 5
     index = torch.tensor([[0, 1, 2, 3, 4], [0, 2, 1, 3, 4]])
+    maps = torch.nn.functional.one_hot(index, keys).transpose(1, 2).float()  # (K, source, target)
     alpha = torch.tensor([[1.0, 1, 1, 1, 1], [1.0, 1, 0, 1, 1]])
-    ctl = AttentionController(b, index, alpha, (0, 1), (0, 1), equalizer=torch.tensor([[1.0, 2, 1, 1, 1], [1.0] * 5]))
+    ctl = AttentionController(b, maps, alpha, (0, 1), (0, 1), equalizer=torch.tensor([[1.0, 2, 1, 1, 1], [1.0] * 5]))
     ctl.begin_step(0)
     probs = torch.rand(2 * b, heads, n, keys).softmax(-1)
     out = ctl.control(Layer("x", True, 2, 2), probs)
@@ -317,7 +380,7 @@ def test_bad_options_and_inputs(tiny, ef_inversion):
         run(tiny, ef_inversion, [SAME], blend_words=["zebra"])
     with pytest.raises(InputError, match="equalizer_words"):
         run(tiny, ef_inversion, [SAME], equalizer_words=["zebra"], equalizer_weights=[2.0])
-    with pytest.raises(InputError, match="same number of tokens"):
+    with pytest.raises(InputError, match="same number of words"):
         run(tiny, ef_inversion, [LONGER], mode="replace")
     with pytest.raises(InputError, match="skip"):
         p2p().edit(tiny, ef_inversion, SOURCE, [SAME], skip=SKIP - 1)

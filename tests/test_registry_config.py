@@ -57,7 +57,8 @@ def test_compose_layers_and_overrides(tmp_path) -> None:
     cfg = compose()
     assert cfg.backbone.name == "stable_diffusion"
     assert cfg.backbone.model == "CompVis/stable-diffusion-v1-4"
-    assert cfg.inverter == {"name": "ddpm_edit_friendly", "eta": 1.0, "guidance_scale": 3.5, "zero_last_noise": False}
+    assert cfg.inverter == {"name": "ddpm_edit_friendly", "eta": 1.0, "guidance_scale": 3.5, "zero_last_noise": False,
+                            "timestep_batch": 1}
     assert cfg.editor.guidance_scale == 15 and cfg.num_steps == 100 and cfg.skip == 36
 
     exp = tmp_path / "exp.yaml"

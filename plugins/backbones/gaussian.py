@@ -152,16 +152,19 @@ class GaussianBackbone(Backbone):
         return x.to(self.device, torch.float32).reshape(num, self.dim, 1, 1)
 
     # ----------------------------------------------------------------- the "network"
-    def optimal_epsilon(self, x_t: Tensor, t: int) -> Tensor:
+    def optimal_epsilon(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """E[ε | x_t] = sqrt(1-ᾱ)(ᾱΣ + (1-ᾱ)I)^{-1}(x_t - sqrt(ᾱ)μ), (B, d, 1, 1) float32."""
-        a = self._abar64[int(t)]
+        if isinstance(t, Tensor) and t.dim() > 0:  # one timestep per row: ᾱ is (B, 1)
+            a = self._abar64[t.to("cpu", torch.int64)].reshape(-1, 1)
+        else:
+            a = self._abar64[int(t)]
         x = self._check(x_t, "x_t").reshape(x_t.shape[0], self.dim).to("cpu", torch.float64)
         r = x - a.sqrt() * self.mean64  # (B, d)
-        coeff = (1 - a).sqrt() / (a * self.eigvals64 + (1 - a))  # (d,)
+        coeff = (1 - a).sqrt() / (a * self.eigvals64 + (1 - a))  # (d,) or (B, d)
         eps = ((r @ self.eigvecs64) * coeff) @ self.eigvecs64.T
         return eps.to(x_t.device, torch.float32).reshape(x_t.shape)
 
-    def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
         """The optimal noise predictor (``cond`` is ignored)."""
         return self.optimal_epsilon(x_t, t)
 

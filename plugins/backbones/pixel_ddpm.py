@@ -146,16 +146,16 @@ class PixelDDPMBackbone(Backbone):
         return
 
     # ----------------------------------------------------------------- network
-    def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
         return self.unet(x_t.to(self.dtype), t, return_dict=False)[0].float()
 
-    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int) -> Tensor:
+    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
         """ε from the network output; with ``clip_sample`` the ε whose x̂0 is clamped to the
         image range: ε' = (x_t − sqrt(ᾱ_t)·clamp(x̂0)) / sqrt(1−ᾱ_t)."""
         eps = super().to_epsilon(out, x_t, t)
         if not self.clip_sample:
             return eps
-        a = self.alphas_cumprod[t].to(eps.device, torch.float32)
+        a = self.abar_at(t, eps)
         x0 = (x_t.float() - (1 - a).sqrt() * eps) / a.sqrt()
         r = self.clip_sample_range
         return (x_t.float() - a.sqrt() * x0.clamp(-r, r)) / (1 - a).sqrt()

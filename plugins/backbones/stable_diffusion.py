@@ -1,9 +1,16 @@
 """Stable Diffusion 1.x/2.x through diffusers' model classes (no pipeline, no safety checker).
 
 Loads ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and the ``scheduler`` config from a
-hub id or a local diffusers folder. Networks run in ``dtype``; the schedule and the noise
-arithmetic stay float32. Timesteps follow the paper's code: a DDIM scheduler built from the
-model's scheduler config with "leading" spacing and the model's ``steps_offset``.
+hub id or a local diffusers folder. Timesteps follow the paper's code: a DDIM scheduler built
+from the model's scheduler config with "leading" spacing and the model's ``steps_offset``.
+
+Precision: ``dtype`` (float32 | float16 | bfloat16) is the UNet's and the text encoder's, and
+the VAE's unless ``vae_dtype`` says otherwise (``vae_dtype=float32`` decodes in full precision,
+the usual cure for float16 VAEs that overflow). Whatever the networks run in, their inputs and
+outputs cross this class as float32: the schedule, the noise maps and the arithmetic of eq. 3
+and eq. 5 stay float32. NaN/inf latents or decodes, and all-black decodes from a half-precision
+VAE, raise :class:`~framework.backbone.PrecisionError` naming the option to change, rather than
+writing black images; an all-black decode from a float32 VAE only warns.
 """
 
 from __future__ import annotations
@@ -12,16 +19,32 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from framework.backbone import Backbone, resolve_device, resolve_dtype
+from framework.backbone import (
+    Backbone,
+    PrecisionError,
+    check_finite,
+    dtype_name,
+    hub_offline,
+    hub_unreachable,
+    resolve_device,
+    resolve_dtype,
+    weights_hint,
+)
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 
 log = logging.getLogger(__name__)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """A long prompt shortened for messages: its start, an ellipsis and its character count."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
 @dataclass
@@ -30,6 +53,7 @@ class StableDiffusionOptions:
 
     model: str = "CompVis/stable-diffusion-v1-4"  # hub id or local diffusers folder
     dtype: str = "float32"  # float32 | float16 | bfloat16 (networks only)
+    vae_dtype: str | None = None  # the VAE's dtype; None: as dtype (float32: full-precision decoding)
     device: str = "auto"
     revision: str | None = None
     local_files_only: bool = False
@@ -50,29 +74,45 @@ class StableDiffusionBackbone(Backbone):
         self.options = options = options or StableDiffusionOptions()
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype)
+        self.vae_dtype = resolve_dtype(options.vae_dtype or options.dtype)
         kw: dict[str, Any] = {"revision": options.revision, "local_files_only": options.local_files_only}
+        unreachable = None
+        if not (options.local_files_only or hub_offline() or Path(options.model).is_dir()):
+            # One short probe instead of huggingface_hub's minutes of retries per file:
+            # unreachable, only the local cache is tried.
+            unreachable = hub_unreachable()
+            if unreachable:
+                kw["local_files_only"] = True
         try:
-            self.tokenizer = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer", **kw)
-            self.text_encoder = CLIPTextModel.from_pretrained(
+            tokenizer = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer", **kw)
+            text_encoder = CLIPTextModel.from_pretrained(
                 options.model, subfolder="text_encoder", dtype=self.dtype, **kw
             )
-            self.unet = UNet2DConditionModel.from_pretrained(
+            unet = UNet2DConditionModel.from_pretrained(
                 options.model, subfolder="unet", torch_dtype=self.dtype, **kw
             )
-            self.vae = AutoencoderKL.from_pretrained(options.model, subfolder="vae", torch_dtype=self.dtype, **kw)
+            vae = AutoencoderKL.from_pretrained(options.model, subfolder="vae", torch_dtype=self.vae_dtype, **kw)
             sched_cfg = DDIMScheduler.load_config(options.model, subfolder="scheduler", **kw)
         except (OSError, ValueError) as exc:
+            if unreachable:
+                why = f"the hub {unreachable} and they are not in the local cache"
+            else:
+                why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
             raise WeightsNotFoundError(
-                f"could not load Stable Diffusion weights from {options.model!r}: {str(exc).splitlines()[0]}\n"
-                "Give a local diffusers folder (--backbone PATH), let the hub download them once "
-                "(network access, cached under ~/.cache/huggingface), or use --backbone tiny for a "
-                "run that needs no download."
+                f"could not load Stable Diffusion weights from {options.model!r}: {why}. {weights_hint()}"
             ) from None
+        self.attach(tokenizer, text_encoder, unet, vae, DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading"))
+
+    def attach(self, tokenizer: Any, text_encoder: Any, unet: Any, vae: Any, scheduler: Any) -> None:
+        """Take the model parts (already in ``self.dtype``/``self.vae_dtype``): freeze them, move
+        them to ``self.device`` and read the sizes the methods need from their configs.
+        ``scheduler`` is a DDIM scheduler with "leading" spacing."""
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
         for module in (self.text_encoder, self.unet, self.vae):
             module.requires_grad_(False)
             module.eval()
             module.to(self.device)
-        self.set_scheduler(DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading"))
+        self.set_scheduler(scheduler)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.resolution = int(self.unet.config.sample_size) * self.vae_scale
         self.size_multiple = self.vae_scale * 2 ** (len(self.unet.config.down_block_types) - 1)
@@ -90,14 +130,31 @@ class StableDiffusionBackbone(Backbone):
             raise InputError(
                 f"image size {w}x{h} is not a multiple of {self.size_multiple}, which this model needs"
             )
-        posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
-        return posterior.mode().float() * self.scaling_factor
+        posterior = self.vae.encode(images.to(self.device, self.vae_dtype)).latent_dist
+        x0 = posterior.mode().float() * self.scaling_factor
+        check_finite(x0, "the VAE's encoding of the image", self.vae_dtype, "backbone.vae_dtype")
+        return x0
 
     @torch.no_grad()
     def decode(self, x0: Tensor) -> Tensor:
-        """Latents (B, 4, h, w) -> images (B, 3, h·f, w·f) in [-1, 1], float32."""
-        out = self.vae.decode((x0 / self.scaling_factor).to(self.device, self.dtype)).sample
-        return out.float().clamp(-1, 1)
+        """Latents (B, 4, h, w) -> images (B, 3, h·f, w·f) in [-1, 1], float32.
+
+        Raises :class:`PrecisionError` on NaN/inf latents (the UNet overflowed in ``dtype``), on
+        NaN/inf decodes, and on all-black decodes from a half-precision VAE (a float16 VAE that
+        overflows usually gives those); an all-black decode from a float32 VAE only warns."""
+        check_finite(x0, "the latents to decode (the UNet's result)", self.dtype, "backbone.dtype")
+        out = self.vae.decode((x0 / self.scaling_factor).to(self.device, self.vae_dtype)).sample.float()
+        check_finite(out, "the VAE's decoded image", self.vae_dtype, "backbone.vae_dtype")
+        black = (out.flatten(1).amax(1) <= -1 + 1 / 255).nonzero().flatten().tolist()
+        if black:
+            msg = f"decoded image(s) {black} are all black (every pixel at the minimum)"
+            if self.vae_dtype != torch.float32:
+                raise PrecisionError(
+                    f"{msg} with backbone.vae_dtype={dtype_name(self.vae_dtype)}, the mark of a "
+                    "half-precision VAE overflowing; set backbone.vae_dtype=float32"
+                )
+            warnings.warn(msg, stacklevel=2)
+        return out.clamp(-1, 1)
 
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()
@@ -114,15 +171,15 @@ class StableDiffusionBackbone(Backbone):
             if len(ids) > limit:
                 kept = self.tokenizer.decode(ids[1 : limit - 1])
                 msg = (
-                    f"prompt {prompt!r} has {len(ids)} tokens but the text encoder takes {limit} "
+                    f"prompt {_short(prompt)!r} has {len(ids)} tokens but the text encoder takes {limit} "
                     f"(start and end included)"
                 )
                 if not self.options.truncate_prompts:
                     raise InputError(
-                        msg + "; shorten it, or set backbone.truncate_prompts=true to cut it to "
-                        f"{kept!r}"
+                        msg + "; shorten it, or set backbone.truncate_prompts=true to cut it after "
+                        f"...{kept[-30:]!r}"
                     )
-                warnings.warn(msg + f"; truncated to {kept!r}", stacklevel=2)
+                warnings.warn(msg + f"; truncated after ...{kept[-30:]!r}", stacklevel=2)
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
@@ -133,7 +190,7 @@ class StableDiffusionBackbone(Backbone):
         return list(self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids)
 
     # ----------------------------------------------------------------- network
-    def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
         if cond is None:
             raise InputError("Stable Diffusion needs a prompt conditioning")
         # Gradients follow the caller's grad mode (Zero-Shot guidance needs them).
@@ -144,7 +201,8 @@ class StableDiffusionBackbone(Backbone):
         return {
             "class": type(self).__name__,
             "model": self.options.model,
-            "dtype": str(self.dtype).replace("torch.", ""),
+            "dtype": dtype_name(self.dtype),
+            "vae_dtype": dtype_name(self.vae_dtype),
             "prediction_type": self.prediction_type,
             "resolution": self.resolution,
         }

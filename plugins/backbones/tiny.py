@@ -42,7 +42,8 @@ class TinyOptions:
     seed: int = 0
     prediction_type: str = "epsilon"  # epsilon | v_prediction
     resolution: int = 32  # image side in pixels (latents are half of it)
-    dtype: str = "float32"
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (networks only)
+    vae_dtype: str | None = None  # None: as dtype
     device: str = "auto"
     cache_dir: str | None = None  # default: $EDITFRIENDLY_CACHE or ~/.cache/editfriendly
     truncate_prompts: bool = False
@@ -207,6 +208,7 @@ class TinyBackbone(StableDiffusionBackbone):
                 StableDiffusionOptions(
                     model=str(folder),
                     dtype=options.dtype,
+                    vae_dtype=options.vae_dtype,
                     device=options.device,
                     local_files_only=True,
                     truncate_prompts=options.truncate_prompts,

@@ -6,6 +6,17 @@
       id: cat                           # optional; default: the image path without extension
 
 Any other keys of an entry are kept as the item's extras.
+
+Where ``init_img`` is looked for, first match wins:
+
+1. as written, when it is an absolute path that exists;
+2. relative to the YAML file's folder (our format, above);
+3. the authors' rule: their script prepends ``.`` to ``init_img`` and opens it from the working
+   directory, so ``/example_images/horse_mud.jpg`` is ``./example_images/horse_mud.jpg`` there;
+4. the same path with its leading ``/`` dropped, relative to the YAML file's folder (the
+   authors' ``test.yaml`` sits in the folder their script runs in).
+
+When none exists the item fails with "image file not found" naming the path of rule 1 or 2.
 """
 
 from __future__ import annotations
@@ -32,6 +43,21 @@ def entry_id(init_img: str) -> str:
     """The stable id of an entry: its image path as written, without the extension."""
     p = Path(init_img)
     return str(p.with_suffix("")).replace("\\", "/").lstrip("./") or p.name
+
+
+def find_image(init_img: str, base: Path) -> Path:
+    """The file an entry's ``init_img`` names (the rules in the module docstring)."""
+    natural = resolve_path(init_img, base)
+    if natural.exists():
+        return natural
+    candidates = []
+    if init_img.startswith(("/", "\\")):
+        candidates.append(Path.cwd() / ("." + init_img))  # the authors' '.' + init_img
+        candidates.append(base / init_img.lstrip("/\\"))
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    return natural
 
 
 @DATASETS.register("yaml_list")
@@ -78,7 +104,7 @@ class YamlListDataset(DatasetPlugin):
         item_id = str(entry.pop("id", None) or entry_id(init_img))
         return Item(
             id=item_id,
-            image_path=str(resolve_path(init_img, path.parent)),
+            image_path=str(find_image(init_img, path.parent)),
             source_prompt=source,
             target_prompts=targets,
             extras=entry,

@@ -38,10 +38,11 @@ from framework.registry import EDITORS
 from framework.sampling import (
     Editor,
     NoiseFn,
+    NoiseHook,
     check_single_image,
-    expand_rows,
+    denoise,
+    inversion_guidance,
     prompt_free_conditioning,
-    reverse_process,
 )
 from framework.schedule import Schedule
 
@@ -257,21 +258,11 @@ class ColorStrokesEditor(StrokesEditor):
         lo, hi = self.steps_range(start)
         schedule = backbone.schedule(inversion.num_steps, inversion.eta)
         g = inversion.guidance_scale if self.options.guidance_scale is None else self.options.guidance_scale
-        k, cond, uncond = prompt_free_conditioning(backbone, target_prompts, g)
+        k, cond, _ = prompt_free_conditioning(backbone, target_prompts, g)
         x0 = inversion.x0.to(backbone.device)
         mask, colors = to_model_space(backbone, x0, *self.image_strokes(image_size(backbone, x0)))
-        x_start = expand_rows(inversion.x_at(start).to(backbone.device), k)
         clip = self.options.clip_prediction and is_pixel_space(backbone)
-        return reverse_process(
-            backbone,
-            x_start,
-            schedule,
-            start,
-            cond,
-            uncond,
-            g,
-            zs=inversion.zs,
-            generator=generator,
-            noise_fn=self.noise_function(schedule, mask, colors, lo, hi, clip),
-            desc="color strokes",
-        )
+        rule = inversion.regeneration(backbone, start, k, generator=generator)
+        guidance = inversion_guidance(backbone, inversion, cond, g if cond is not None else 1.0)
+        hook = NoiseHook(self.noise_function(schedule, mask, colors, lo, hi, clip))
+        return denoise(backbone, rule, start, guidance, [hook], desc="color strokes")

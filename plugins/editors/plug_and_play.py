@@ -18,15 +18,47 @@ are mapped by :func:`plugins.editors.unet_hooks.resolve_layers` (block index cla
 block, then layer index to the block's last layer): on the tiny test model the features come
 from ``up_blocks.1.resnets.1`` and the attention from ``up_blocks.1.attentions.0..1``.
 
-The source branch uses the source prompt and the inversion's own guidance scale and noise maps,
-so with edit-friendly or CycleDiffusion noise maps it reproduces the inversion's sequence
-exactly; with a DDIM inversion (no maps, η = 0) it is DDIM sampling from the inverted x_T and
-follows the inverted trajectory. ``source_latents: inversion`` instead takes x_i of the source
-branch from the stored trajectory at every step (what the PnP code does with its saved DDIM
-latents). Source and targets run as one batch per step, source first: the classifier-free
-guidance batch is [uncond: source, t_1..t_K; cond: source, t_1..t_K], and the unconditional
-(conditional) target rows receive the unconditional (conditional) source row's activations.
-The hooks exist only during the call.
+**The source branch** (``source_branch``):
+
+- ``empty_prompt`` (default; what the pnp-diffusers code computes): one source row x_i^src,
+  conditioned on the empty prompt "" without guidance, evaluated in the same batch as the
+  targets. Its features and q/k are copied into *both* guidance rows (unconditional and
+  conditional) of every target. One network pass per step over the rows
+  ``[source (""), targets (negative prompt) ×K, targets (target prompt) ×K]`` (1 + 2K rows;
+  1 + K where the target guidance scale is 1). The source row's own prediction moves nothing.
+- ``guided`` (this project's earlier variant): the source rows are conditioned as the inversion
+  was (source prompt, the inversion's guidance scale and unconditional embeddings), one per
+  guidance half: the batch is ``[uncond: source, t_1..t_K; cond: source, t_1..t_K]`` and the
+  unconditional (conditional) target rows receive the unconditional (conditional) source row's
+  activations. Injected features then carry the source prompt, which the reference's do not.
+
+**How the source row moves** (``source_latents``):
+
+- ``inversion`` (default; the reference's saved DDIM latents): x_i^src is the inversion's stored
+  x_i at every step. With edit-friendly, CycleDiffusion and EDICT inversions this is exactly
+  the sequence the inversion's step rule regenerates; with DDIM it is the inverted trajectory
+  itself (the reference), not DDIM sampling from x_T. EDICT's step evaluates the network
+  twice; its source row then also gets the inversion's guided prediction (the rows of
+  ``regenerate``), so its half step inside the step is EDICT's exact intermediate too.
+- ``regenerate``: the source row takes the inversion's own step rule with the inversion's own
+  guided prediction (source prompt, guidance scale, per-step unconditional embeddings of
+  null-text / negative-prompt inversion), so with edit-friendly, CycleDiffusion or EDICT
+  inversions it reproduces the stored sequence, and with DDIM it is DDIM sampling from x_T.
+  With ``empty_prompt`` this costs extra rows for that prediction: the source prompt's row,
+  and the unconditional row unless it is the empty prompt itself (plain null text), in which
+  case the injection row is shared (2 + 2K rows for an edit-friendly inversion at 3.5).
+
+**Skip > 0** (the reference always runs all its steps, so there is no reference): the source
+row and the targets start from the inversion's x_{N-skip}; the source row follows the stored
+x_i (``inversion``) or regenerates from x_{N-skip} (``regenerate``); the injections cover the
+first ⌊fraction · (N - skip)⌋ steps of the edit (fractions of the steps actually taken, as
+with skip 0).
+
+``negative_prompt`` replaces the unconditional embedding of the *target* rows only (default:
+the reference config's ``ugly, blurry, black, low res, unrealistic``; ``""`` gives the null
+text, or the inversion's per-step unconditional embeddings where it has them). The forward
+hooks exist only during the call, also when it raises; the attention processors are never
+replaced.
 """
 
 from __future__ import annotations
@@ -38,11 +70,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from framework import progress
 from framework.errors import ConfigError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
-from framework.sampling import Editor
+from framework.sampling import (
+    Editor,
+    FollowInversion,
+    Guidance,
+    StepHook,
+    denoise,
+    inversion_guidance,
+)
 from plugins.editors.unet_hooks import (
     attention_modules,
     broadcast_first_row,
@@ -50,7 +88,6 @@ from plugins.editors.unet_hooks import (
     follows_inversion,
     forward_hooks,
     resolve_layers,
-    reverse_step,
     unet_of,
 )
 
@@ -67,35 +104,162 @@ PNP_ATTENTION_LAYERS = (
     "up_blocks.3.attentions.1",
     "up_blocks.3.attentions.2",
 )
+#: pnp-diffusers' default negative prompt (its config_pnp.yaml)
+PNP_NEGATIVE_PROMPT = "ugly, blurry, black, low res, unrealistic"
+#: values of ``source_branch``
+SOURCE_BRANCHES = ("empty_prompt", "guided")
 
 
 @dataclass
 class PlugAndPlayOptions:
-    """Options of the ``plug_and_play`` editor (defaults: the PnP paper's)."""
+    """Options of the ``plug_and_play`` editor (defaults: the pnp-diffusers code's)."""
 
     guidance_scale: float = 7.5  # classifier-free guidance of the target branches
     feature_injection: float = 0.8  # fraction of the edit's steps with feature injection
     attention_injection: float = 0.5  # fraction of the edit's steps with q/k injection
     feature_layers: list[str] = field(default_factory=lambda: list(PNP_FEATURE_LAYERS))
     attention_layers: list[str] = field(default_factory=lambda: list(PNP_ATTENTION_LAYERS))
-    negative_prompt: str = ""  # unconditional prompt of the target branches ("": null text)
-    source_latents: str = "regenerate"  # regenerate | inversion (see the module docstring)
+    # unconditional prompt of the target rows ("": the null text / the inversion's own)
+    negative_prompt: str = PNP_NEGATIVE_PROMPT
+    source_branch: str = "empty_prompt"  # empty_prompt | guided (see the module docstring)
+    source_latents: str = "inversion"  # inversion | regenerate (see the module docstring)
     targets_per_batch: int = 0  # targets per batch with the source row (0: all at once)
 
 
-class _Injection:
-    """Which injections are on for the current step, and the batch's group size (1 + K)."""
+class _Injection(StepHook):
+    """Which injections are on for the current step and how they spread over the batch; the
+    forward hooks exist while the loop runs.
 
-    def __init__(self, group: int) -> None:
+    ``group`` > 0: within each consecutive group of ``group`` rows the first row is copied over
+    the others (the ``guided`` batch). ``group`` = 0: row 0 (the empty-prompt source row) is
+    copied over every row from ``n_source`` on (the target rows of both guidance halves); the
+    rows before ``n_source`` (the source's own) keep their values.
+    """
+
+    def __init__(self, start: int, n_feat: int, n_attn: int, group: int = 0, n_source: int = 1) -> None:
         self.group = group
+        self.n_source = n_source
+        self.start = start
+        self.n_feat = n_feat
+        self.n_attn = n_attn
         self.features = False
         self.attention = False
+        self.pairs: list = []
+
+    def installed(self):  # noqa: ANN201
+        return forward_hooks(self.pairs)
+
+    def begin_step(self, i: int) -> None:
+        done = self.start - i  # steps already taken
+        self.features = done < self.n_feat
+        self.attention = done < self.n_attn
+
+    def spread(self, x: Tensor) -> Tensor:
+        """(B, ...) -> (B, ...) with the source row's values in the target rows."""
+        if self.group:
+            return broadcast_first_row(x, self.group)
+        return copy_row_over(x, 0, self.n_source)
 
     def feature_hook(self, module, inputs, output: Tensor):  # noqa: ANN001, ANN201
-        return broadcast_first_row(output, self.group) if self.features else None
+        return self.spread(output) if self.features else None
 
     def attention_hook(self, module, inputs, output: Tensor):  # noqa: ANN001, ANN201
-        return broadcast_first_row(output, self.group) if self.attention else None
+        return self.spread(output) if self.attention else None
+
+
+class _EmptyPromptGuidance:
+    """The ``empty_prompt`` batch of one step: the rule's rows are [source, t_1..t_K].
+
+    One forward pass over ``[x_src with "", (x_src with the inversion's unconditional
+    embedding), (x_src with the source prompt), targets with their unconditional embedding
+    ×K (only where their guidance scale is not 1), targets with their prompts ×K]``; the
+    bracketed source rows exist only where the source's own prediction is needed
+    (``regenerate``, EDICT) and only where they differ from the empty-prompt row. Returns the
+    rows' guided predictions, (1 + K, C, h, w) float32: the source row's is the inversion's
+    guided prediction where it is needed, else the empty-prompt row's (``inversion``: the row
+    is overwritten by the stored x_i before the next step).
+    """
+
+    def __init__(
+        self,
+        empty: Tensor,
+        source: Guidance | None,
+        targets: Guidance,
+        k: int,
+        injection: _Injection,
+    ) -> None:
+        self.empty = empty  # (1, L, D)
+        self.source = source  # the inversion's guidance of the source row where needed, else None
+        self.targets = targets  # the targets' guidance (cond (K, L, D), uncond or None)
+        self.k = k
+        self.injection = injection
+        # which source rows the pass needs: the empty-prompt row is reused where it is equal
+        self.source_uncond_shared = False
+        self.source_cond_shared = False
+        if source is not None:
+            self.source_cond_shared = bool(torch.equal(source.cond, empty))
+            self.source_uncond_shared = source.uncond is not None and source.per_step is None and bool(
+                torch.equal(source.uncond, empty)
+            )
+
+    def _source_rows(self, i: int) -> list[Tensor]:
+        """The embeddings of the source rows after the empty-prompt row at step i."""
+        rows: list[Tensor] = []
+        if self.source is None:
+            return rows
+        u = self.source.uncond_at(i, 1)
+        if u is not None and not self.source_uncond_shared:
+            rows.append(u)
+        if not self.source_cond_shared:
+            rows.append(self.source.cond)
+        return rows
+
+    def eps(self, backbone, x: Tensor, t: int, i: int) -> Tensor:  # noqa: ANN001
+        src, tgt = x[:1], x[1:]
+        extra = self._source_rows(i)
+        n_src = 1 + len(extra)
+        u_t = self.targets.uncond_at(i, self.k)
+        emb = [self.empty, *extra]
+        xs = [src] * n_src
+        if u_t is not None:
+            emb.append(u_t.expand(self.k, *u_t.shape[1:]) if u_t.shape[0] == 1 else u_t)
+            xs.append(tgt)
+        emb.append(self.targets.cond)
+        xs.append(tgt)
+        self.injection.n_source = n_src
+        # one pass, each row with its own conditioning (guidance combined below)
+        out = backbone.predict_noise(torch.cat(xs), t, torch.cat(emb))
+        e_empty = out[:1]
+        if self.source is None:
+            e_src = e_empty
+        else:
+            pos = 1
+            if self.source.uncond is None:
+                e_src_u = None
+            elif self.source_uncond_shared:
+                e_src_u = e_empty
+            else:
+                e_src_u, pos = out[pos : pos + 1], pos + 1
+            e_src_c = e_empty if self.source_cond_shared else out[pos : pos + 1]
+            e_src = e_src_c if e_src_u is None else e_src_u + _scale(self.source.scale) * (e_src_c - e_src_u)
+        e_t = out[n_src:]
+        if u_t is not None:
+            e_u, e_c = e_t[: self.k], e_t[self.k :]
+            e_t = e_u + _scale(self.targets.scale) * (e_c - e_u)
+        return torch.cat([e_src, e_t])
+
+
+def _scale(s: float | Tensor) -> float | Tensor:
+    """A guidance scale as a multiplier of (B, C, h, w) predictions."""
+    if isinstance(s, Tensor):
+        return s.to(torch.float32).reshape(-1, 1, 1, 1)
+    return float(s)
+
+
+def copy_row_over(x: Tensor, row: int, first: int) -> Tensor:
+    """Rows ``first``.. of ``x`` replaced by row ``row``: (B, ...) -> (B, ...) (a new tensor)."""
+    b = x.shape[0]
+    return torch.cat([x[:first], x[row : row + 1].expand(b - first, *x.shape[1:])])
 
 
 def injection_steps(fraction: float, n: int) -> int:
@@ -119,6 +283,12 @@ class PlugAndPlay(Editor):
             raise ConfigError(
                 f"plug_and_play.targets_per_batch must be >= 0 (0: all targets), got {o.targets_per_batch}"
             )
+        if o.source_branch not in SOURCE_BRANCHES:
+            raise ConfigError(
+                f"plug_and_play.source_branch must be one of {', '.join(SOURCE_BRANCHES)}, got {o.source_branch!r}"
+            )
+        if not isinstance(o.negative_prompt, str):
+            raise ConfigError(f"plug_and_play.negative_prompt must be a string, got {o.negative_prompt!r}")
         check_source_latents(o.source_latents, "plug_and_play")
 
     @torch.no_grad()
@@ -166,34 +336,54 @@ class PlugAndPlay(Editor):
         """The source row and K targets from x_start down to x_0: (K, C, h, w)."""
         o = self.options
         k = len(targets)
-        device = backbone.device
-        schedule = backbone.schedule(inversion.num_steps, inversion.eta)
-        follow = follows_inversion(o.source_latents, inversion.zs, schedule)
-        cond = torch.cat([backbone.encode_prompt([source]), backbone.encode_prompt(targets)])
-        null = backbone.null_condition()
-        uncond = null
-        if o.negative_prompt:
-            uncond = torch.cat([null, backbone.encode_prompt([o.negative_prompt]).expand(k, -1, -1)])
-        scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)
-        x = inversion.x_at(start).to(device, torch.float32).clone()
-        x = torch.cat([x, x.expand(k, *x.shape[1:])])  # (1 + K, C, h, w), source row first
-        n_feat = injection_steps(o.feature_injection, start)
-        n_attn = injection_steps(o.attention_injection, start)
-
-        ctl = _Injection(group=1 + k)
-        pairs = [(unet.get_submodule(name).conv2, ctl.feature_hook) for name in feature_layers]
+        src_cond = backbone.encode_prompt([source])
+        tgt_cond = backbone.encode_prompt(targets)
+        negative = backbone.encode_prompt([o.negative_prompt]) if o.negative_prompt else None
+        rule = inversion.regeneration(backbone, start, 1 + k, generator=generator, n_source=1)
+        follow = follows_inversion(o.source_latents, inversion, rule.schedule)
+        ctl = _Injection(start, injection_steps(o.feature_injection, start), injection_steps(o.attention_injection, start))
+        if o.source_branch == "guided":
+            ctl.group = 1 + k
+            guidance = self._guided(backbone, inversion, src_cond, tgt_cond, negative)
+        else:
+            # the targets: their negative prompt, else the inversion's unconditional embedding
+            if negative is not None:
+                tgt = Guidance(tgt_cond, negative if o.guidance_scale != 1 else None, o.guidance_scale)
+            else:
+                tgt = inversion_guidance(backbone, inversion, tgt_cond, o.guidance_scale)
+            # the source's own guided prediction moves it where it is regenerated, and inside
+            # steps that evaluate the network more than once (EDICT's half steps)
+            own = not follow or rule.evaluations_per_step > 1
+            src = inversion_guidance(backbone, inversion, src_cond, inversion.guidance_scale) if own else None
+            guidance = _EmptyPromptGuidance(backbone.null_condition(), src, tgt, k, ctl)
+        ctl.pairs = [(unet.get_submodule(name).conv2, ctl.feature_hook) for name in feature_layers]
         for name in attention_layers:
             for attn in attention_modules(unet, name, "attn1"):
-                pairs += [(attn.to_q, ctl.attention_hook), (attn.to_k, ctl.attention_hook)]
-        zs = inversion.zs
-        with forward_hooks(pairs):
-            for i in progress.steps(range(start, 0, -1), desc="plug_and_play", total=start):
-                if follow:
-                    x[0] = inversion.x_at(i)[0].to(device, torch.float32)
-                done = start - i  # steps already taken
-                ctl.features = done < n_feat
-                ctl.attention = done < n_attn
-                t = int(schedule.timesteps[i - 1])
-                eps = backbone.predict_noise(x, t, cond, uncond, scale)
-                x = reverse_step(schedule, x, eps, i, zs, generator, n_source=1)
-        return x[1:]
+                ctl.pairs += [(attn.to_q, ctl.attention_hook), (attn.to_k, ctl.attention_hook)]
+        hooks: list[StepHook] = []
+        if follow:
+            hooks.append(FollowInversion(rule, slice(0, 1)))
+        hooks.append(ctl)
+        return denoise(backbone, rule, start, guidance, hooks, desc="plug_and_play")[1:]
+
+    def _guided(
+        self,
+        backbone,  # noqa: ANN001
+        inversion: Inversion,
+        src_cond: Tensor,
+        tgt_cond: Tensor,
+        negative: Tensor | None,
+    ) -> Guidance:
+        """The ``guided`` batch: [uncond: source, targets; cond: source, targets], the source
+        row with the inversion's guidance scale and unconditional embeddings."""
+        o = self.options
+        k = tgt_cond.shape[0]
+        null = backbone.null_condition()
+        uncond = null if negative is None else torch.cat([null, negative.expand(k, -1, -1)])
+        scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)
+        # the inversion's own unconditional embedding: every row, or the source row where the
+        # targets have a negative prompt
+        return inversion_guidance(
+            backbone, inversion, torch.cat([src_cond, tgt_cond]), scale, uncond,
+            slice(0, 1) if negative is not None else None,
+        )

@@ -1,14 +1,18 @@
 """Prompt-to-Prompt (Hertz et al., 2022) on diffusers' attention-processor API.
 
 The source prompt and every target prompt run as one batch of B = 1 + K rows from the
-inversion's x_{N-skip}, with the inversion's noise maps z_i (the same maps for every row) and
-its η. The source row (row 0) keeps the inversion's own guidance scale, so that with
-edit-friendly inversion it reproduces x0 exactly; the target rows use ``guidance_scale``.
+inversion's x_{N-skip}, through the one reverse loop with the inversion's step rule (eq. 3 with
+its noise maps z_i, the same maps for every row, and its η; EDICT's coupled update) and its
+unconditional embeddings (every row, as the null-text code). The source row (row 0) keeps the
+inversion's own guidance scale, so that with edit-friendly inversion it reproduces x0 exactly;
+the target rows use ``guidance_scale``. The attention control is a step hook.
 During the denoising steps the cross-attention maps of the target rows are taken from the
 source row's maps:
 
-* replace (same number of tokens): the target's map of token n is the source's map of token n;
-* refine (different numbers of tokens): a global alignment of the two token sequences maps
+* replace (same number of words, as the reference scripts choose): the target's map of each
+  token is the source's map of the token in its place; a replaced word of another token count
+  shares its source word's maps (P2P's replacement mapper, :func:`replacement_matrix`);
+* refine (different numbers of words): a global alignment of the two token sequences maps
   each target token to its source token; tokens that are new in the target keep their own map;
 * reweight: the (replaced or refined) maps of chosen words are multiplied by chosen weights;
 * local blend: a mask from the cross-attention of chosen words (summed over the steps run so
@@ -18,8 +22,10 @@ source row's maps:
 
 Self-attention maps of the target rows are replaced by the source row's maps during the
 self-replacement steps, only in the layers whose query count is at most
-(``max_self_resolution``·h)·(``max_self_resolution``·w) for h×w latents: 0.5 gives P2P's
-"32×32 and smaller" for Stable Diffusion's 64×64 latents.
+(``max_self_resolution``·h)·(``max_self_resolution``·w) for h×w latents: the default 0.25 gives
+the reference code's "16×16 and smaller" (``att_replace.shape[2] <= 16 ** 2``, in
+google/prompt-to-prompt and the edit-friendly authors' copy) for Stable Diffusion's 64×64
+latents; 0.5 adds the 32×32 layers.
 
 Steps follow the reference code: they are counted from the first step the edit runs (k = 0 at
 step N - skip), and a window [a, b] of ``cross_replace_steps`` / ``self_replace_steps`` means
@@ -45,15 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from framework import progress
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
-from framework.random import randn
 from framework.registry import EDITORS
-from framework.sampling import Editor, expand_rows
+from framework.sampling import Editor, StepHook, denoise, inversion_guidance
 
-#: inverters whose inversions get the DDIM defaults of the reference code (cross 0.8, self 0.4)
-DDIM_METHODS = ("ddim",)
 #: (cross_replace_steps, self_replace_steps) defaults by kind of inversion (reference code)
 DEFAULT_STEPS = {"noise_maps": (0.6, 0.2), "ddim": (0.8, 0.4)}
 MODES = ("auto", "replace", "refine")
@@ -68,14 +70,15 @@ class PromptToPromptOptions:
     Defaults are the reference code's for P2P on edit-friendly inversion (run it with skip 12).
     ``cross_replace_steps`` / ``self_replace_steps`` left empty (null) are picked from the
     inversion: 0.6 / 0.2 for inversions with noise maps (ddpm_edit_friendly, cycle_diffusion),
-    0.8 / 0.4 for DDIM inversions (method ``ddim`` or no noise maps).
+    0.8 / 0.4 for deterministic ones (``Inversion.deterministic``: ddim, null_text,
+    negative_prompt, edict).
     """
 
     guidance_scale: float = 9.0  # classifier-free guidance of the target rows
-    mode: str = "auto"  # auto (same token count -> replace, else refine) | replace | refine
+    mode: str = "auto"  # auto (same word count -> replace, else refine) | replace | refine
     cross_replace_steps: Any = None  # fraction f (= [0, f]) or [start, end] of the steps; null: by inversion
     self_replace_steps: Any = None  # fraction or [start, end]; null: by inversion
-    max_self_resolution: float = 0.5  # self-attention replaced where side <= this × latent side
+    max_self_resolution: float = 0.25  # self-attention replaced where side <= this × latent side
     equalizer_words: list[str] = field(default_factory=list)  # reweight: words of the targets
     equalizer_weights: list[float] = field(default_factory=list)  # one per word, or one for all
     blend_words: list[str] = field(default_factory=list)  # local blend: words of source/targets
@@ -85,59 +88,120 @@ class PromptToPromptOptions:
 
 # --------------------------------------------------------------------------- token alignment
 def align_tokens(source: Sequence[int], target: Sequence[int]) -> list[int]:
-    """Global alignment (Needleman-Wunsch; match +1, mismatch -1, gap 0, as P2P's aligner).
+    """Global alignment of two token sequences, as P2P's aligner (``seq_aligner.global_align``).
 
-    Returns, for each target position j, the aligned source position or -1 where the target
-    token is not aligned to any source token (an inserted word). Only equal tokens are
-    aligned: with these scores a mismatch never beats two gaps.
+    Needleman-Wunsch with match +1, mismatch -1, gap 0. Where several moves reach a cell's best
+    score the reference keeps the first of left (skip a target token), up (skip a source token),
+    diagonal, and its traceback follows those choices; so does this one. The preference matters
+    with repeated words: aligning ``a cat`` to ``a cat a cat`` maps the *first* ``a cat`` of the
+    target to the source words and leaves the second one new.
+
+    Returns, for each target position j, the aligned source position, or -1 where the target token
+    has no source token (an inserted word). A diagonal step the traceback takes is an alignment,
+    as in the reference (with these scores it is only taken for equal tokens).
     """
     n, m = len(source), len(target)
     score = [[0] * (m + 1) for _ in range(n + 1)]
+    move = [[0] * (m + 1) for _ in range(n + 1)]  # 1 left, 2 up, 3 diagonal
+    for j in range(1, m + 1):
+        move[0][j] = 1
     for i in range(1, n + 1):
+        move[i][0] = 2
         for j in range(1, m + 1):
+            left = score[i][j - 1]
+            up = score[i - 1][j]
             diag = score[i - 1][j - 1] + (1 if source[i - 1] == target[j - 1] else -1)
-            score[i][j] = max(diag, score[i - 1][j], score[i][j - 1])
+            best = max(left, up, diag)
+            score[i][j] = best
+            move[i][j] = 1 if best == left else 2 if best == up else 3
     out = [-1] * m
     i, j = n, m
-    while i > 0 and j > 0:
-        match = source[i - 1] == target[j - 1]
-        if match and score[i][j] == score[i - 1][j - 1] + 1:
+    while i > 0 or j > 0:
+        if move[i][j] == 3:
             out[j - 1] = i - 1
             i, j = i - 1, j - 1
-        elif score[i][j] == score[i][j - 1]:
+        elif move[i][j] == 1:
             j -= 1
-        elif score[i][j] == score[i - 1][j]:
+        else:
             i -= 1
-        else:  # a mismatch on the diagonal (never optimal with these scores; kept for safety)
-            i, j = i - 1, j - 1
     return out
 
 
-def token_mapping(
-    source: Sequence[int], target: Sequence[int], mode: str, length: int
-) -> tuple[Tensor, Tensor, str]:
-    """(index (L,), alpha (L,), mode used) mapping target token positions to source positions.
+def word_spans(tokenizer: Any, prompt: str) -> list[list[int]]:
+    """Token positions (start token = 0) of each word of ``prompt.split(" ")``, in order."""
+    spans, pos = [], 1
+    for word in prompt.split(" "):
+        count = len(tokenizer(word, add_special_tokens=False).input_ids)
+        spans.append(list(range(pos, pos + count)))
+        pos += count
+    return spans
 
-    The controlled map of target token n is alpha[n]·source_map[index[n]] + (1-alpha[n])·own.
-    Replace: identity with alpha 1 (needs equal token counts). Refine: the alignment of
-    :func:`align_tokens`, alpha 0 at inserted tokens; padding positions map to themselves.
+
+def replacement_matrix(tokenizer: Any, source: str, target: str, length: int) -> Tensor:
+    """P2P's word replacement map (``seq_aligner.get_replacement_mapper``): (L, L) float M with
+    target map n = Σ_w source map w · M[w, n].
+
+    Both prompts must have the same number of words (split on single spaces). A replaced word
+    whose token counts agree maps token to token; otherwise every target token of it gets each
+    source token's map with weight 1 / (its number of target tokens). Other tokens map one to
+    one, in order, until the last replaced word; after it the reference maps every position to
+    itself (M[j, j] = 1), which shifts the remaining words when a replaced word changed the token
+    count. That is kept as the reference computes it; ``mode: refine`` aligns them instead.
+    """
+    src_words, tgt_words = source.split(" "), target.split(" ")
+    if len(src_words) != len(tgt_words):
+        raise InputError(
+            f"mode 'replace' needs source and target prompts with the same number of words, got "
+            f"{len(src_words)} and {len(tgt_words)}; use mode 'refine' or 'auto'"
+        )
+    changed = [k for k, (a, b) in enumerate(zip(src_words, tgt_words)) if a != b]
+    src_spans, tgt_spans = word_spans(tokenizer, source), word_spans(tokenizer, target)
+    pending = [(src_spans[k], tgt_spans[k]) for k in changed]
+    mapper = torch.zeros(length, length)
+    i = j = 0
+    while i < length and j < length:
+        if pending and pending[0][0] and pending[0][0][0] == i:
+            s_pos, t_pos = pending.pop(0)
+            s_pos = [p for p in s_pos if p < length]
+            t_pos = [p for p in t_pos if p < length]
+            if len(s_pos) == len(t_pos):
+                mapper[s_pos, t_pos] = 1.0
+            else:
+                for t in t_pos:
+                    mapper[s_pos, t] = 1.0 / len(t_pos)
+            i += len(s_pos)
+            j += len(t_pos)
+        elif pending:
+            mapper[i, j] = 1.0
+            i, j = i + 1, j + 1
+        else:
+            mapper[j, j] = 1.0
+            i, j = i + 1, j + 1
+    return mapper
+
+
+def token_mapping(
+    tokenizer: Any, source: str, target: str, mode: str, length: int
+) -> tuple[Tensor, Tensor, str]:
+    """(M (L, L), alpha (L,), mode used): the controlled map of target token n is
+    alpha[n]·Σ_w source_map[w]·M[w, n] + (1 - alpha[n])·own_map[n].
+
+    ``auto`` chooses as the reference's scripts do: replace when the prompts have the same number
+    of words, refine otherwise. Replace: :func:`replacement_matrix`, alpha 1. Refine: the
+    alignment of :func:`align_tokens` over the full token sequences (start and end tokens
+    included), alpha 0 at inserted tokens; positions past the target's end map to themselves.
     """
     if mode == "auto":
-        mode = "replace" if len(source) == len(target) else "refine"
-    index = torch.arange(length)
+        mode = "replace" if len(source.split(" ")) == len(target.split(" ")) else "refine"
     alpha = torch.ones(length)
     if mode == "replace":
-        if len(source) != len(target):
-            raise InputError(
-                f"mode 'replace' needs source and target prompts with the same number of tokens, got "
-                f"{len(source)} and {len(target)}; use mode 'refine' or 'auto'"
-            )
-        return index, alpha, mode
-    aligned = align_tokens(source, target)
-    for j, i in enumerate(aligned[:length]):
+        return replacement_matrix(tokenizer, source, target, length), alpha, mode
+    ids = [list(tokenizer(p, truncation=True, max_length=length).input_ids) for p in (source, target)]
+    index = torch.arange(length)
+    for j, i in enumerate(align_tokens(ids[0], ids[1])[:length]):
         index[j] = max(i, 0)
         alpha[j] = 1.0 if i >= 0 else 0.0
-    return index, alpha, mode
+    return F.one_hot(index, length).T.float(), alpha, mode
 
 
 def _norm_word(word: str) -> str:
@@ -280,7 +344,7 @@ class AttentionController:
     def __init__(
         self,
         num_prompts: int,
-        token_index: Tensor,  # (K, L) long: source position of each target position
+        token_map: Tensor,  # (K, L, L) float: target map n = Σ_w source map w · token_map[k, w, n]
         token_alpha: Tensor,  # (K, L) float
         cross_steps: tuple[int, int],
         self_steps: tuple[int, int],
@@ -288,7 +352,7 @@ class AttentionController:
         blend_weights: Tensor | None = None,  # (B, L) float: 1 at blend-word positions
     ) -> None:
         self.num_prompts = num_prompts
-        self.token_index = token_index
+        self.token_map = token_map
         self.token_alpha = token_alpha
         self.cross_steps = cross_steps
         self.self_steps = self_steps
@@ -343,10 +407,7 @@ class AttentionController:
         cond = probs[rows]  # (B, heads, n, keys)
         base, own = cond[:1], cond[1:]
         if layer.is_cross and self.cross_active():
-            index = self.token_index.to(probs.device)  # (K, L)
-            mapped = base.expand(own.shape[0], -1, -1, -1).gather(
-                -1, index[:, None, None, :].expand(-1, *own.shape[1:3], -1)
-            )
+            mapped = torch.einsum("hpw,kwn->khpn", base[0], self.token_map.to(probs.device, probs.dtype))
             alpha = self.token_alpha.to(probs.device)[:, None, None, :]
             new = alpha * mapped + (1 - alpha) * own
             if self.equalizer is not None:
@@ -445,6 +506,49 @@ class ControlledAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
+# --------------------------------------------------------------------------- the loop hook
+class _P2PHook(StepHook):
+    """Attention control in the one reverse loop: processors installed for the loop, the
+    controller's step set around every network evaluation, the local blend after every step."""
+
+    def __init__(
+        self,
+        unet: Any,
+        processors: Mapping[str, Any],
+        controller: AttentionController,
+        start: int,
+        blend_grid: tuple[int, int] | None,
+        size: tuple[int, int],
+        threshold: float,
+    ) -> None:
+        self.unet = unet
+        self.processors = processors
+        self.controller = controller
+        self.start = start
+        self.blend_grid = blend_grid
+        self.size = size
+        self.threshold = threshold
+        self.mask: Tensor | None = None  # (B, 1, h, w): the last local-blend mask
+
+    def installed(self) -> contextlib.AbstractContextManager:
+        return attention_control(self.unet, self.processors)
+
+    def before_eval(self, i: int) -> None:
+        self.controller.begin_step(self.start - i)
+
+    def after_eval(self, i: int) -> None:
+        self.controller.end_step()
+
+    def end_step(self, i: int) -> None:
+        if self.blend_grid is not None:
+            self.mask = self.controller.blend_mask(self.blend_grid, self.size, self.threshold)
+
+    def after_step(self, i: int, x: Tensor) -> Tensor:
+        if self.mask is None:
+            return x
+        return x[:1] + self.mask * (x - x[:1])
+
+
 # --------------------------------------------------------------------------- the editor
 @dataclass
 class PromptToPromptResult:
@@ -490,7 +594,7 @@ class PromptToPrompt(Editor):
 
     def windows(self, inversion: Inversion) -> tuple[tuple[float, float], tuple[float, float]]:
         """(cross, self) step windows as fractions: the options, or defaults by inversion kind."""
-        kind = "ddim" if inversion.method in DDIM_METHODS or inversion.zs is None else "noise_maps"
+        kind = "ddim" if inversion.deterministic else "noise_maps"
         cross_default, self_default = DEFAULT_STEPS[kind]
         o = self.options
         cross = o.cross_replace_steps if o.cross_replace_steps is not None else cross_default
@@ -541,12 +645,11 @@ class PromptToPrompt(Editor):
         length = int(getattr(backbone, "max_tokens", 77))
 
         # token maps of each target (replace or refine)
-        ids = [list(backbone.tokenizer(p, truncation=True, max_length=length).input_ids) for p in prompts]
-        index = torch.empty(k, length, dtype=torch.long)
+        maps = torch.empty(k, length, length)
         alpha = torch.empty(k, length)
         modes = []
-        for j, tgt in enumerate(ids[1:]):
-            index[j], alpha[j], mode = token_mapping(ids[0], tgt, o.mode, length)
+        for j, tgt in enumerate(targets):
+            maps[j], alpha[j], mode = token_mapping(backbone.tokenizer, source_prompt, tgt, o.mode, length)
             modes.append(mode)
         equalizer = self._equalizer(backbone.tokenizer, targets, length)
         blend = self._blend_weights(backbone.tokenizer, prompts, length)
@@ -554,12 +657,14 @@ class PromptToPrompt(Editor):
         cross_w, self_w = self.windows(inversion)
         cross_steps, self_steps = step_range(cross_w, n_steps), step_range(self_w, n_steps)
         controller = AttentionController(
-            len(prompts), index, alpha, cross_steps, self_steps, equalizer, blend
+            len(prompts), maps, alpha, cross_steps, self_steps, equalizer, blend
         )
 
         # the layers to control
-        x = expand_rows(inversion.x_at(start).to(backbone.device), len(prompts)).float()
-        h, w = x.shape[-2:]
+        rule = inversion.regeneration(
+            backbone, start, len(prompts), generator=generator, n_source=1, shared_noise=True
+        )
+        h, w = rule.output().shape[-2:]
         layers = unet_layers(backbone.unet, h, w)
         self_limit = (o.max_self_resolution * h) * (o.max_self_resolution * w)
         self_on = self_steps[1] > self_steps[0]
@@ -581,28 +686,9 @@ class PromptToPrompt(Editor):
 
         cond = backbone.encode_prompt(prompts)
         scales = torch.tensor([float(inversion.guidance_scale)] + [float(o.guidance_scale)] * k)
-        uncond = backbone.null_condition() if bool((scales != 1).any()) else None
-        sigmas = schedule.sigma
-        mask = None
-        with attention_control(backbone.unet, processors):
-            for i in progress.steps(range(start, 0, -1), desc="prompt_to_prompt", total=start):
-                t = int(schedule.timesteps[i - 1])
-                controller.begin_step(start - i)
-                eps = backbone.predict_noise(x, t, cond, uncond, scales)
-                controller.end_step()
-                mu = schedule.mu(x, eps, i)
-                sigma = float(sigmas[i - 1])
-                if sigma > 0:
-                    if inversion.zs is not None:
-                        z = inversion.zs[i - 1].to(x.device)
-                    else:  # no noise maps: one fresh noise shared by every row
-                        z = randn((1, *x.shape[1:]), generator, x.device)
-                    x = mu + sigma * z.expand_as(x)
-                else:
-                    x = mu
-                if blend_grid is not None:
-                    mask = controller.blend_mask(blend_grid, (h, w), o.threshold)
-                    x = x[:1] + mask * (x - x[:1])
+        hook = _P2PHook(backbone.unet, processors, controller, start, blend_grid, (h, w), o.threshold)
+        x = denoise(backbone, rule, start, inversion_guidance(backbone, inversion, cond, scales), [hook], "prompt_to_prompt")
+        mask = hook.mask
         return PromptToPromptResult(
             source=x[:1],
             targets=x[1:],

@@ -5,7 +5,8 @@ x_i = sqrt(ᾱ_i)·x0' + sqrt(1-ᾱ_i)·ε, and denoised with fresh DDPM noise (
 x0' is the inverted image with the color strokes, if any, painted directly onto the image
 (for latent models: decode, paint, encode). Only x0 of the inversion is used; its noise maps
 are not. The starting step is ``start_step`` if given, else round(strength·N) if ``strength``
-is given, else N - skip, like the other editors. Higher start steps follow the strokes more and
+is given, else N - skip, like the other editors. It runs the one reverse loop with a
+fresh-noise DDPM step rule of its own η, whatever the inversion's rule and conditioning. Higher start steps follow the strokes more and
 the input less: the fidelity/realism trade-off that noise-space color strokes avoid.
 """
 
@@ -22,10 +23,12 @@ from framework.inversion import Inversion
 from framework.random import randn
 from framework.registry import EDITORS
 from framework.sampling import (
+    DDPMRule,
+    Guidance,
     check_single_image,
+    denoise,
     expand_rows,
     prompt_free_conditioning,
-    reverse_process,
 )
 from plugins.editors.color_strokes import StrokesEditor, image_size, load_stroke_files
 
@@ -111,6 +114,6 @@ class SDEditEditor(StrokesEditor):
         a, b = schedule.noise_level(start)
         x0 = expand_rows(x0, k)
         x_start = a * x0 + b * randn(x0.shape, generator, x0.device)
-        return reverse_process(
-            backbone, x_start, schedule, start, cond, uncond, g, generator=generator, desc="sdedit"
-        )
+        # SDEdit uses only x0 of the inversion: its own fresh-noise DDPM rule and the null text
+        rule = DDPMRule(schedule, x_start.float(), None, generator)
+        return denoise(backbone, rule, start, Guidance(cond, uncond, g), desc="sdedit")

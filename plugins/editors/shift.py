@@ -29,9 +29,9 @@ from framework.registry import EDITORS
 from framework.sampling import (
     Editor,
     check_single_image,
-    expand_rows,
+    denoise,
+    inversion_guidance,
     prompt_free_conditioning,
-    reverse_process,
 )
 
 BORDERS = ("noise", "reflect", "wrap")
@@ -94,14 +94,20 @@ class ShiftEditor(Editor):
         o = self.options
         if o.border not in BORDERS:
             raise InputError(f"unknown border policy {o.border!r}; accepted: {', '.join(BORDERS)}")
+        fill_x, zs = self._shift(x_start, zs, noise_std, generator)
+        return shift_tensor(x_start, o.dx, o.dy, o.border, fill_x), zs
+
+    def _shift(
+        self, x_start: Tensor, zs: Tensor | None, noise_std: float, generator: torch.Generator | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """(the fill of x_start's uncovered strip or None, the shifted maps or None): the draws
+        of :meth:`shift_maps`, x_start's strip first."""
+        o = self.options
         fill_x = fill_z = None
         if o.border == "noise" and (o.dx or o.dy):
             fill_x = noise_std * randn(x_start.shape, generator, x_start.device)
             fill_z = None if zs is None else randn(zs.shape, generator, zs.device)
-        return (
-            shift_tensor(x_start, o.dx, o.dy, o.border, fill_x),
-            None if zs is None else shift_tensor(zs, o.dx, o.dy, o.border, fill_z),
-        )
+        return fill_x, None if zs is None else shift_tensor(zs, o.dx, o.dy, o.border, fill_z)
 
     @torch.no_grad()
     def edit(
@@ -117,23 +123,21 @@ class ShiftEditor(Editor):
         """(K, C, h, w) latents of the shifted image, one per target prompt (1 if none)."""
         check_single_image(inversion)
         start = inversion.check_skip(skip)
+        o = self.options
         schedule = backbone.schedule(inversion.num_steps, inversion.eta)
-        g = inversion.guidance_scale if self.options.guidance_scale is None else self.options.guidance_scale
-        k, cond, uncond = prompt_free_conditioning(backbone, target_prompts, g)
+        g = inversion.guidance_scale if o.guidance_scale is None else o.guidance_scale
+        k, cond, _ = prompt_free_conditioning(backbone, target_prompts, g)
         x_start = inversion.x_at(start).to(backbone.device)
         zs = None if inversion.zs is None else inversion.zs[:start].to(backbone.device)
         noise_std = schedule.noise_level(start)[1]
         # A deterministic (DDIM) inversion has no maps: only x_start is shifted.
-        x_start, zs = self.shift_maps(x_start, zs, noise_std, generator)
-        return reverse_process(
-            backbone,
-            expand_rows(x_start, k),
-            schedule,
-            start,
-            cond,
-            uncond,
-            g,
-            zs=zs,
-            generator=generator,
-            desc="shift",
+        # (EDICT's two sequences are shifted alike, with the same strip)
+        if o.border not in BORDERS:
+            raise InputError(f"unknown border policy {o.border!r}; accepted: {', '.join(BORDERS)}")
+        fill, zs = self._shift(x_start, zs, noise_std, generator)
+        rule = inversion.regeneration(
+            backbone, start, k, generator=generator, zs=zs,
+            transform=lambda x: shift_tensor(x, o.dx, o.dy, o.border, fill),
         )
+        guidance = inversion_guidance(backbone, inversion, cond, g if cond is not None else 1.0)
+        return denoise(backbone, rule, start, guidance, desc="shift")

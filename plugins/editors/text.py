@@ -1,8 +1,9 @@
 """Plain text editing (section 4): fix the inversion's noise maps, change the prompt.
 
 The reverse process starts at step N - skip from the inverted x_{N-skip} and runs with the
-target prompt(s) and the inversion's own z_i (and η). All targets form one batch: one forward
-pass per step for both guidance branches of every target.
+target prompt(s) and the inversion's own step rule (eq. 3 with its z_i and η; EDICT's coupled
+update) and unconditional embeddings (null-text, negative-prompt inversion). All targets form
+one batch: one forward pass per step for both guidance branches of every target.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from framework.inversion import Inversion
 from framework.registry import EDITORS
-from framework.sampling import Editor, expand_rows, reverse_process
+from framework.sampling import Editor, denoise, inversion_guidance
 
 
 @dataclass
@@ -44,19 +45,7 @@ class TextEditor(Editor):
     ) -> Tensor:
         targets = self.check_inputs(backbone, inversion, target_prompts)
         start = inversion.check_skip(skip)
-        schedule = backbone.schedule(inversion.num_steps, inversion.eta)
-        g = self.options.guidance_scale
         cond = backbone.encode_prompt(targets)
-        uncond = backbone.null_condition() if g != 1 else None
-        x_start = expand_rows(inversion.x_at(start).to(backbone.device), len(targets))
-        return reverse_process(
-            backbone,
-            x_start,
-            schedule,
-            start,
-            cond,
-            uncond,
-            g,
-            zs=inversion.zs,
-            generator=generator,
-        )
+        guidance = inversion_guidance(backbone, inversion, cond, self.options.guidance_scale)
+        rule = inversion.regeneration(backbone, start, len(targets), generator=generator)
+        return denoise(backbone, rule, start, guidance, desc="edit")

@@ -166,44 +166,13 @@ def check_source_latents(value: str, what: str) -> str:
     return value
 
 
-def follows_inversion(mode: str, zs: Tensor | None, schedule: Any) -> bool:
+def follows_inversion(mode: str, inversion: Any, schedule: Any) -> bool:
     """Whether the source row takes x_i from the inversion's stored trajectory at every step.
 
-    ``inversion`` mode always does. ``regenerate`` mode runs the source row through eq. 3 with
-    the inversion's noise maps, which reproduces the stored trajectory for edit-friendly and
-    CycleDiffusion inversions and follows it (up to DDIM's reconstruction error) for DDIM; an
-    inversion without noise maps but with σ > 0 cannot be regenerated and is followed instead.
+    ``inversion`` mode always does. ``regenerate`` mode runs the source row through the
+    inversion's step rule (eq. 3 with its noise maps, EDICT's coupled update), which reproduces
+    the stored trajectory for edit-friendly, CycleDiffusion and EDICT inversions and follows it
+    (up to the reconstruction error) for DDIM-like ones; an inversion without noise maps but
+    with σ > 0 cannot be regenerated and is followed instead.
     """
-    return mode == "inversion" or (zs is None and bool((schedule.sigma > 0).any()))
-
-
-def reverse_step(
-    schedule: Any,
-    x: Tensor,
-    eps: Tensor,
-    i: int,
-    zs: Tensor | None,
-    generator: torch.Generator | None,
-    n_source: int,
-) -> Tensor:
-    """Eq. 3 for a batch (n_source + K, C, h, w) whose first ``n_source`` rows are source rows.
-
-    With noise maps, z_i is the same for every row. Without them and σ_i > 0, the K target rows
-    draw fresh noise from ``generator`` (drawn exactly as the ``text`` editor draws it) and the
-    source rows get none (they then follow the inversion, see :func:`follows_inversion`).
-    """
-    from framework.random import randn
-
-    mu = schedule.mu(x, eps, i)
-    sigma = float(schedule.sigma[i - 1])
-    if sigma == 0:
-        return mu
-    if zs is not None:
-        z = zs[i - 1].to(x.device, torch.float32)
-        if z.shape[0] != x.shape[0]:
-            z = z.expand_as(x)
-    else:
-        k = x.shape[0] - n_source
-        z_t = randn((k, *x.shape[1:]), generator, x.device)
-        z = torch.cat([torch.zeros_like(x[:n_source]), z_t])
-    return mu + sigma * z
+    return mode == "inversion" or (inversion.zs is None and bool((schedule.sigma > 0).any()))

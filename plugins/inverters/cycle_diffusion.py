@@ -11,7 +11,9 @@ samples ONE chain from the forward process' posteriors given x0:
 i = n..2, with x_0 = x0. Only then are the noise maps extracted with eq. 5,
 z_i = (x_{i-1} - μ̂_i(x_i)) / σ_i, going down from step n (``extract_noise_maps``, which also
 resets x_{i-1} = μ̂_i + σ_i z_i so that the reverse pass reproduces x0 to float precision).
-The chain does not use the model, so it is fully drawn before the extraction.
+The chain does not use the model, so it is fully drawn before the extraction, and the
+extraction can evaluate several timesteps per network pass (``timestep_batch``, as for the
+edit-friendly inverter).
 
 Because consecutive x_i are coupled as in the forward process, the maps look like native DDPM
 noise (variance about 1, no correlation across steps): the paper's point of comparison.
@@ -22,15 +24,17 @@ inversion); CycleDiffusion's own paper uses η = 0.1 (``configs/inverter/cycle_d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 from torch import Tensor
 
+from framework.batched_inversion import check_timestep_batch
 from framework.inversion import Inverter
 from framework.random import randn
 from framework.registry import INVERTERS
 from framework.schedule import Schedule
-from plugins.inverters.ddpm_edit_friendly import extract_noise_maps
+from plugins.inverters.ddpm_edit_friendly import noise_maps
 
 
 @dataclass
@@ -40,6 +44,9 @@ class CycleDiffusionOptions:
     eta: float = 1.0  # in (0, 1]; the paper compares η = 1, CycleDiffusion's own default is 0.1
     guidance_scale: float = 3.5  # source classifier-free guidance, as the edit-friendly inverter
     zero_last_noise: bool = False  # True: z_1 = 0 (x0 is then not reproduced exactly)
+    # timesteps per network pass: 1 = sequential, N > 1, or "auto" (the chain is drawn first,
+    # so every network input is known up front, as for the edit-friendly sequence)
+    timestep_batch: Union[int, str] = 1  # noqa: UP007 - OmegaConf needs typing.Union
 
 
 def posterior_chain(
@@ -65,11 +72,15 @@ class CycleDiffusion(Inverter):
 
     Options = CycleDiffusionOptions
 
+    def __init__(self, options: CycleDiffusionOptions | None = None) -> None:
+        super().__init__(options)
+        check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
+
     def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
         """The posterior chain, then eq. 5 along it."""
         xts = posterior_chain(x0, schedule, n, generator)
-        zs = extract_noise_maps(
-            backbone, xts, schedule, cond, uncond, guidance_scale, self.options.zero_last_noise,
-            desc="cycle-invert",
+        zs = noise_maps(
+            backbone, xts, schedule, cond, uncond, guidance_scale, self.options.timestep_batch,
+            self.options.zero_last_noise, desc="cycle-invert",
         )
         return xts, zs

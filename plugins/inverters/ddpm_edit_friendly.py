@@ -5,16 +5,25 @@ x_i = sqrt(ᾱ_i) x0 + sqrt(1-ᾱ_i) ε̃_i, and the noise maps are extracted fr
 z_i = (x_{i-1} - μ̂_i(x_i)) / σ_i, going from the noisiest computed step down to step 1.
 After each extraction x_{i-1} is reset to μ̂_i(x_i) + σ_i z_i, so that the reverse process fed
 with these maps reproduces the sequence, and x0, to float precision.
+
+Because eq. 6 draws every x_i independently from x0, all network inputs are known up front:
+``timestep_batch`` > 1 (or ``auto``) evaluates that many timesteps per forward pass
+(:mod:`framework.batched_inversion`, which explains how the reset above carries over). The
+default, 1, is the sequential loop below, bit for bit as before; batched maps equal it to float
+tolerance (the network sees rounding-different inputs), not bit for bit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Union
 
 import torch
 from torch import Tensor
 
 from framework import progress
+from framework.backbone import check_finite
+from framework.batched_inversion import check_timestep_batch, extract_noise_maps_batched
 from framework.inversion import Inverter
 from framework.random import randn
 from framework.registry import INVERTERS
@@ -28,6 +37,8 @@ class DDPMEditFriendlyOptions:
     eta: float = 1.0  # stochasticity of the DDPM scheme, in (0, 1]
     guidance_scale: float = 3.5  # classifier-free guidance on the source prompt
     zero_last_noise: bool = False  # True: z_1 = 0 as the reference code (x0 is then not exact)
+    # timesteps per network pass: 1 = sequential (bit-identical to before), N > 1, or "auto"
+    timestep_batch: Union[int, str] = 1  # noqa: UP007 - OmegaConf needs typing.Union
 
 
 def auxiliary_sequence(
@@ -80,10 +91,40 @@ class DDPMEditFriendly(Inverter):
 
     Options = DDPMEditFriendlyOptions
 
+    def __init__(self, options: DDPMEditFriendlyOptions | None = None) -> None:
+        super().__init__(options)
+        check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
+
     def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
         """Eq. 6 then eq. 5: the independent-noise sequence and its noise maps."""
         xts = auxiliary_sequence(x0, schedule, n, generator)
-        zs = extract_noise_maps(
-            backbone, xts, schedule, cond, uncond, guidance_scale, self.options.zero_last_noise
+        zs = noise_maps(
+            backbone, xts, schedule, cond, uncond, guidance_scale, self.options.timestep_batch,
+            self.options.zero_last_noise,
         )
         return xts, zs
+
+
+def noise_maps(
+    backbone: Any,
+    xts: Tensor,
+    schedule: Schedule,
+    cond: Tensor | None,
+    uncond: Tensor | None,
+    guidance_scale: float,
+    timestep_batch: int | str,
+    zero_last_noise: bool,
+    desc: str = "invert",
+) -> Tensor:
+    """Eq. 5 along a sequence whose every x_i is known before the first network call (the
+    edit-friendly sequence, CycleDiffusion's chain): :func:`extract_noise_maps` for
+    ``timestep_batch`` 1, else :func:`extract_noise_maps_batched`; the maps are checked finite."""
+    batch = check_timestep_batch(timestep_batch)
+    if batch == 1:
+        zs = extract_noise_maps(backbone, xts, schedule, cond, uncond, guidance_scale, zero_last_noise, desc=desc)
+    else:
+        zs = extract_noise_maps_batched(
+            backbone, xts, schedule, cond, uncond, guidance_scale, batch, zero_last_noise, desc=desc
+        )
+    check_finite(zs, "the noise maps", getattr(backbone, "dtype", torch.float32), "backbone.dtype")
+    return zs

@@ -10,7 +10,10 @@ clip_score         clip_score, clip_score_edited  100·max(cos(CLIP img, CLIP tx
                                                   target prompt (↑); _edited: edited region only
 psnr / ssim / mse  psnr[_bg], ssim[_bg], mse[_bg] pixel fidelity to the input; _bg = PIE-Bench's
                                                   background preservation
-structure_distance structure_distance             DINO ViT key self-similarity distance (↓)
+structure_distance structure_distance             DINO ViT key self-similarity distance (↓);
+                                                  convention: pie_bench for PIE-Bench's 0-255 input
+pie_bench          structure_distance_x1e3, …     PIE-Bench's table (its names, its scales; see
+                                                  plugins/metrics/pie_bench.py)
 diversity          diversity                      mean pairwise LPIPS across seeds (↑)
 reconstruction     reconstruction_psnr            PSNR of the source-prompt reconstruction (↑)
 ================== ============================== ===============================================

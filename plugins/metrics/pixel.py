@@ -6,8 +6,11 @@ All three work on [0, 1] images (``data_range = 1``). With a mask (1 = edited re
 - ``psnr_bg``, ``ssim_bg``: PSNR / SSIM of the two images after multiplying both by the
   background mask (the edited region is black in both). PSNR is then over all pixels, so
   psnr_bg = 10·log10(1 / (f_bg · mse_bg)) with f_bg the background fraction.
-- ``mse_bg``: the mean squared error over background pixels only (sum over the background /
-  number of background values), PIE-Bench's normalisation.
+- ``mse_bg``: by default PIE-Bench's too: the mean squared error of the two masked images over
+  all pixels (torchmetrics ``MeanSquaredError`` on ``img * (1 - mask)``), so mse_bg = f_bg · (mean
+  over the background) and psnr_bg = 10·log10(1 / mse_bg), consistent with ``psnr_bg``. Option
+  ``bg_mean: background`` divides by the number of background values instead (the mean error of
+  a background pixel, independent of how large the background is).
 
 PIE-Bench's tables print MSE ×10⁴ and SSIM ×10²; the columns here are unscaled. Identical images
 have infinite PSNR; values are capped at ``max_db`` (default 100 dB) so that means stay finite.
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from framework.errors import ConfigError
 from framework.metrics import Metric, MetricInput
 from framework.registry import METRICS
 from plugins.metrics.common import background_mask, check_input, to_unit
@@ -58,6 +62,17 @@ class PixelOptions:
     """Options of ``ssim`` and ``mse``."""
 
     background: bool = True  # also fill the *_bg column (needs a mask; None without one)
+
+
+@dataclass
+class MSEOptions(PixelOptions):
+    """Options of ``mse``."""
+
+    bg_mean: str = "image"  # image: PIE-Bench (masked images, mean over all pixels) | background
+
+
+#: accepted values of MSEOptions.bg_mean
+BG_MEANS = ("image", "background")
 
 
 @dataclass
@@ -127,7 +142,19 @@ class SSIMMetric(_PixelMetric):
 class MSEMetric(_PixelMetric):
     """Mean squared error ([0, 1] pixels) of each edit against the input; mse_bg on the background."""
 
+    Options = MSEOptions
     name = "mse"
 
+    def __init__(self, options: MSEOptions | None = None) -> None:
+        super().__init__(options)
+        if self.options.bg_mean not in BG_MEANS:
+            raise ConfigError(
+                f"option bg_mean of metric 'mse' must be one of {', '.join(BG_MEANS)}, got {self.options.bg_mean!r}"
+            )
+
     def measure(self, a: Tensor, b: Tensor, bg: Tensor | None) -> Tensor:
-        return mse(a, b, bg)
+        if bg is None:
+            return mse(a, b)
+        if self.options.bg_mean == "background":
+            return mse(a, b, bg)
+        return mse(a * bg, b * bg)  # PIE-Bench: both images masked, mean over every value

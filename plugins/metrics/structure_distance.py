@@ -7,6 +7,13 @@ difference of their two matrices, ``mean((S_src - S_edit)²)``; lower = structur
 PIE-Bench uses ``dino_vitb8`` (here ``facebook/dino-vitb8`` through transformers' ``ViTModel``),
 images resized to 224 and normalised with ImageNet statistics, and prints the value ×10³.
 
+Input range (option ``convention``): ImageNet normalisation expects pixels in [0, 1], and that is
+what ``standard`` (the default) feeds. PIE-Bench's evaluation code feeds the 8-bit pixel values
+(0–255, never divided by 255) through the same normalisation, so its inputs are about 255/0.23
+≈ 1100 instead of about ±2. Its published structure distances are on that scale of input; to
+compare with them use ``convention: pie_bench`` (0–255 inputs, the image quantised to 8 bits as
+it is when read back from a PNG). The two conventions give different numbers for the same pair.
+
 ``model`` takes a hub id or a local folder with a ``ViTModel`` saved by ``save_pretrained``.
 """
 
@@ -18,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from framework.errors import ConfigError
 from framework.metrics import MetricInput
 from framework.registry import METRICS
 from plugins.metrics.common import NetworkMetric, chunks, load_hf, to_unit
@@ -58,6 +66,11 @@ class StructureOptions:
     batch_size: int = 8
     local_files_only: bool = False
     on_missing: str = "error"  # error | skip
+    convention: str = "standard"  # standard: [0, 1] pixels | pie_bench: 0-255 pixels (PIE-Bench's code)
+
+
+#: accepted values of StructureOptions.convention
+CONVENTIONS = ("standard", "pie_bench")
 
 
 @METRICS.register("structure_distance")
@@ -68,6 +81,11 @@ class StructureDistanceMetric(NetworkMetric):
 
     def __init__(self, options: StructureOptions | None = None) -> None:
         super().__init__(options)
+        if self.options.convention not in CONVENTIONS:
+            raise ConfigError(
+                f"option convention of metric {self.registered_name!r} must be one of "
+                f"{', '.join(CONVENTIONS)}, got {self.options.convention!r}"
+            )
         self.columns = ("structure_distance",)
         self.model = None
 
@@ -90,6 +108,8 @@ class StructureDistanceMetric(NetworkMetric):
         """(B, 3, H, W) in [-1, 1] -> (B, T, D) last-layer keys (T = 1 + patches)."""
         side = self.options.resolution or int(self.model.config.image_size)
         x = to_unit(images).to(self.device)
+        if self.options.convention == "pie_bench":
+            x = torch.round(x * 255.0)  # 8-bit pixel values, not divided by 255 (PIE-Bench)
         if tuple(x.shape[-2:]) != (side, side):
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)

@@ -1,0 +1,119 @@
+"""The demo's model side without a server: the default backbone, the options boxes, the cache key,
+the shipped examples, and that the rest of the CLI never imports Gradio."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from framework.demo import DemoEngine, EditRequest, InversionCache, inversion_key, load_examples, parse_options
+from framework.errors import ConfigError, InputError, WeightsNotFoundError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cli_parser_and_list_do_not_import_gradio() -> None:
+    code = (
+        "import sys, io, contextlib\n"
+        "from framework.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['list']) == 0\n"
+        "print('gradio' in sys.modules, 'framework.demo' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert out.stdout.split() == ["False", "True"]  # the parser is there, Gradio is not
+
+
+def test_default_backbone_is_digits_where_it_loads_otherwise_tiny(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import framework.config
+
+    tried: list[str] = []
+
+    def fake_load(cls, name, out, device):  # noqa: ANN001
+        tried.append(name)
+        if name == "digits":
+            raise WeightsNotFoundError("no weights for digits here")
+        return name
+
+    monkeypatch.setattr(DemoEngine, "_load_one", classmethod(fake_load))
+    # digits registered but its weights missing: tiny, after trying digits
+    monkeypatch.setattr(framework.config, "preset_names", lambda group: ["digits", "tiny"])
+    assert DemoEngine.load(None, tmp_path) == "tiny" and tried == ["digits", "tiny"]
+    # digits not there at all: tiny, without trying digits
+    tried.clear()
+    monkeypatch.setattr(framework.config, "preset_names", lambda group: ["tiny"])
+    assert DemoEngine.load(None, tmp_path) == "tiny" and tried == ["tiny"]
+    # an explicit --backbone is loaded as given, errors included
+    tried.clear()
+    with pytest.raises(WeightsNotFoundError):
+        DemoEngine.load("digits", tmp_path)
+
+
+def test_options_boxes_round_trip_and_reject_bad_yaml() -> None:
+    text, guidance, doc = DemoEngine.preset_options("inverter", "ddpm_edit_friendly_reference")
+    assert guidance == 3.5 and "ddpm_edit_friendly" in doc
+    assert parse_options(text, "inverter") == {"eta": 1.0, "zero_last_noise": True, "timestep_batch": 1}
+    # editors whose guidance defaults to the inversion's keep it in the box, not on the slider
+    text, guidance, _ = DemoEngine.preset_options("editor", "shift")
+    assert guidance is None and parse_options(text, "editor")["guidance_scale"] is None
+    assert parse_options("", "editor") == {}
+    with pytest.raises(ConfigError, match="editor options must be 'key: value' lines"):
+        parse_options("- a\n- b", "editor")
+    with pytest.raises(ConfigError, match="could not parse the inverter options"):
+        parse_options("eta: [1", "inverter")
+
+
+def test_compose_applies_presets_boxes_and_sliders(tmp_path: Path) -> None:
+    engine = DemoEngine(backbone=None, backbone_cfg={"name": "tiny"}, backbone_name="tiny", out=tmp_path)
+    req = EditRequest(
+        image=None, source_prompt="a", target_prompts="b", inverter="cycle_diffusion_eta01",
+        inverter_options="zero_last_noise: true", inverter_guidance=2.0, editor="prompt_to_prompt",
+        editor_options="", editor_guidance=7.0, num_steps=20.0, skip=4.0, seed=3.0,
+    )  # fmt: skip
+    cfg = engine.compose(req)
+    assert dict(cfg.inverter) == {
+        "name": "cycle_diffusion", "eta": 0.1, "guidance_scale": 2.0, "zero_last_noise": True, "timestep_batch": 1
+    }
+    assert cfg.editor.name == "prompt_to_prompt" and cfg.editor.guidance_scale == 7.0
+    assert (cfg.num_steps, cfg.skip, cfg.seed) == (20, 4, 3)
+    with pytest.raises(InputError, match="seed must be a whole number"):
+        engine.compose(EditRequest(**{**req.__dict__, "seed": 1.5}))
+    with pytest.raises(ConfigError, match="unknown option 'etta'"):
+        engine.compose(EditRequest(**{**req.__dict__, "inverter_options": "etta: 1"}))
+
+
+def test_inversion_key_and_cache() -> None:
+    args = ("abc", {"name": "tiny"}, "a cat", {"name": "ddpm_edit_friendly", "eta": 1.0}, 100, 36, 0)
+    key = inversion_key(*args)
+    assert key == inversion_key(*args)
+    for i, other in enumerate(("abd", {"name": "tiny", "seed": 1}, "a dog", {"name": "ddim"}, 50, 12, 1)):
+        changed = list(args)
+        changed[i] = other
+        assert inversion_key(*changed) != key, i
+    cache = InversionCache(capacity=2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recent
+    cache.put("c", 3)
+    assert (cache.get("b"), cache.get("a"), cache.get("c"), len(cache)) == (None, 1, 3, 2)
+
+
+def test_examples_come_from_the_shipped_data_lists(tmp_path: Path) -> None:
+    examples = load_examples()
+    flower = [e for e in examples if Path(e["image"]).name == "flower.png"]
+    assert len(flower) == 1 and flower[0]["source"] == "a pink flower with green leaves"
+    assert flower[0]["targets"].splitlines() == ["a yellow flower with green leaves", "a pink flower made of paper"]
+    assert all(Path(e["image"]).is_file() for e in examples)
+    # a list entry whose image is missing is left out; an image no list names comes with empty prompts
+    (tmp_path / "list.yaml").write_text("- {init_img: gone.png, source_prompt: a}\n- {init_img: a.png, source_prompt: b}\n")
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    found = [(Path(e["image"]).name, e["source"]) for e in load_examples(tmp_path)]
+    assert found == [("a.png", "b"), ("b.png", "")]
