@@ -134,7 +134,9 @@ def test_every_prompt_driven_editor_reaches_the_target(digits, editor: str) -> N
     inv = INVERTERS.build({"name": "ddpm_edit_friendly", "guidance_scale": 3.5})
     skip = {"text": 18, "prompt_to_prompt": 6, "plug_and_play": 0, "zero_shot": 0, "sdedit": 18}[editor]
     guidance = 5.0 if editor == "zero_shot" else 7.5
-    ed = EDITORS.build({"name": editor, "guidance_scale": guidance})
+    extra = {"plug_and_play": {"negative_prompt": ""},  # its SD negative prompt has 30 tokens; this model takes 16
+             "zero_shot": {"negative_prompt": "empty", "attention_guidance": "conditional"}}.get(editor, {})
+    ed = EDITORS.build({"name": editor, "guidance_scale": guidance, **extra})
     rates = edit_rates(cases, run_edits(digits, inv, ed, cases, 50, skip))
     print(editor, rates)
     # chance: 0.25 (one of the four colours other than the source's fg and bg). Measured on these
