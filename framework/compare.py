@@ -80,6 +80,19 @@ HIGHER_IS_BETTER = {
     "mse": False,
     "mse_bg": False,
     "structure_distance": False,
+    "shape_iou": True,
+    "color_reached": True,
+    "attr_reached": True,
+    "attr_kept": True,
+    "attr_success": True,
+}
+#: axis labels of the scatter for known columns
+AXIS_LABELS = {
+    "lpips": "lpips (lower: structure preserved)",
+    "clip_score": "clip_score (higher: prompt followed)",
+    "shape_iou": "shape_iou (higher: structure preserved)",
+    "color_reached": "color_reached (higher: prompt followed)",
+    "attr_reached": "attr_reached (higher: prompt followed)",
 }
 MISSING = ("", "none", "null", "nan", "na", "n/a")
 
@@ -453,8 +466,8 @@ def scatter_plot(groups: list[Group], x: str, y: str, path: Path) -> bool:
             text = ", ".join(v for _, v in g.params if v != "")
             if text:
                 ax.annotate(text, (gx, gy), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
-    ax.set_xlabel(f"{x} (lower: structure preserved)" if x == "lpips" else x)
-    ax.set_ylabel(f"{y} (higher: prompt followed)" if y == "clip_score" else y)
+    ax.set_xlabel(AXIS_LABELS.get(x, x))
+    ax.set_ylabel(AXIS_LABELS.get(y, y))
     ax.set_title(f"{y} vs {x}: one point per method setting (mean ± 95% CI)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -624,15 +637,22 @@ def compare(
     seed: int = 0,
     metrics: Sequence[str] | None = None,
     params: Sequence[str] | None = None,
-    x: str = "lpips",
-    y: str = "clip_score",
+    x: str | None = None,
+    y: str | None = None,
     wandb: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the report; returns {"out", "report_md", "report_html", "summary_csv", "scatter", "grids", "groups", ...}."""
+    """Write the report; returns {"out", "report_md", "report_html", "summary_csv", "scatter", "grids", "groups", ...}.
+
+    The scatter's columns: ``x``/``y``, else the first run config's ``compare: {x: ..., y: ...}``
+    (e.g. the digits benchmark's shape_iou and color_reached), else lpips and clip_score.
+    """
     if not run_dirs:
         raise InputError("give at least one RUN_DIR")
     runs = [read_run(d) for d in run_dirs]
     unique_labels(runs)
+    axes = next((r.config["compare"] for r in runs if isinstance((r.config or {}).get("compare"), dict)), {})
+    x = x or str(axes.get("x") or "lpips")
+    y = y or str(axes.get("y") or "clip_score")
     if not any(r.rows for r in runs):
         raise InputError(f"no rows in {', '.join(str(r.path / 'results.csv') for r in runs)}")
     out = Path(out) if out else default_out([str(d) for d in run_dirs])
@@ -779,8 +799,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--seed", type=int, default=0, help="seed of the item sample (default 0)")
     p.add_argument("--metrics", nargs="+", metavar="COL", help="metric columns (default: detected)")
     p.add_argument("--params", nargs="+", metavar="COL", help="parameter columns (default: detected)")
-    p.add_argument("--x", default="lpips", help="scatter x column (default lpips)")
-    p.add_argument("--y", default="clip_score", help="scatter y column (default clip_score)")
+    p.add_argument("--x", help="scatter x column (default: the run config's compare.x, else lpips)")
+    p.add_argument("--y", help="scatter y column (default: the run config's compare.y, else clip_score)")
     p.add_argument("--wandb", action="store_true", help="also log the report to wandb (offline unless --wandb-mode online)")
     p.add_argument("--no-wandb", action="store_true", help="do not log to wandb even if a run's config has a wandb logger")
     p.add_argument("--wandb-project", help="wandb project (default: the run's logger.project or editfriendly)")

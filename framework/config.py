@@ -389,6 +389,8 @@ def backbone_config(name_or_path: str) -> dict[str, Any]:
         return group_node("backbone", name_or_path)
     if is_pixel_model_folder(name_or_path):
         return {"name": "pixel_ddpm", "model": name_or_path}
+    if is_text_pixel_model_folder(name_or_path):
+        return {"name": "text_pixel_ddpm", "model": name_or_path}
     if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).exists():
         # Not a folder and not owner/name: a typo of a preset, not a hub id worth a lookup.
         names = sorted(set(preset_names("backbone")) | set(BACKBONES.names()))
@@ -399,6 +401,18 @@ def backbone_config(name_or_path: str) -> dict[str, Any]:
                 "or a hub id owner/name, or a local diffusers folder)"
             )
     return {"name": "stable_diffusion", "model": name_or_path}
+
+
+def is_text_pixel_model_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a local folder of a text-conditional pixel model (``unet/`` and
+    ``text_encoder/`` without ``vae/``, as ``scripts/train_digits.py`` writes)."""
+    folder = Path(path)
+    return (
+        folder.is_dir()
+        and (folder / "unet").is_dir()
+        and (folder / "text_encoder").is_dir()
+        and not (folder / "vae").exists()
+    )
 
 
 def is_pixel_model_folder(path: str | Path) -> bool:

@@ -1,5 +1,6 @@
 """Built-in plugins. Each module registers itself on import; the imports are explicit."""
 
+from plugins.backbones import digits  # noqa: F401
 from plugins.backbones import gaussian  # noqa: F401
 from plugins.backbones import pixel_ddpm  # noqa: F401
 from plugins.backbones import sd14_random  # noqa: F401
@@ -19,13 +20,16 @@ from plugins.editors import shift  # noqa: F401
 from plugins.editors import text  # noqa: F401
 from plugins.editors import zero_shot  # noqa: F401
 from plugins.metrics import clip_score  # noqa: F401
+from plugins.metrics import digit_attributes  # noqa: F401
 from plugins.metrics import diversity  # noqa: F401
 from plugins.metrics import lpips_distance  # noqa: F401
 from plugins.metrics import pixel  # noqa: F401
 from plugins.metrics import pie_bench  # noqa: F401
 from plugins.metrics import reconstruction  # noqa: F401
+from plugins.metrics import shape_iou  # noqa: F401
 from plugins.metrics import structure_distance  # noqa: F401
 from plugins.metrics import time  # noqa: F401
+from plugins.datasets import digits as digits_data  # noqa: F401
 from plugins.datasets import folder  # noqa: F401
 from plugins.datasets import pie_bench  # noqa: F401
 from plugins.datasets import yaml_list  # noqa: F401

@@ -49,8 +49,8 @@ class TinyOptions:
     truncate_prompts: bool = False
 
 
-def build_tokenizer():  # noqa: ANN201
-    """A CLIP BPE tokenizer over the 256 byte symbols plus merges that make ``WORDS`` whole."""
+def build_tokenizer(words: tuple[str, ...] | list[str] = WORDS):  # noqa: ANN201
+    """A CLIP BPE tokenizer over the 256 byte symbols plus merges that make ``words`` whole."""
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
@@ -61,7 +61,7 @@ def build_tokenizer():  # noqa: ANN201
     for s in symbols:
         vocab.setdefault(s + "</w>", len(vocab))
     merges: list[tuple[str, str]] = []
-    for word in WORDS:
+    for word in words:
         current = word[0]
         for j, ch in enumerate(word[1:]):
             nxt = ch + ("</w>" if j == len(word) - 2 else "")

@@ -11,8 +11,9 @@ Layer names are module paths inside the UNet (``up_blocks.1.resnets.1``). Defaul
 for Stable Diffusion 1.x/2.x (4 up blocks of 3 resnets/attentions); :func:`resolve_layers`
 maps them onto smaller UNets (the tiny test model has 2 up blocks of 2) with this rule: a path
 the UNet has is used as it is; a path ``{down_blocks|up_blocks}.B.{resnets|attentions}.J`` that
-it lacks is mapped to the nearest existing layer by clamping B to the last block, then J to that
-block's last layer; duplicates are dropped. Any other missing path is a configuration error.
+it lacks is mapped to the nearest existing layer by clamping B to the last block (stepping back
+to the nearest earlier block that has such layers, as the digits model's attention-free outermost
+decoder block needs), then J to that block's last layer; duplicates are dropped. Any other missing path is a configuration error.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def resolve_layer(unet: nn.Module, path: str, what: str) -> str:
     if not blocks:
         raise ConfigError(f"{what}: the UNet has no {group} (layer {path!r})")
     b = min(b, len(blocks) - 1)
+    # a block without such layers (e.g. a small UNet's attention-free outermost block): the
+    # nearest block before it that has them
+    while b > 0 and not getattr(blocks[b], kind, None):
+        b -= 1
     layers = getattr(blocks[b], kind, None)
     if not layers:
         raise ConfigError(

@@ -1,0 +1,257 @@
+"""Text-conditional pixel-space DDPMs, and ``digits``: the trained model that ships with the project.
+
+:class:`TextPixelBackbone` (``text_pixel_ddpm``) loads a diffusers folder made of the same
+component types as Stable Diffusion minus the VAE: ``unet/`` (a ``UNet2DConditionModel`` with
+cross-attention), ``text_encoder/`` (a ``CLIPTextModel``), ``tokenizer/`` (a ``CLIPTokenizer``)
+and ``scheduler/``. x0 is the image itself, as for :mod:`plugins.backbones.pixel_ddpm`
+(``encode_image``/``decode`` are the identity on [-1, 1] pixels, predicted x0 clamped where the
+scheduler config says ``clip_sample``); prompts are encoded by the CLIP text model, so every
+prompt-driven editor (text, Prompt-to-Prompt, Plug-and-Play, Zero-Shot, SDEdit) runs on it.
+
+``digits`` is that backbone with the model trained by ``scripts/train_digits.py`` on coloured
+scikit-learn digits (:mod:`framework.digits`), whose weights ship in
+``plugins/backbones/digits_model/`` (a few MB). Prompts follow the grammar
+``a {fg} {digit} on a {bg} background``. No download, ever: it is the model of the README's
+first command, of the digits benchmark and of the tests that check edits do what they ask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from framework.backbone import Backbone, resolve_device, resolve_dtype
+from framework.errors import InputError, WeightsNotFoundError
+from framework.registry import BACKBONES
+from plugins.backbones.pixel_ddpm import PixelDDPMBackbone
+
+#: the shipped weights of the ``digits`` backbone
+DIGITS_MODEL = Path(__file__).resolve().parent / "digits_model"
+#: tokens per prompt (start and end included): the grammar's prompts have 8 words
+DIGITS_MAX_TOKENS = 16
+
+
+@dataclass
+class TextPixelOptions:
+    """Options of the ``text_pixel_ddpm`` backbone."""
+
+    model: str = str(DIGITS_MODEL)  # a local diffusers folder (unet, text_encoder, tokenizer, scheduler)
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (networks only)
+    device: str = "auto"
+    local_files_only: bool = True
+    # Stable Diffusion's step convention (σ_1 > 0, so edit-friendly inversion is exact)
+    steps_offset: int | None = 1
+    set_alpha_to_one: bool = False
+    clip_sample: bool | None = None  # None: the scheduler config's clip_sample
+
+
+@BACKBONES.register("text_pixel_ddpm")
+class TextPixelBackbone(PixelDDPMBackbone):
+    """A text-conditional pixel-space diffusion model (UNet2DConditionModel + CLIP text encoder)."""
+
+    Options = TextPixelOptions  # type: ignore[assignment]
+    conditional = True
+    pixel_space = True
+
+    def __init__(self, options: TextPixelOptions | None = None) -> None:
+        Backbone.__init__(self)
+        from diffusers import DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers.utils import logging as hf_logging
+
+        self.options = options = options or TextPixelOptions()
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype)
+        kw: dict[str, Any] = {"local_files_only": options.local_files_only}
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a few-MB local model needs no progress bars
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer", **kw)
+            self.text_encoder = CLIPTextModel.from_pretrained(
+                options.model, subfolder="text_encoder", dtype=self.dtype, **kw
+            )
+            self.unet = UNet2DConditionModel.from_pretrained(
+                options.model, subfolder="unet", torch_dtype=self.dtype, low_cpu_mem_usage=False, **kw
+            )
+            sched_cfg = DDIMScheduler.load_config(options.model, subfolder="scheduler", **kw)
+        except (OSError, ValueError) as exc:
+            raise WeightsNotFoundError(
+                f"could not load a text-conditional pixel diffusion model (unet, text_encoder, tokenizer, "
+                f"scheduler) from {options.model!r}: {str(exc).splitlines()[0]}\n"
+                "Give a folder written by scripts/train_digits.py (backbone.model=PATH), or use "
+                "--backbone digits for the shipped model."
+            ) from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        for module in (self.text_encoder, self.unet):
+            module.requires_grad_(False)
+            module.eval()
+            module.to(self.device)
+        self.set_scheduler(
+            DDIMScheduler.from_config(
+                sched_cfg, timestep_spacing="leading", set_alpha_to_one=options.set_alpha_to_one,
+                **({} if options.steps_offset is None else {"steps_offset": options.steps_offset}),
+            )
+        )
+        cfg = self.scheduler.config
+        self.clip_sample = bool(cfg.get("clip_sample", False) if options.clip_sample is None else options.clip_sample)
+        self.clip_sample_range = float(cfg.get("clip_sample_range", 1.0))
+        self.channels = int(self.unet.config.in_channels)
+        if self.channels not in (1, 3):
+            raise InputError(f"text_pixel_ddpm needs a 1- or 3-channel image model, got in_channels={self.channels}")
+        size = self.unet.config.sample_size
+        self.resolution = int(size if isinstance(size, int) else size[0])
+        self.size_multiple = 2 ** (len(self.unet.config.down_block_types) - 1)
+        self.max_tokens = int(self.text_encoder.config.max_position_embeddings)
+        self._prompt_cache: dict[str, Tensor] = {}
+
+    # ----------------------------------------------------------------- prompts
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> Tensor:
+        """(K,) prompts -> CLIP text embeddings (K, L, D) float32, L = ``max_tokens``."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise InputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            full = self.tokenizer(missing, truncation=False, verbose=False).input_ids
+            for prompt, ids in zip(missing, full):
+                if len(ids) > self.max_tokens:
+                    raise InputError(
+                        f"prompt {prompt!r} has {len(ids)} tokens but this model's text encoder takes "
+                        f"{self.max_tokens} (start and end included); shorten it"
+                    )
+            ids = self.tokenizer(
+                missing, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
+            emb = self.text_encoder(ids)[0].float()
+            for prompt, e in zip(missing, emb):
+                self._prompt_cache[prompt] = e
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    def token_ids(self, prompt: str) -> list[int]:
+        """The token ids of ``prompt`` (with start and end tokens), for attention editors."""
+        return list(self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids)
+
+    # ----------------------------------------------------------------- network
+    def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
+        if cond is None:
+            raise InputError("this text-conditional model needs a prompt conditioning")
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype), return_dict=False)[0]
+        return out.float()
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["class"] = type(self).__name__
+        return d
+
+
+@BACKBONES.register("digits")
+class DigitsBackbone(TextPixelBackbone):
+    """The shipped model trained on coloured scikit-learn digits (see the module docstring)."""
+
+    def __init__(self, options: TextPixelOptions | None = None) -> None:
+        options = options or TextPixelOptions()
+        if not (Path(options.model) / "unet").is_dir() and Path(options.model) == DIGITS_MODEL:
+            raise WeightsNotFoundError(
+                f"the digits model is missing from {DIGITS_MODEL}; it ships with the repository "
+                "(re-create it with: python scripts/train_digits.py --out plugins/backbones/digits_model)"
+            )
+        super().__init__(options)
+
+
+# --------------------------------------------------------------------- building the model
+@dataclass
+class DigitsArchitecture:
+    """The architecture of a digits model (what ``scripts/train_digits.py`` builds)."""
+
+    resolution: int = 16
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    cross_attention_dim: int = 64
+    text_layers: int = 2
+    attention_head_dim: int = 8
+
+
+def build_digits_tokenizer():  # noqa: ANN201
+    """A CLIP BPE tokenizer whose merges make each word of the digits grammar one token."""
+    from framework.digits import WORDS
+    from plugins.backbones.tiny import build_tokenizer
+
+    tok = build_tokenizer(WORDS)
+    tok.model_max_length = DIGITS_MAX_TOKENS
+    return tok
+
+
+def build_digits_model(arch: DigitsArchitecture, seed: int) -> tuple[Any, Any, Any, Any]:
+    """(unet, text_encoder, tokenizer, noise scheduler), freshly initialised from ``seed``."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    levels = len(arch.block_out_channels)
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1)
+    up = ("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",)
+    tokenizer = build_digits_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=arch.resolution,
+            in_channels=3,
+            out_channels=3,
+            layers_per_block=1,
+            block_out_channels=tuple(arch.block_out_channels),
+            down_block_types=down,
+            up_block_types=up,
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            cross_attention_dim=arch.cross_attention_dim,
+            attention_head_dim=arch.attention_head_dim,
+            norm_num_groups=8,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=arch.cross_attention_dim,
+                intermediate_size=2 * arch.cross_attention_dim,
+                num_hidden_layers=arch.text_layers,
+                num_attention_heads=4,
+                max_position_embeddings=DIGITS_MAX_TOKENS,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        clip_sample=True,
+        prediction_type="epsilon",
+    )
+    return unet, text_encoder, tokenizer, scheduler
+
+
+def save_digits_model(folder: Path, unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, **extra: Any) -> None:
+    """Write the diffusers folder: unet/, text_encoder/, tokenizer/, scheduler/, model_index.json."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(folder / "unet")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    scheduler.save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "EditFriendlyTextPixelDDPM",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", type(scheduler).__name__],
+        **extra,
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=1))
