@@ -145,6 +145,20 @@ def test_every_prompt_driven_editor_reaches_the_target(digits, editor: str) -> N
     assert rates["attr_reached"] >= 0.6, rates
 
 
+def test_plug_and_play_default_negative_prompt_names_the_option_on_a_small_text_encoder(digits) -> None:
+    """pnp-diffusers' default negative prompt (30 tokens) does not fit this model's 16: the
+    error names the option and the fix instead of the prompt the user never typed."""
+    from framework.errors import InputError
+
+    x0 = digits.encode_image(D.render_indices([1500], ["red"], ["black"], 16))
+    source, target = "a red seven on a black background", "a blue seven on a black background"
+    inv = INVERTERS.build({"name": "ddpm_edit_friendly"}).invert(digits, x0, source, num_steps=6, skip=0)
+    with pytest.raises(InputError, match=r"plug_and_play\.negative_prompt .*editor\.negative_prompt=''"):
+        EDITORS.build({"name": "plug_and_play"}).edit(digits, inv, source, [target], skip=0)
+    out = EDITORS.build({"name": "plug_and_play", "negative_prompt": ""}).edit(digits, inv, source, [target], skip=0)
+    assert out.shape == x0.shape
+
+
 @pytest.mark.slow
 def test_benchmark_config_runs_and_compare_draws_the_tradeoff(tmp_path: Path) -> None:
     import subprocess

@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from framework.errors import ConfigError
+from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
 from framework.sampling import (
@@ -338,7 +338,16 @@ class PlugAndPlay(Editor):
         k = len(targets)
         src_cond = backbone.encode_prompt([source])
         tgt_cond = backbone.encode_prompt(targets)
-        negative = backbone.encode_prompt([o.negative_prompt]) if o.negative_prompt else None
+        negative = None
+        if o.negative_prompt:
+            try:
+                negative = backbone.encode_prompt([o.negative_prompt])
+            except InputError as exc:  # e.g. longer than a small model's text encoder takes
+                raise InputError(
+                    f"plug_and_play.negative_prompt (default: pnp-diffusers' {PNP_NEGATIVE_PROMPT!r}) does not "
+                    f"suit this backbone: {exc}. Set editor.negative_prompt='' (the null text) or a "
+                    "shorter negative prompt"
+                ) from None
         rule = inversion.regeneration(backbone, start, 1 + k, generator=generator, n_source=1)
         follow = follows_inversion(o.source_latents, inversion, rule.schedule)
         ctl = _Injection(start, injection_steps(o.feature_injection, start), injection_steps(o.attention_injection, start))
