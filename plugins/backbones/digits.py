@@ -93,21 +93,7 @@ class TextPixelBackbone(PixelDDPMBackbone):
             module.requires_grad_(False)
             module.eval()
             module.to(self.device)
-        self.set_scheduler(
-            DDIMScheduler.from_config(
-                sched_cfg, timestep_spacing="leading", set_alpha_to_one=options.set_alpha_to_one,
-                **({} if options.steps_offset is None else {"steps_offset": options.steps_offset}),
-            )
-        )
-        cfg = self.scheduler.config
-        self.clip_sample = bool(cfg.get("clip_sample", False) if options.clip_sample is None else options.clip_sample)
-        self.clip_sample_range = float(cfg.get("clip_sample_range", 1.0))
-        self.channels = int(self.unet.config.in_channels)
-        if self.channels not in (1, 3):
-            raise InputError(f"text_pixel_ddpm needs a 1- or 3-channel image model, got in_channels={self.channels}")
-        size = self.unet.config.sample_size
-        self.resolution = int(size if isinstance(size, int) else size[0])
-        self.size_multiple = 2 ** (len(self.unet.config.down_block_types) - 1)
+        self.configure_pixels(sched_cfg, options, "text_pixel_ddpm")
         self.max_tokens = int(self.text_encoder.config.max_position_embeddings)
         self._prompt_cache: dict[str, Tensor] = {}
 

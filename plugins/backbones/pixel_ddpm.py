@@ -107,6 +107,13 @@ class PixelDDPMBackbone(Backbone):
         self.unet.requires_grad_(False)
         self.unet.eval()
         self.unet.to(self.device)
+        self.configure_pixels(sched_cfg, options, "pixel_ddpm")
+
+    def configure_pixels(self, sched_cfg: Any, options: Any, kind: str) -> None:
+        """The DDIM schedule ("leading" spacing, the options' ``set_alpha_to_one``/``steps_offset``),
+        x0 clipping and the image geometry of a pixel-space model whose ``unet`` is loaded."""
+        from diffusers import DDIMScheduler
+
         self.set_scheduler(
             DDIMScheduler.from_config(
                 sched_cfg, timestep_spacing="leading", set_alpha_to_one=options.set_alpha_to_one,
@@ -118,7 +125,7 @@ class PixelDDPMBackbone(Backbone):
         self.clip_sample_range = float(cfg.get("clip_sample_range", 1.0))
         self.channels = int(self.unet.config.in_channels)
         if self.channels not in (1, 3):
-            raise InputError(f"pixel_ddpm needs a 1- or 3-channel image model, got in_channels={self.channels}")
+            raise InputError(f"{kind} needs a 1- or 3-channel image model, got in_channels={self.channels}")
         size = self.unet.config.sample_size
         self.resolution = int(size if isinstance(size, int) else size[0])
         self.size_multiple = 2 ** (len(self.unet.config.down_block_types) - 1)
