@@ -23,7 +23,7 @@ from torch import Tensor
 
 from framework import progress
 from framework.backbone import check_finite
-from framework.batched_inversion import check_timestep_batch, extract_noise_maps_batched
+from framework.batched_inversion import check_timestep_batch, extract_noise_maps_batched, noise_map_step
 from framework.inversion import Inverter
 from framework.random import randn
 from framework.registry import INVERTERS
@@ -70,18 +70,10 @@ def extract_noise_maps(
     """
     n = xts.shape[0] - 1
     zs = torch.empty_like(xts[1:])
-    sigmas = schedule.sigma
     for i in progress.steps(range(n, 0, -1), desc=desc, total=n):
         t = int(schedule.timesteps[i - 1])
         eps = backbone.predict_noise(xts[i], t, cond, uncond, guidance_scale)
-        mu = schedule.mu(xts[i], eps, i)
-        sigma = float(sigmas[i - 1])
-        if sigma == 0 or (i == 1 and zero_last_noise):
-            zs[i - 1] = 0
-        else:
-            zs[i - 1] = (xts[i - 1] - mu) / sigma
-        if i > 1:
-            xts[i - 1] = mu + sigma * zs[i - 1]
+        noise_map_step(xts, zs, i, eps, schedule, zero_last_noise)
     return zs
 
 
