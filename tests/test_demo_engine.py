@@ -46,9 +46,12 @@ def test_default_backbone_is_digits_where_it_loads_otherwise_tiny(monkeypatch: p
     # digits registered but its weights missing: tiny, after trying digits
     monkeypatch.setattr(framework.config, "preset_names", lambda group: ["digits", "tiny"])
     assert DemoEngine.load(None, tmp_path) == "tiny" and tried == ["digits", "tiny"]
-    # digits not there at all: tiny, without trying digits
+    # digits not there at all (neither a preset nor a registered backbone): tiny, without trying digits
     tried.clear()
     monkeypatch.setattr(framework.config, "preset_names", lambda group: ["tiny"])
+    from framework.registry import BACKBONES
+
+    monkeypatch.setattr(BACKBONES, "names", lambda: ["tiny"])
     assert DemoEngine.load(None, tmp_path) == "tiny" and tried == ["tiny"]
     # an explicit --backbone is loaded as given, errors included
     tried.clear()
