@@ -99,12 +99,10 @@ def test_noise_space_editors_run_on_it(digits) -> None:
 def test_edit_friendly_fg_edits_reach_the_colour_and_keep_the_shape(digits) -> None:
     """Foreground-colour text edits from edit-friendly noise maps (skip 36, target guidance 7.5).
 
-    The paper's second claim, that the same edit from a DDIM inversion keeps less of the shape,
-    does NOT hold on this model and is not asserted: measured on these 10 cases, shape IoU 0.62
-    (edit-friendly) against 0.61 (DDIM, skip 0, equal guidance), and 0.57-0.58 on the benchmark's
-    first items. In 16x16 pixel space DDIM inversion is nearly exact (max error 0.05-0.09, mean
-    0.01 over 4 held-out digits), so it loses little structure. What is asserted of DDIM is that
-    its reconstruction is inexact where edit-friendly's is exact.
+    The paper's second claim, that the same edit from a DDIM inversion keeps less of the shape, is
+    too small on this model to show on 10 cases (shape IoU 0.62 against 0.61); the paired test
+    below measures it on 60. What is asserted of DDIM here is that its reconstruction is inexact
+    where edit-friendly's is exact.
     """
     from framework.digits_eval import edit_cases, edit_rates, run_edits
 
@@ -123,6 +121,36 @@ def test_edit_friendly_fg_edits_reach_the_colour_and_keep_the_shape(digits) -> N
     ddim = INVERTERS.build({"name": "ddim"}).invert(digits, x0, source, num_steps=100, skip=0)
     rec = EDITORS.build({"name": "text", "guidance_scale": 1.0}).edit(digits, ddim, source, [source], skip=0)
     assert float((rec - x0).abs().max()) > 1e-2  # measured 0.055 (edit-friendly: <= 1e-9)
+
+
+@pytest.mark.slow
+def test_ddim_inversion_keeps_less_of_the_shape_than_edit_friendly(digits) -> None:
+    """The paper's claim, paired on the same 60 held-out foreground-colour edits (50 steps, text
+    editor, target guidance 7.5): edit-friendly (skip 18 of 50, the paper's 36 %) against DDIM
+    inversion (skip 0). In 16×16 pixel space DDIM inversion is nearly exact (max error 0.05-0.09),
+    so the gap is small but consistent. Measured: shape IoU 0.627 against 0.564, paired difference
+    0.063 (standard deviation 0.125, standard error 0.016; positive in 41 of 60); at 100 steps
+    0.625 against 0.568 (difference 0.057 ± 0.018). Both reach the colour the classifier reads in
+    60 of 60. The bound below is about 2.7 standard errors under the measured mean."""
+    from framework.digits_eval import edit_cases, run_edits
+    from framework.metrics import MetricInput
+    from plugins.metrics.shape_iou import ShapeIoUMetric
+
+    cases = edit_cases(60, "fg")
+    text = EDITORS.build({"name": "text", "guidance_scale": 7.5})
+    shape = ShapeIoUMetric()
+
+    def ious(inverter: dict, skip: int) -> torch.Tensor:
+        edits = run_edits(digits, INVERTERS.build(inverter), text, cases, 50, skip)
+        return torch.tensor([
+            shape.compute(MetricInput(source_image=c[0], edited_images=e[None], source_prompt=c[1],
+                                      target_prompts=[c[2]]))[0]["shape_iou"]
+            for c, e in zip(cases, edits)
+        ])
+
+    diff = ious({"name": "ddpm_edit_friendly"}, 18) - ious({"name": "ddim"}, 0)
+    print(f"paired shape IoU difference: mean {diff.mean():.3f}, sd {diff.std():.3f}, positive {(diff > 0).sum()}/60")
+    assert diff.mean() > 0.02, diff
 
 
 @pytest.mark.slow
