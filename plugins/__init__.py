@@ -24,7 +24,7 @@ from plugins.metrics import digit_attributes  # noqa: F401
 from plugins.metrics import diversity  # noqa: F401
 from plugins.metrics import lpips_distance  # noqa: F401
 from plugins.metrics import pixel  # noqa: F401
-from plugins.metrics import pie_bench  # noqa: F401
+from plugins.metrics import pie_bench as pie_bench_metric  # noqa: F401
 from plugins.metrics import reconstruction  # noqa: F401
 from plugins.metrics import shape_iou  # noqa: F401
 from plugins.metrics import structure_distance  # noqa: F401

@@ -639,7 +639,6 @@ class PromptToPrompt(Editor):
             raise InputError(f"source_prompt must be a string, got {source_prompt!r}")
         start = inversion.check_skip(skip)
         n_steps = inversion.num_steps
-        schedule = backbone.schedule(n_steps, inversion.eta)
         prompts = [source_prompt, *targets]
         k = len(targets)
         length = int(getattr(backbone, "max_tokens", 77))
