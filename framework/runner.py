@@ -130,11 +130,12 @@ def resolve_data_path(data: dict[str, Any], experiment: Path | None) -> dict[str
 
 
 def find_experiment(config: str) -> Path:
-    """A path to an experiment YAML, or the name of one in ``configs/experiment/``."""
+    """A path to an experiment YAML, or the name of one in ``configs/experiment/``. A folder of
+    that name (e.g. a run's output folder in the working directory) is not a config file."""
     from framework.config import config_dir
 
     p = Path(config)
-    if p.exists():
+    if p.is_file():
         return p
     named = config_dir() / "experiment" / f"{config}.yaml"
     if named.exists():

@@ -390,3 +390,20 @@ def test_example_config_composes_verbatim() -> None:
     items = build_dataset(resolve_data_path(dict(cfg.data), path)).items()
     assert [i.id for i in items] == ["example/flower", "example/china_temple", "example/china_trees"]
     assert all(Path(i.image_path).is_file() for i in items)
+
+
+def test_a_folder_named_like_an_experiment_is_not_taken_for_its_config(tmp_path, monkeypatch):
+    """With DDP, every rank re-parses the command line after rank 0 made the output folder: a
+    folder ``digits_bench/`` in the working directory must not shadow the named experiment."""
+    from framework.config import config_dir
+    from framework.errors import ConfigError
+    from framework.runner import find_experiment
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "example").mkdir()
+    assert find_experiment("example") == config_dir() / "experiment" / "example.yaml"
+    (tmp_path / "mine.yaml").write_text("seed: 1\n")
+    assert find_experiment("mine.yaml") == Path("mine.yaml")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ConfigError, match="experiment config not found: nothing"):
+        find_experiment("nothing")
