@@ -110,6 +110,9 @@ def test_inversion_key_and_cache() -> None:
 
 def test_examples_come_from_the_shipped_data_lists(tmp_path: Path) -> None:
     examples = load_examples()
+    # the digits model is the demo's default backbone: its example, in its grammar, comes first
+    assert Path(examples[0]["image"]).name == "digit_seven.png"
+    assert examples[0]["source"] == "a red seven on a black background"
     flower = [e for e in examples if Path(e["image"]).name == "flower.png"]
     assert len(flower) == 1 and flower[0]["source"] == "a pink flower with green leaves"
     assert flower[0]["targets"].splitlines() == ["a yellow flower with green leaves", "a pink flower made of paper"]
