@@ -62,6 +62,20 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise InputError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}") from None
 
 
+def prompt_list(prompts: Sequence[str] | str) -> list[str]:
+    """``encode_prompt``'s argument as a non-empty list of strings (one string is one prompt)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise InputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    return prompts
+
+
+def short_prompt(text: str, limit: int = 60) -> str:
+    """A long prompt shortened for messages: its start, an ellipsis and its character count."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
+
 class Backbone(abc.ABC):
     """A diffusion model seen through the operations the methods need.
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from framework.backbone import Backbone, resolve_device, resolve_dtype
+from framework.backbone import Backbone, prompt_list, resolve_device, resolve_dtype, short_prompt
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 from plugins.backbones.pixel_ddpm import PixelDDPMBackbone
@@ -101,18 +101,14 @@ class TextPixelBackbone(PixelDDPMBackbone):
     @torch.no_grad()
     def encode_prompt(self, prompts: Sequence[str]) -> Tensor:
         """(K,) prompts -> CLIP text embeddings (K, L, D) float32, L = ``max_tokens``."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise InputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        prompts = prompt_list(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
             full = self.tokenizer(missing, truncation=False, verbose=False).input_ids
             for prompt, ids in zip(missing, full):
                 if len(ids) > self.max_tokens:
                     raise InputError(
-                        f"prompt {prompt!r} has {len(ids)} tokens but this model's text encoder takes "
+                        f"prompt {short_prompt(prompt)!r} has {len(ids)} tokens but this model's text encoder takes "
                         f"{self.max_tokens} (start and end included); shorten it"
                     )
             ids = self.tokenizer(

@@ -32,19 +32,16 @@ from framework.backbone import (
     dtype_name,
     hub_offline,
     hub_unreachable,
+    prompt_list,
     resolve_device,
     resolve_dtype,
+    short_prompt,
     weights_hint,
 )
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 
 log = logging.getLogger(__name__)
-
-
-def _short(text: str, limit: int = 60) -> str:
-    """A long prompt shortened for messages: its start, an ellipsis and its character count."""
-    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
 @dataclass
@@ -160,18 +157,14 @@ class StableDiffusionBackbone(Backbone):
     @torch.no_grad()
     def encode_prompt(self, prompts: Sequence[str]) -> Tensor:
         """(K,) prompts -> CLIP text embeddings (K, L, D), float32 on the device."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise InputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        prompts = prompt_list(prompts)
         limit = self.max_tokens
         full = self.tokenizer(prompts, truncation=False, verbose=False).input_ids
         for prompt, ids in zip(prompts, full):
             if len(ids) > limit:
                 kept = self.tokenizer.decode(ids[1 : limit - 1])
                 msg = (
-                    f"prompt {_short(prompt)!r} has {len(ids)} tokens but the text encoder takes {limit} "
+                    f"prompt {short_prompt(prompt)!r} has {len(ids)} tokens but the text encoder takes {limit} "
                     f"(start and end included)"
                 )
                 if not self.options.truncate_prompts:
