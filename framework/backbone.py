@@ -284,7 +284,7 @@ def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
     endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
     try:
         get_session().head(endpoint + "/api/models", timeout=timeout)
-    except Exception as exc:  # noqa: BLE001 - any transport failure means "unreachable"
+    except Exception as exc:  # any transport failure means "unreachable"
         text = str(exc).splitlines()[0] if str(exc) else ""
         return f"{endpoint} cannot be reached ({type(exc).__name__}: {text})"[:300]
     return None

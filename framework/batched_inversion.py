@@ -62,8 +62,8 @@ AUTO_MEMORY_FRACTION = 0.8
 #: the CPU measurement never goes beyond this many steps per pass
 AUTO_MAX_CPU = 32
 
-_AUTO_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
-_MEASURED: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+_AUTO_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+_MEASURED: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
 def check_timestep_batch(value: Any, what: str = "ddpm_edit_friendly timestep_batch") -> int | str:
@@ -176,7 +176,7 @@ class _Sizes(Iterator[int]):
     #: whether ``feedback`` needs the chunk's wall time (a device sync on CUDA)
     timed: bool = False
 
-    def feedback(self, size: int, seconds: float) -> None:  # noqa: B027 - optional hook
+    def feedback(self, size: int, seconds: float) -> None:  # optional hook
         """Called after each chunk with its size and (if ``timed``) its wall time."""
 
 

@@ -59,7 +59,7 @@ ProgressFn = Callable[[float, str], None]
 # --------------------------------------------------------------------------------- CLI
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``editfriendly demo`` to the CLI (argparse only: no Gradio import here)."""
     p = sub.add_parser(
         "demo",
@@ -227,7 +227,7 @@ class InversionCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __deepcopy__(self, memo: dict) -> "InversionCache":  # Gradio copies state values
+    def __deepcopy__(self, memo: dict) -> InversionCache:  # Gradio copies state values
         return self
 
 
@@ -323,7 +323,7 @@ class DemoEngine:
         self.out = Path(out)
 
     @classmethod
-    def load(cls, name: str | None, out: Path, device: str | None = None) -> "DemoEngine":
+    def load(cls, name: str | None, out: Path, device: str | None = None) -> DemoEngine:
         """Load ``name``, or the first default backbone that loads (``digits``, then ``tiny``)."""
         if name:
             return cls._load_one(name, out, device)
@@ -341,7 +341,7 @@ class DemoEngine:
         raise ConfigError(f"none of the default backbones ({names}) loads; give --backbone")
 
     @classmethod
-    def _load_one(cls, name: str, out: Path, device: str | None) -> "DemoEngine":
+    def _load_one(cls, name: str, out: Path, device: str | None) -> DemoEngine:
         from framework.config import backbone_config, full_options
         from framework.registry import BACKBONES
 
@@ -552,7 +552,7 @@ def build_app(engine: DemoEngine) -> Any:
     """The Gradio page around ``engine`` (imports Gradio)."""
     import gradio as gr
 
-    from framework.config import load_yaml, config_dir
+    from framework.config import config_dir, load_yaml
 
     defaults = load_yaml(config_dir() / "defaults.yaml")
     inverters, editors = engine.presets("inverter"), engine.presets("editor")

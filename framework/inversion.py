@@ -75,7 +75,7 @@ class Inversion:
             raise InputError(f"step {step} not in the inversion's computed range 0..{self.start_step}")
         return self.xts[step]
 
-    def to(self, device: torch.device | str) -> "Inversion":
+    def to(self, device: torch.device | str) -> Inversion:
         """A copy with its tensors on ``device``."""
         return dataclasses.replace(
             self,

@@ -419,7 +419,7 @@ def check_targets(target_prompts: Sequence[str] | str) -> list[str]:
     return targets
 
 
-def check_conditional(editor: "Editor", backbone: Any) -> None:
+def check_conditional(editor: Editor, backbone: Any) -> None:
     """Prompt-driven editors need a text-conditional backbone."""
     if getattr(editor, "needs_prompts", True) and not getattr(backbone, "conditional", True):
         raise InputError(

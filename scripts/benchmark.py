@@ -44,9 +44,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from framework.backbone import load_backbone  # noqa: E402
-from framework.batched_inversion import auto_choice, auto_measurements  # noqa: E402
-from framework.registry import EDITORS, INVERTERS  # noqa: E402
+from framework.backbone import load_backbone
+from framework.batched_inversion import auto_choice, auto_measurements
+from framework.registry import EDITORS, INVERTERS
 
 SOURCE = "a photo of a cat"
 
@@ -73,12 +73,12 @@ class UNetCalls:
         self.unet = unet
         self.calls: list[tuple[tuple[int, ...], bool]] = []
 
-    def _hook(self, module, args, kwargs, output) -> None:  # noqa: ANN001
+    def _hook(self, module, args, kwargs, output) -> None:
         sample = args[0] if args else kwargs["sample"]
         t = args[1] if len(args) > 1 else kwargs.get("timestep")
         self.calls.append((tuple(sample.shape), isinstance(t, torch.Tensor) and t.dim() > 0))
 
-    def __enter__(self) -> "UNetCalls":
+    def __enter__(self) -> UNetCalls:
         self.handle = self.unet.register_forward_hook(self._hook, with_kwargs=True)
         return self
 

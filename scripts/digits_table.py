@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from framework import digits as D  # noqa: E402
+from framework import digits as D
 
 
 def kind(source: str, target: str) -> str:

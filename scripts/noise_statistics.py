@@ -38,12 +38,12 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from framework.backbone import load_backbone  # noqa: E402
-from framework.errors import InputError  # noqa: E402
-from framework.random import make_generator, randn  # noqa: E402
-from framework.sampling import reverse_process  # noqa: E402
-from plugins.inverters.cycle_diffusion import CycleDiffusion, CycleDiffusionOptions  # noqa: E402
-from plugins.inverters.ddpm_edit_friendly import DDPMEditFriendly, DDPMEditFriendlyOptions  # noqa: E402
+from framework.backbone import load_backbone
+from framework.errors import InputError
+from framework.random import make_generator, randn
+from framework.sampling import reverse_process
+from plugins.inverters.cycle_diffusion import CycleDiffusion, CycleDiffusionOptions
+from plugins.inverters.ddpm_edit_friendly import DDPMEditFriendly, DDPMEditFriendlyOptions
 
 METHODS = ("native", "edit_friendly", "cycle_diffusion")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}

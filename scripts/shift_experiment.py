@@ -118,7 +118,7 @@ def make_distance(kind: str, resolution: int, device: str):
 
             net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
             return "lpips", lambda a, b: float(net(a.to(device), b.to(device)).mean())
-        except Exception as exc:  # noqa: BLE001 - weights missing offline
+        except Exception as exc:  # weights missing offline
             if kind == "lpips":
                 raise InputError(f"LPIPS weights could not be loaded ({exc}); use --metric mse") from None
     elif kind == "lpips":

@@ -32,11 +32,11 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from framework.backbone import load_backbone  # noqa: E402
-from framework.errors import InputError  # noqa: E402
-from framework.random import make_generator, randn  # noqa: E402
-from framework.sampling import reverse_process  # noqa: E402
-from plugins.inverters.ddpm_edit_friendly import DDPMEditFriendly, DDPMEditFriendlyOptions  # noqa: E402
+from framework.backbone import load_backbone
+from framework.errors import InputError
+from framework.random import make_generator, randn
+from framework.sampling import reverse_process
+from plugins.inverters.ddpm_edit_friendly import DDPMEditFriendly, DDPMEditFriendlyOptions
 
 METHODS = ("regular", "edit_friendly")
 

@@ -95,7 +95,7 @@ class Server:
             sys.executable, "-c", SERVER_MAIN, str(self.connects), "demo", "--backbone", "tiny", "--device", "cpu",
             "--host", "127.0.0.1", "--port", str(self.port), "--out", str(self.out),
         ]  # fmt: skip
-        self._log = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log, "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=self.folders["cwd"], env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 180) -> None:
@@ -104,7 +104,7 @@ class Server:
             if self.proc.poll() is not None:
                 pytest.fail(f"the demo server exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:  # noqa: S310 - local
+                with urllib.request.urlopen(self.url, timeout=2) as r:  # local
                     if r.status == 200:
                         return
             except OSError:
@@ -372,7 +372,7 @@ def test_two_concurrent_clients_get_their_own_results(server: Server, tmp_path: 
     def go(k: str) -> None:
         try:
             results[k] = unpack(clients[k].predict(**settings[k], api_name="/edit"))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=go, args=(k,)) for k in settings]

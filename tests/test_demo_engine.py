@@ -36,7 +36,7 @@ def test_default_backbone_is_digits_where_it_loads_otherwise_tiny(monkeypatch: p
 
     tried: list[str] = []
 
-    def fake_load(cls, name, out, device):  # noqa: ANN001
+    def fake_load(cls, name, out, device):
         tried.append(name)
         if name == "digits":
             raise WeightsNotFoundError("no weights for digits here")

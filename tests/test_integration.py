@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from metric_standins import standin_metric_configs
+from PIL import Image
 from test_runner import make_yaml_dataset, read_csv, run_inprocess
 
 from framework.cli import main

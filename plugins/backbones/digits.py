@@ -162,7 +162,7 @@ class DigitsArchitecture:
     attention_head_dim: int = 8
 
 
-def build_digits_tokenizer():  # noqa: ANN201
+def build_digits_tokenizer():
     """A CLIP BPE tokenizer whose merges make each word of the digits grammar one token."""
     from framework.digits import WORDS
     from plugins.backbones.tiny import build_tokenizer

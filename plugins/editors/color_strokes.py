@@ -70,7 +70,7 @@ def _read(path: str, what: str) -> Image.Image:
         with Image.open(p) as img:
             img.load()
             return ImageOps.exif_transpose(img) or img.copy()
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types
+    except Exception as exc:  # Pillow raises many types
         raise InputError(f"{what} file {path} is not an image Pillow can read: {exc}") from None
 
 

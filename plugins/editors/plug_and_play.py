@@ -146,7 +146,7 @@ class _Injection(StepHook):
         self.attention = False
         self.pairs: list = []
 
-    def installed(self):  # noqa: ANN201
+    def installed(self):
         return forward_hooks(self.pairs)
 
     def begin_step(self, i: int) -> None:
@@ -160,10 +160,10 @@ class _Injection(StepHook):
             return broadcast_first_row(x, self.group)
         return copy_row_over(x, 0, self.n_source)
 
-    def feature_hook(self, module, inputs, output: Tensor):  # noqa: ANN001, ANN201
+    def feature_hook(self, module, inputs, output: Tensor):
         return self.spread(output) if self.features else None
 
-    def attention_hook(self, module, inputs, output: Tensor):  # noqa: ANN001, ANN201
+    def attention_hook(self, module, inputs, output: Tensor):
         return self.spread(output) if self.attention else None
 
 
@@ -214,7 +214,7 @@ class _EmptyPromptGuidance:
             rows.append(self.source.cond)
         return rows
 
-    def eps(self, backbone, x: Tensor, t: int, i: int) -> Tensor:  # noqa: ANN001
+    def eps(self, backbone, x: Tensor, t: int, i: int) -> Tensor:
         src, tgt = x[:1], x[1:]
         extra = self._source_rows(i)
         n_src = 1 + len(extra)
@@ -294,7 +294,7 @@ class PlugAndPlay(Editor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -323,7 +323,7 @@ class PlugAndPlay(Editor):
 
     def _edit_batch(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         unet: torch.nn.Module,
         inversion: Inversion,
         source: str,
@@ -377,7 +377,7 @@ class PlugAndPlay(Editor):
 
     def _guided(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         src_cond: Tensor,
         tgt_cond: Tensor,

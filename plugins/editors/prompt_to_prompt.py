@@ -603,7 +603,7 @@ class PromptToPrompt(Editor):
 
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -617,7 +617,7 @@ class PromptToPrompt(Editor):
     @torch.no_grad()
     def run(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str | None,
         target_prompts: Sequence[str],

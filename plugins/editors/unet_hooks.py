@@ -122,8 +122,8 @@ def hook_state(unet: nn.Module) -> dict[str, tuple]:
     state = {}
     for name, m in unet.named_modules():
         state[name] = (
-            tuple(m._forward_hooks.keys()),  # noqa: SLF001
-            tuple(m._forward_pre_hooks.keys()),  # noqa: SLF001
+            tuple(m._forward_hooks.keys()),
+            tuple(m._forward_pre_hooks.keys()),
             id(getattr(m, "processor", None)),
         )
     return state

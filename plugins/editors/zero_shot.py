@@ -304,7 +304,7 @@ class ZeroShot(Editor):
 
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -319,7 +319,7 @@ class ZeroShot(Editor):
 
     def run(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -357,7 +357,7 @@ class ZeroShot(Editor):
 
     def _edit_batch(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         unet: torch.nn.Module,
         inversion: Inversion,
         source: str,
@@ -395,7 +395,7 @@ class ZeroShot(Editor):
 
     @staticmethod
     def attention_gradient(
-        backbone,  # noqa: ANN001
+        backbone,
         unet: torch.nn.Module,
         x: Tensor,
         t: int,
@@ -416,11 +416,11 @@ class ZeroShot(Editor):
         state: dict[str, Any] = {"q": None, "d": []}
         rows = x.shape[0]
 
-        def query_hook(module, inputs, output):  # noqa: ANN001, ANN202
+        def query_hook(module, inputs, output):
             state["q"] = output
 
-        def key_hook_for(attn: torch.nn.Module):  # noqa: ANN202
-            def key_hook(module, inputs, output):  # noqa: ANN001, ANN202
+        def key_hook_for(attn: torch.nn.Module):
+            def key_hook(module, inputs, output):
                 if state["q"] is None:
                     raise RuntimeError("zero_shot: to_k ran before to_q; unsupported attention processor")
                 probs = attention_probs(attn, state["q"], output)  # (copies·(1+K), heads, n_q, L)

@@ -76,7 +76,7 @@ class CycleDiffusion(Inverter):
         super().__init__(options)
         check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """The posterior chain, then eq. 5 along it."""
         xts = posterior_chain(x0, schedule, n, generator)
         zs = noise_maps(

@@ -54,7 +54,7 @@ def auxiliary_sequence(
 
 
 def extract_noise_maps(
-    backbone,  # noqa: ANN001
+    backbone,
     xts: Tensor,
     schedule: Schedule,
     cond: Tensor | None,
@@ -87,7 +87,7 @@ class DDPMEditFriendly(Inverter):
         super().__init__(options)
         check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """Eq. 6 then eq. 5: the independent-noise sequence and its noise maps."""
         xts = auxiliary_sequence(x0, schedule, n, generator)
         zs = noise_maps(
