@@ -47,8 +47,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise InputError(f"device {device!r} was asked for but no CUDA GPU is available here; use --device cpu or auto")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise InputError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise InputError(f"device {device!r} was asked for but Apple MPS is not available here; use --device cpu or auto")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise InputError(
+            f"device {device!r} was asked for but Apple MPS is not available here; use --device cpu or auto"
+        )
     return dev
 
 

@@ -212,9 +212,10 @@ def _auto_sizes(backbone: Any, xts: Tensor, uncond: Tensor | None, guidance_scal
 
 class _MeasuredSizes(_Sizes):
     """1, 1, 2, 2, 4, 4, ... timed as they run (the second run of each size: the first pays the
-    one-off cost of a new batch shape, which later inversions do not); doubling stops after two doublings in a row that each
-    gain less than AUTO_MIN_GAIN in seconds/step (one is not enough on a busy CPU, where a
-    single timing is noisy) or at AUTO_MAX_CPU; then the fastest size seen is used."""
+    one-off cost of a new batch shape, which later inversions do not); doubling stops after two
+    doublings in a row that each gain less than AUTO_MIN_GAIN in seconds/step (one is not enough
+    on a busy CPU, where a single timing is noisy) or at AUTO_MAX_CPU; then the fastest size seen
+    is used."""
 
     @property
     def timed(self) -> bool:  # type: ignore[override]

@@ -103,7 +103,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:  # before the (slow) model load
         import gradio  # noqa: F401
     except ImportError:
-        raise ConfigError("editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)") from None
+        raise ConfigError(
+            "editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)"
+        ) from None
     engine = DemoEngine.load(args.backbone, out, device=args.device)
     app = build_app(engine)
     print(f"editfriendly demo: backbone {engine.backbone_name}, writing under {out}", flush=True)
@@ -613,7 +615,12 @@ def build_app(engine: DemoEngine) -> Any:
                     )
                 steps = gr.Slider(2, 200, value=steps0, step=1, label="steps N", elem_id="ef-steps")
                 skip = gr.Slider(
-                    0, 199, value=skip0, step=1, label="skip (T_skip: steps skipped at the noisy end)", elem_id="ef-skip"
+                    0,
+                    199,
+                    value=skip0,
+                    step=1,
+                    label="skip (T_skip: steps skipped at the noisy end)",
+                    elem_id="ef-skip",
                 )
                 with gr.Row():
                     inverter_guidance = gr.Slider(

@@ -149,8 +149,9 @@ class DDPMRule(StepRule):
     ``zs[i-1]`` (1 or B rows) is z_i. Without noise maps and σ_i > 0 the rows after the first
     ``n_source`` draw fresh noise from ``generator`` (B - n_source rows in one draw) and the
     source rows get none; with ``shared_noise`` one draw of one row is added to every row
-    (Prompt-to-Prompt's choice: the rows then differ only by their prompts). ``xts`` (the inversion's trajectory, (n+1, 1, C, h, w)) lets the
-    source rows follow the stored states (:meth:`follow`).
+    (Prompt-to-Prompt's choice: the rows then differ only by their prompts). ``xts`` (the
+    inversion's trajectory, (n+1, 1, C, h, w)) lets the source rows follow the stored states
+    (:meth:`follow`).
     """
 
     def __init__(

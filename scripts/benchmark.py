@@ -4,10 +4,11 @@
 * sequential vs. batched inversion (``--timestep-batch 1,16,auto``: timesteps per network pass),
 * float32 vs. half precision (``--dtypes float32,bfloat16,float16``: UNet, text encoder and VAE),
 * per phase: wall seconds (best of ``--repeats`` runs, the variants interleaved so that a
-  change of machine load hits all of them; medians in the JSON), network evaluations (UNet calls, counted by a forward hook), the
-  network-only floor (the same calls, same shapes, back to back on random inputs) and the
-  overhead over it, and peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak
-  rise of the resident set, sampled every 2 ms in a separate, untimed run),
+  change of machine load hits all of them; medians in the JSON), network evaluations (UNet
+  calls, counted by a forward hook), the network-only floor (the same calls, same shapes, back
+  to back on random inputs) and the overhead over it, and peak memory (CUDA:
+  ``torch.cuda.max_memory_allocated``; CPU: the peak rise of the resident set, sampled every
+  2 ms in a separate, untimed run),
 * per-edit time (encode + inversion + edit + decode) and its speedup over float32 sequential,
 * ``editfriendly run`` throughput (edits per minute, whole command wall time: start-up and
   model loading included) with 1 and 2 processes, run as subprocesses on a small config,

@@ -72,7 +72,9 @@ def test_batched_maps_equal_sequential_and_reconstruct(tiny, photo_x0, sequentia
     torch.testing.assert_close(inv.xts, sequential.xts, atol=1e-5, rtol=0)
     assert torch.equal(inv.xts[0], photo_x0) and torch.equal(inv.xts[N], sequential.xts[N])
     # the reverse pass (eq. 3) with the source prompt and the same guidance reproduces x0
-    out = EDITORS.build({"name": "text", "guidance_scale": 3.5}).edit(tiny, inv, "a photo of a cat", ["a photo of a cat"], skip=SKIP)
+    out = EDITORS.build({"name": "text", "guidance_scale": 3.5}).edit(
+        tiny, inv, "a photo of a cat", ["a photo of a cat"], skip=SKIP
+    )
     assert (out - photo_x0).abs().max().item() <= 1e-4
 
 

@@ -45,7 +45,11 @@ def make_run(root: Path, name: str, photo_path: Path, metrics: list, method: str
     (run / "inputs").mkdir(parents=True)
     (run / "images").mkdir()
     photo = load_image_tensor(photo_path, 32, 8)
-    images = {"flower": photo, "flower_crop": load_image_tensor(photo_path, 64, 8)[..., 8:40, 16:48], "flower_flip": photo.flip(-1)}
+    images = {
+        "flower": photo,
+        "flower_crop": load_image_tensor(photo_path, 64, 8)[..., 8:40, 16:48],
+        "flower_flip": photo.flip(-1),
+    }
     param = next(iter(sweep))
     g = torch.Generator().manual_seed(len(name))
     rows = []

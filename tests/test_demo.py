@@ -162,7 +162,9 @@ def unpack(result):
     """(gallery [(path, caption)], timings markdown, {file name: path})."""
     gallery, timings, files = result
     items = gallery["value"] if isinstance(gallery, dict) else gallery
-    pairs = [(item["image"]["path"] if isinstance(item["image"], dict) else item["image"], item["caption"]) for item in items]
+    pairs = [
+        (item["image"]["path"] if isinstance(item["image"], dict) else item["image"], item["caption"]) for item in items
+    ]
     return pairs, timings, {Path(f).name: Path(f) for f in files}
 
 
@@ -304,7 +306,9 @@ def test_client_gets_images_errors_read_like_the_cli_and_the_server_keeps_servin
         names = set(zf.namelist())
         assert {"config.yaml", "input.png", "results.json", "flower_seed1_reconstruction.png"} <= names
         results = json.loads(zf.read("results.json"))
-        zipped = np.asarray(Image.open(io.BytesIO(zf.read("flower_seed0_00_a-yellow-flower-with-green-leaves.png"))).convert("RGB"))
+        zipped = np.asarray(
+            Image.open(io.BytesIO(zf.read("flower_seed0_00_a-yellow-flower-with-green-leaves.png"))).convert("RGB")
+        )
     assert np.array_equal(zipped, seeds[0])
     assert [t["phase"] for t in results["timings"]] == ["inversion", "edit", "reconstruction"] * 2
     assert all(t["nfe"] > 0 and t["seconds"] > 0 for t in results["timings"])
@@ -321,7 +325,17 @@ def test_client_gets_images_errors_read_like_the_cli_and_the_server_keeps_servin
     with pytest.raises(gradio_client.exceptions.AppError) as info:
         c.predict(**request(inv_opts="eta: lots"), api_name="/edit")
     expected = cli_error(
-        ["edit", "--image", str(FLOWER), "--source", "a", "--target", "b", "inverter=ddpm_edit_friendly", "inverter.eta=lots"],
+        [
+            "edit",
+            "--image",
+            str(FLOWER),
+            "--source",
+            "a",
+            "--target",
+            "b",
+            "inverter=ddpm_edit_friendly",
+            "inverter.eta=lots",
+        ],
         capsys,
     )
     assert str(info.value).strip() == expected

@@ -71,7 +71,9 @@ def make_yaml_dataset(folder: Path, n: int = 5) -> Path:
     for k, arr in enumerate(_photo_crops(n)):
         Image.fromarray(arr).save(folder / f"img{k}.png")
         targets = ["a photo of a dog", "a painting of a cat"][: 1 + k % 2]
-        lines.append(f"- init_img: img{k}.png\n  source_prompt: a photo of a cat {k}\n  target_prompts: {json.dumps(targets)}")
+        lines.append(
+            f"- init_img: img{k}.png\n  source_prompt: a photo of a cat {k}\n  target_prompts: {json.dumps(targets)}"
+        )
     (folder / "list.yaml").write_text("\n".join(lines) + "\n")
     return folder / "list.yaml"
 

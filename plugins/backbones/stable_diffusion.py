@@ -98,7 +98,9 @@ class StableDiffusionBackbone(Backbone):
             raise WeightsNotFoundError(
                 f"could not load Stable Diffusion weights from {options.model!r}: {why}. {weights_hint()}"
             ) from None
-        self.attach(tokenizer, text_encoder, unet, vae, DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading"))
+        self.attach(
+            tokenizer, text_encoder, unet, vae, DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading")
+        )
 
     def attach(self, tokenizer: Any, text_encoder: Any, unet: Any, vae: Any, scheduler: Any) -> None:
         """Take the model parts (already in ``self.dtype``/``self.vae_dtype``): freeze them, move

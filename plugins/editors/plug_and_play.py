@@ -350,7 +350,9 @@ class PlugAndPlay(Editor):
                 ) from None
         rule = inversion.regeneration(backbone, start, 1 + k, generator=generator, n_source=1)
         follow = follows_inversion(o.source_latents, inversion, rule.schedule)
-        ctl = _Injection(start, injection_steps(o.feature_injection, start), injection_steps(o.attention_injection, start))
+        ctl = _Injection(
+            start, injection_steps(o.feature_injection, start), injection_steps(o.attention_injection, start)
+        )
         if o.source_branch == "guided":
             ctl.group = 1 + k
             guidance = self._guided(backbone, inversion, src_cond, tgt_cond, negative)

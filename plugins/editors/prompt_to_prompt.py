@@ -669,7 +669,7 @@ class PromptToPrompt(Editor):
         self_on = self_steps[1] > self_steps[0]
         blend_grid = None
         if blend is not None:
-            cross_grids = sorted({(l.height, l.width) for l in layers if l.is_cross}, reverse=True)
+            cross_grids = sorted({(ly.height, ly.width) for ly in layers if ly.is_cross}, reverse=True)
             goal = o.blend_resolution * h
             blend_grid = min(cross_grids, key=lambda g: (abs(g[0] - goal), -g[0]))
         chosen = []
@@ -681,12 +681,14 @@ class PromptToPrompt(Editor):
                 layer.controls_self = True
                 chosen.append(layer)
         before = backbone.unet.attn_processors
-        processors = {l.name: ControlledAttnProcessor(controller, l, before[l.name]) for l in chosen}
+        processors = {ly.name: ControlledAttnProcessor(controller, ly, before[ly.name]) for ly in chosen}
 
         cond = backbone.encode_prompt(prompts)
         scales = torch.tensor([float(inversion.guidance_scale)] + [float(o.guidance_scale)] * k)
         hook = _P2PHook(backbone.unet, processors, controller, start, blend_grid, (h, w), o.threshold)
-        x = denoise(backbone, rule, start, inversion_guidance(backbone, inversion, cond, scales), [hook], "prompt_to_prompt")
+        x = denoise(
+            backbone, rule, start, inversion_guidance(backbone, inversion, cond, scales), [hook], "prompt_to_prompt"
+        )
         mask = hook.mask
         return PromptToPromptResult(
             source=x[:1],
@@ -695,7 +697,7 @@ class PromptToPrompt(Editor):
             modes=modes,
             cross_steps=cross_steps,
             self_steps=self_steps,
-            controlled_layers=[l.name for l in chosen],
+            controlled_layers=[ly.name for ly in chosen],
             controlled_calls=controller.calls,
         )
 
