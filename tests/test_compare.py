@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from metric_standins import standin_metric_configs
 from PIL import Image
 from scipy.stats import t as student_t
 
@@ -21,6 +20,7 @@ from framework.compare import classify_columns, compare, mean_ci, read_run
 from framework.images import load_image_tensor, tensor_to_pil
 from framework.metrics import MetricInput
 from framework.registry import METRICS
+from tests.helpers.metric_standins import standin_metric_configs
 
 HEADER = [
     "item_id", "method", "target_prompt", "source_prompt", "seed", "status", "error",

@@ -8,11 +8,11 @@ import math
 from pathlib import Path
 
 import pytest
-from metric_standins import standin_metric_configs
 from PIL import Image
-from test_runner import make_yaml_dataset, read_csv, run_inprocess
 
 from framework.cli import main
+from tests.helpers.metric_standins import standin_metric_configs
+from tests.helpers.runs import make_yaml_dataset, read_csv, run_inprocess
 
 METHODS = """
 methods:

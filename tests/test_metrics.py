@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from metric_standins import build_lpips_trunk, build_lpips_weights, build_standins, standin_metric_configs
 
 from framework.errors import ConfigError, InputError, WeightsNotFoundError
 from framework.images import load_image_tensor, tensor_to_pil
 from framework.metrics import MetricInput
 from framework.registry import METRICS
+from tests.helpers.metric_standins import build_lpips_trunk, build_lpips_weights, build_standins, standin_metric_configs
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import contextlib
 
 import pytest
 import torch
-from attention_editor_helpers import FailingBackbone, ddim_inversion
 
 import plugins.editors.plug_and_play as pnp_module
 from framework.config import group_node
@@ -16,6 +15,7 @@ from framework.errors import ConfigError, InputError
 from framework.random import make_generator
 from framework.registry import EDITORS, INVERTERS
 from plugins.editors.unet_hooks import forward_hooks, hook_state, resolve_layers
+from tests.helpers.attention_editors import FailingBackbone, ddim_inversion
 
 N = 12
 SKIP = 2

@@ -23,7 +23,7 @@ from framework.errors import ConfigError
 from framework.random import make_generator
 from framework.registry import EDITORS, INVERTERS
 from plugins.editors.unet_hooks import hook_state
-from tests.attention_editor_helpers import FailingBackbone
+from tests.helpers.attention_editors import FailingBackbone
 
 SOURCE = "a photo of a cat"
 TARGET = "a photo of a dog"

@@ -13,22 +13,20 @@ with the DDP run use one CPU thread, as the DDP processes do.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from framework.metrics import Metric, MetricInput
 from framework.registry import METRICS
+from tests.helpers.runs import make_yaml_dataset, one_thread, photo_crops, read_csv, run_inprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMING = {"inversion_seconds", "edit_seconds"}
@@ -52,32 +50,6 @@ methods:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _photo_crops(n: int, size: int = 40) -> list[np.ndarray]:
-    from sklearn.datasets import load_sample_image
-
-    photos = [load_sample_image("flower.jpg"), load_sample_image("china.jpg")]
-    crops = []
-    for k in range(n):
-        p = photos[k % 2]
-        y, x = 37 * k % (p.shape[0] - 200), 61 * k % (p.shape[1] - 200)
-        crop = Image.fromarray(p[y : y + 200, x : x + 200]).resize((size, size), Image.Resampling.LANCZOS)
-        crops.append(np.asarray(crop))
-    return crops
-
-
-def make_yaml_dataset(folder: Path, n: int = 5) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for k, arr in enumerate(_photo_crops(n)):
-        Image.fromarray(arr).save(folder / f"img{k}.png")
-        targets = ["a photo of a dog", "a painting of a cat"][: 1 + k % 2]
-        lines.append(
-            f"- init_img: img{k}.png\n  source_prompt: a photo of a cat {k}\n  target_prompts: {json.dumps(targets)}"
-        )
-    (folder / "list.yaml").write_text("\n".join(lines) + "\n")
-    return folder / "list.yaml"
-
-
 def write_experiment(path: Path, data: str, output_dir: Path, body: str = METHODS, metrics: str = "[time]",
                      logger: str = "{name: none}", trainer: str = "{accelerator: cpu, devices: 1}") -> Path:
     path.write_text(
@@ -87,34 +59,12 @@ def write_experiment(path: Path, data: str, output_dir: Path, body: str = METHOD
     return path
 
 
-@contextmanager
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def run_inprocess(config: Path, *overrides: str) -> int:
-    from framework.cli import main
-
-    with one_thread():
-        return main(["run", str(config), "--no-progress", *overrides])
-
-
 def run_subprocess(config: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "framework.cli", "run", str(config), "--no-progress", *overrides],
         cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600,
     )
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -285,7 +235,7 @@ def make_pie_bench(root: Path) -> Path:
 
     images = root / "annotation_images"
     (images / "0_random").mkdir(parents=True)
-    crops = _photo_crops(3, size=64)
+    crops = photo_crops(3, size=64)
     mapping = {}
     for k, key in enumerate(["good0", "good1", "missing", "corrupt", "longprompt"]):
         rel = f"0_random/{key}.png"

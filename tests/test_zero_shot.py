@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from attention_editor_helpers import FailingBackbone, ddim_inversion
 
 from framework.config import group_node, preset_node
 from framework.errors import ConfigError, InputError
 from framework.random import make_generator
 from framework.registry import EDITORS, INVERTERS
 from plugins.editors.unet_hooks import hook_state
+from tests.helpers.attention_editors import FailingBackbone, ddim_inversion
 
 N = 10
 SKIP = 2
