@@ -121,6 +121,7 @@ def test_missing_target_is_a_usage_error(photo_path, capsys) -> None:
     assert code == 2 and "--target" in err
 
 
+@pytest.mark.slow
 def test_console_entry_point_runs_as_module(photo_path, tmp_path) -> None:
     """The installed command and `python -m framework.cli` exit non-zero without a traceback."""
     proc = subprocess.run(

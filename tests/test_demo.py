@@ -416,6 +416,7 @@ def test_two_concurrent_clients_get_their_own_results(server: Server, tmp_path: 
     assert np.array_equal(edit_of(alone, "a blue"), b)
 
 
+@pytest.mark.slow
 def test_writes_only_under_the_output_folder(server: Server) -> None:
     """Runs last in this module (by file order): after every request above."""
     runs = list((server.out / "runs").iterdir()) if (server.out / "runs").exists() else []
@@ -426,6 +427,7 @@ def test_writes_only_under_the_output_folder(server: Server) -> None:
         assert (server.out / "gradio").is_dir()
 
 
+@pytest.mark.slow
 def test_fetches_nothing_from_the_network(server: Server) -> None:
     """The server connected only to itself (Gradio's start-up check), after every request above."""
     import ast

@@ -16,6 +16,7 @@ from framework.errors import ConfigError, InputError, WeightsNotFoundError
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_cli_parser_and_list_do_not_import_gradio() -> None:
     code = (
         "import sys, io, contextlib\n"

@@ -151,6 +151,7 @@ def test_run_writes_all_rows_and_images(run1: Path, dataset5: Path, tiny) -> Non
 # ----------------------------------------------------------------------------- 2
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(run1: Path, dataset5: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cfg = write_experiment(
@@ -170,6 +171,7 @@ def test_two_process_ddp_matches_one_process(run1: Path, dataset5: Path, tmp_pat
 # ----------------------------------------------------------------------------- 3
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_every_row_once(run1: Path, dataset5: Path, tmp_path: Path) -> None:
     out = tmp_path / "resume"
     cfg = write_experiment(tmp_path / "exp.yaml", f"{{name: yaml_list, path: {dataset5}}}", out)
