@@ -16,7 +16,7 @@ tolerance (the network sees rounding-different inputs), not bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,7 +38,7 @@ class DDPMEditFriendlyOptions:
     guidance_scale: float = 3.5  # classifier-free guidance on the source prompt
     zero_last_noise: bool = False  # True: z_1 = 0 as the reference code (x0 is then not exact)
     # timesteps per network pass: 1 = sequential (bit-identical to before), N > 1, or "auto"
-    timestep_batch: Union[int, str] = 1  # noqa: UP007 - OmegaConf needs typing.Union
+    timestep_batch: int | str = 1
 
 
 def auxiliary_sequence(
