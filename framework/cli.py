@@ -134,7 +134,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from framework.backbone import resolve_device
     from framework.config import backbone_config, check_override_keys, compose, save_config_history
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
-    from framework.pipeline import invert_and_edit
+    from framework.edit import invert_and_edit
     from framework.progress import progress_bars
     from framework.registry import BACKBONES, EDITORS, INVERTERS
     from framework.schedule import check_steps

@@ -8,8 +8,8 @@ own inversion). It shows the input as the model sees it, the reconstruction and 
 side, a progress bar during inversion and editing, the time and network evaluations of each phase,
 and offers the resolved config and a zip of the outputs for download.
 
-It runs the project's own pipeline (:func:`framework.pipeline.invert_image` and
-:func:`framework.pipeline.edit_inversion`, configs composed by :func:`framework.config.compose`),
+It runs the project's own pipeline (:func:`framework.edit.invert_image` and
+:func:`framework.edit.edit_inversion`, configs composed by :func:`framework.config.compose`),
 so a bad input shows the same ``InputError``/``ConfigError`` text as the CLI and the server keeps
 serving. Inversions are kept per browser session (keyed by the fitted image's pixels, the backbone,
 the source prompt, the inverter config, steps, skip and seed), so a second edit of the same image
@@ -195,7 +195,7 @@ class DemoResult:
 class CachedInversion:
     """An inversion of one session's cache, with the reconstructions made from it so far."""
 
-    run: Any  # framework.pipeline.InversionRun
+    run: Any  # framework.edit.InversionRun
     reconstructions: dict[str, Any] = field(default_factory=dict)  # editor config -> EditRun
 
 
@@ -429,7 +429,7 @@ class DemoEngine:
         from framework.cli import slug
         from framework.config import save_config
         from framework.images import fit_image, load_image, pil_to_tensor, tensor_to_pil
-        from framework.pipeline import edit_inversion, invert_image
+        from framework.edit import edit_inversion, invert_image
         from framework.registry import EDITORS, INVERTERS
         from framework.sampling import check_conditional
         from framework.schedule import check_steps

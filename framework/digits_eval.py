@@ -186,7 +186,7 @@ def run_edits(
     seed: int = 0,
 ) -> Tensor:
     """Invert and edit each case (one target each): edited images (n, 3, R, R) in [-1, 1]."""
-    from framework.pipeline import invert_and_edit
+    from framework.edit import invert_and_edit
 
     imgs = []
     for k, (image, source, target) in enumerate(cases):

@@ -262,7 +262,7 @@ class EditModule(pl.LightningModule):
         from framework.cli import slug
         from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
         from framework.metrics import MetricInput
-        from framework.pipeline import seeds_for
+        from framework.edit import seeds_for
 
         todo = self._missing(item)
         if not todo:
