@@ -656,7 +656,7 @@ def compare(
     if not any(r.rows for r in runs):
         raise InputError(f"no rows in {', '.join(str(r.path / 'results.csv') for r in runs)}")
     out = Path(out) if out else default_out([str(d) for d in run_dirs])
-    from framework.cli import check_output_dir, make_output_dir
+    from framework.outputs import check_output_dir, make_output_dir
 
     check_output_dir(out, "report folder")
     make_output_dir(out, "report folder")

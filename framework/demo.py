@@ -426,7 +426,7 @@ class DemoEngine:
         from omegaconf import OmegaConf
 
         from framework.backbone import resolve_device
-        from framework.cli import slug
+        from framework.naming import slug
         from framework.config import save_config
         from framework.images import fit_image, load_image, pil_to_tensor, tensor_to_pil
         from framework.edit import edit_inversion, invert_image
