@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_edit_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def add_edit_parser(sub: argparse._SubParsersAction) -> None:
     """``editfriendly edit``: one image, one inversion, one or more target prompts."""
     edit = sub.add_parser(
         "edit",
@@ -88,20 +88,21 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     edit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
-def add_list_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def add_list_parser(sub: argparse._SubParsersAction) -> None:
     """``editfriendly list``: the registered plugins and presets."""
     lst = sub.add_parser("list", help="list every registered plugin with its options and defaults")
     lst.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def add_run_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
     """``editfriendly run``: an experiment config over a dataset."""
     run = sub.add_parser(
         "run",
         help="run an experiment config: many images x methods x sweeps, on any number of devices",
         description="Run every method (and sweep point) of an experiment config over a dataset with "
         "Lightning's Trainer.predict; writes <output_dir>/results.csv, summary.csv, images/ and "
-        "config.yaml (and config_history/). Running it again on the same output_dir does only the missing rows; a run of another configuration into it is refused unless --force.",
+        "config.yaml (and config_history/). Running it again on the same output_dir does only the missing rows; "
+        "a run of another configuration into it is refused unless --force.",
         epilog="Overrides: key=value, e.g. output_dir=runs/x seed=1 trainer.devices=2 logger.name=none.",
     )
     run.add_argument("config", help="an experiment YAML file or a name in configs/experiment/")
@@ -116,7 +117,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     run.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value", help="config overrides")
 
 
-def add_compare_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     """``editfriendly compare``: a report over one or more run directories."""
     p = sub.add_parser(
         "compare",
@@ -134,13 +135,17 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--params", nargs="+", metavar="COL", help="parameter columns (default: detected)")
     p.add_argument("--x", help="scatter x column (default: the run config's compare.x, else lpips)")
     p.add_argument("--y", help="scatter y column (default: the run config's compare.y, else clip_score)")
-    p.add_argument("--wandb", action="store_true", help="also log the report to wandb (offline unless --wandb-mode online)")
-    p.add_argument("--no-wandb", action="store_true", help="do not log to wandb even if a run's config has a wandb logger")
+    p.add_argument(
+        "--wandb", action="store_true", help="also log the report to wandb (offline unless --wandb-mode online)"
+    )
+    p.add_argument(
+        "--no-wandb", action="store_true", help="do not log to wandb even if a run's config has a wandb logger"
+    )
     p.add_argument("--wandb-project", help="wandb project (default: the run's logger.project or editfriendly)")
     p.add_argument("--wandb-mode", choices=["offline", "online", "disabled"], help="wandb mode (default offline)")
 
 
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     """``editfriendly demo``: the web page (argparse only: Gradio loads in :func:`cmd_demo`)."""
     from framework.demo import DEFAULT_OUT  # demo.py imports only the standard library at load
 
@@ -362,7 +367,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:  # before the (slow) model load
         import gradio  # noqa: F401
     except ImportError:
-        raise ConfigError("editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)") from None
+        raise ConfigError(
+            "editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)"
+        ) from None
     engine = DemoEngine.load(args.backbone, out, device=args.device)
     app = build_app(engine)
     print(f"editfriendly demo: backbone {engine.backbone_name}, writing under {out}", flush=True)
