@@ -3,7 +3,9 @@
 
 The handlers are thin: they turn arguments into calls of the engine (:mod:`framework.edit`,
 the runner, the report, the demo), which is imported only when its command runs, so building
-the parser loads no torch, Lightning, matplotlib or Gradio. The engine never imports this module.
+the parser loads no torch, Lightning, matplotlib or Gradio (it reads the demo's default folder
+from :mod:`framework.demo`, whose module level imports only the standard library). The engine
+never imports this module (tests/test_cli.py checks both).
 
 User errors (bad files, bad options, impossible step counts) print one ``error:`` line and
 exit with status 2; only bugs show a traceback.
@@ -33,6 +35,7 @@ SIZE_POLICY = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``editfriendly`` parser with every subcommand (argparse only: nothing heavy loads)."""
     parser = argparse.ArgumentParser(
         prog="editfriendly",
         description="Edit real images with edit-friendly DDPM inversion (Huberman-Spiegelglas "
@@ -407,6 +410,7 @@ def skip_records_handled_below(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``editfriendly ARGV``; returns the exit status (2 for a user error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
