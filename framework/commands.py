@@ -18,7 +18,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from framework.compare import cmd_compare
+    from framework.report import cmd_compare
 
     return cmd_compare(args)
 
@@ -36,7 +36,7 @@ HANDLERS["demo"] = _cmd_demo
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     """Add the subcommands defined outside cli.py."""
-    from framework.compare import add_parser as add_compare_parser
+    from framework.report import add_parser as add_compare_parser
     from framework.demo import add_parser as add_demo_parser  # argparse only; Gradio loads in cmd_demo
     from framework.runner_cli import add_run_parser
 
