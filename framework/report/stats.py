@@ -284,7 +284,7 @@ def summarize(
     values = pd.DataFrame(
         {c: [to_number(r.get(c)) for r in rows] for c in metric_columns}, index=pd.RangeIndex(len(rows)), dtype=float
     )
-    stats = moments(values.where(ok[:, None]), ids, n_groups)
+    stats = moments(values.where(np.broadcast_to(ok[:, None], values.shape)), ids, n_groups)
     n_rows = np.bincount(ids, minlength=n_groups)
     n_ok = np.bincount(ids, weights=ok, minlength=n_groups).astype(int)
     first = [rows[i] for i in np.unique(ids, return_index=True)[1]]
