@@ -36,7 +36,8 @@ def results_rows(tmp_path: Path) -> list[dict]:
     rng = random.Random(7)
     writer = PartWriter(tmp_path, rank=0)
     variants = [("ef", "ef", {"skip": 36})]
-    variants += [("p2p", f"p2p[editor.guidance_scale={g}]", {"editor.guidance_scale": g, "skip": 0}) for g in (3.5, 7.5, 15)]
+    for g in (3.5, 7.5, 15):
+        variants.append(("p2p", f"p2p[editor.guidance_scale={g}]", {"editor.guidance_scale": g, "skip": 0}))
     variants += [("ddim", "ddim", {})]  # its sweep keys are absent from its rows
     for method, variant, sweep in variants:
         setting = ",".join(f"{k}={v}" for k, v in sweep.items())
@@ -147,7 +148,8 @@ def test_the_cli_and_figures_load_no_heavy_module_and_no_pyplot() -> None:
         "from pathlib import Path\n"
         "from framework.report import figures, stats, runs\n"
         "run = runs.Run(Path('.'), 'r', [], [])\n"
-        "g = stats.Group(run, 'ef', (('skip', '3'),), label='ef (skip=3)', stats={'a': (1.0, 0.1, 3), 'b': (2.0, None, 1)})\n"
+        "g = stats.Group(run, 'ef', (('skip', '3'),), label='ef (skip=3)',\n"
+        "                stats={'a': (1.0, 0.1, 3), 'b': (2.0, None, 1)})\n"
         "fig = figures.scatter_figure([g], 'a', 'b')\n"
         "assert fig is not None and len(fig.axes) == 1\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"

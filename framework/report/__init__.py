@@ -67,7 +67,7 @@ def compare(
 
 
 # ------------------------------------------------------------------------------------- CLI
-def add_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """The ``compare`` subcommand."""
     p = sub.add_parser(
         "compare",
@@ -85,8 +85,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--params", nargs="+", metavar="COL", help="parameter columns (default: detected)")
     p.add_argument("--x", help="scatter x column (default: the run config's compare.x, else lpips)")
     p.add_argument("--y", help="scatter y column (default: the run config's compare.y, else clip_score)")
-    p.add_argument("--wandb", action="store_true", help="also log the report to wandb (offline unless --wandb-mode online)")
-    p.add_argument("--no-wandb", action="store_true", help="do not log to wandb even if a run's config has a wandb logger")
+    p.add_argument(
+        "--wandb", action="store_true", help="also log the report to wandb (offline unless --wandb-mode online)"
+    )
+    p.add_argument(
+        "--no-wandb", action="store_true", help="do not log to wandb even if a run's config has a wandb logger"
+    )
     p.add_argument("--wandb-project", help="wandb project (default: the run's logger.project or editfriendly)")
     p.add_argument("--wandb-mode", choices=["offline", "online", "disabled"], help="wandb mode (default offline)")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from framework.errors import InputError
 from framework.report import figures, render, stats
-from framework.report.runs import Run, classify_columns, choose_items, is_ok, read_run, safe_name, unique_labels
+from framework.report.runs import Run, choose_items, classify_columns, is_ok, read_run, safe_name, unique_labels
 from framework.report.stats import Group
 
 #: failed rows listed one by one in the report (the rest are counted)
@@ -29,7 +29,13 @@ def default_out(run_dirs: Sequence[str | Path]) -> Path:
 
 def scatter_name(x: str, y: str) -> str:
     """The scatter's file name (``scatter_clip_lpips.png`` for the paper's axes)."""
-    return "scatter_clip_lpips.png" if (x, y) == ("lpips", "clip_score") else f"scatter_{safe_name(y)}_vs_{safe_name(x)}.png"
+    if (x, y) == ("lpips", "clip_score"):
+        return "scatter_clip_lpips.png"
+    return f"scatter_{safe_name(y)}_vs_{safe_name(x)}.png"
+
+
+def _failed(row: dict[str, str]) -> bool:
+    return not is_ok(row)
 
 
 def report_model(
@@ -45,7 +51,7 @@ def report_model(
     """The report as a section tree: runs, the methods × metrics table, the scatter (``scatter``:
     its file relative to the report folder, None if not drawn), the grids (item → file)."""
     x, y = axes
-    failures = [(run, r) for run in runs for r in run.rows if not is_ok(r)]
+    failures = [(run, r) for run in runs for r in run.rows if _failed(r)]
     total = sum(len(r.rows) for r in runs)
     header, body = stats.comparison_table(groups, runs, param_cols, metric_cols)
 
@@ -53,7 +59,7 @@ def report_model(
     doc.add(
         render.Text(["Runs:"]),
         render.Bullets(
-            [[render.Code(run.label), f" ({run.path}): {len(run.rows)} rows, {sum(not is_ok(r) for r in run.rows)} failed"]
+            [[render.Code(run.label), f" ({run.path}): {len(run.rows)} rows, {sum(map(_failed, run.rows))} failed"]
              for run in runs]
         ),
     )  # fmt: skip
@@ -85,11 +91,14 @@ def report_model(
             text = ", ".join(f"{c}={r.get(c)}" for c in param_cols if (r.get(c) or "").strip())
             return f" ({text})" if text else ""
 
-        lines: list[Sequence[render.Inline]] = [
-            [render.Code(run.label), " item ", render.Code(r.get("item_id", "")), " method ", render.Code(r.get("method", "")),
-             f"{setting(r)} target “{r.get('target_prompt', '')}”: {r.get('error', '') or '(no reason recorded)'}"]
-            for run, r in failures[:FAILURES_SHOWN]
-        ]  # fmt: skip
+        def failure(run: Run, r: dict[str, str]) -> list[render.Inline]:
+            reason = r.get("error", "") or "(no reason recorded)"
+            return [
+                render.Code(run.label), " item ", render.Code(r.get("item_id", "")), " method ",
+                render.Code(r.get("method", "")), f"{setting(r)} target “{r.get('target_prompt', '')}”: {reason}",
+            ]  # fmt: skip
+
+        lines: list[Sequence[render.Inline]] = [failure(run, r) for run, r in failures[:FAILURES_SHOWN]]
         if len(failures) > FAILURES_SHOWN:
             lines.append([f"… and {len(failures) - FAILURES_SHOWN} more"])
         doc.add(render.Section("Failed rows").add(render.Bullets(lines)))

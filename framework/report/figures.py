@@ -76,7 +76,7 @@ def _load(path: Path | None) -> Any:
         from framework.images import load_image
 
         return load_image(path)
-    except Exception:  # noqa: BLE001 - a broken image shows as a placeholder
+    except Exception:  # a broken image shows as a placeholder
         return None
 
 

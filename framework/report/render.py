@@ -11,7 +11,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Code:
     text: str
 
 
-Inline = Union[str, Code]
+Inline = str | Code
 
 
 @dataclass
@@ -56,9 +56,6 @@ class Image:
     key: str | None = None
 
 
-Block = Union[Text, Bullets, Table, Image, "Section"]
-
-
 @dataclass
 class Section:
     """A heading and its content; nested sections are one heading level deeper. The root is the
@@ -79,6 +76,9 @@ class Section:
             if isinstance(child, Section):
                 out += child.walk()
         return out
+
+
+Block = Text | Bullets | Table | Image | Section
 
 
 # ------------------------------------------------------------------------------- Markdown
@@ -127,7 +127,9 @@ STYLE = (
 
 
 def _html_inline(parts: Sequence[Inline]) -> str:
-    return "".join(f"<code>{html.escape(p.text)}</code>" if isinstance(p, Code) else html.escape(p, quote=False) for p in parts)
+    return "".join(
+        f"<code>{html.escape(p.text)}</code>" if isinstance(p, Code) else html.escape(p, quote=False) for p in parts
+    )
 
 
 def html_table(header: list[str], body: list[list[str]]) -> str:

@@ -107,7 +107,9 @@ def read_run(path: str | Path) -> Run:
             rows = [dict(r) for r in reader]
     elif csv_path.name == "results.csv" and list((path / "parts").glob("rows-*.jsonl")):
         header, rows = read_part_files(path)
-        log.warning("%s has no results.csv (an interrupted run): read the %d finished rows of its part files", path, len(rows))
+        log.warning(
+            "%s has no results.csv (an interrupted run): read the %d finished rows of its part files", path, len(rows)
+        )
     else:
         raise InputError(
             f"{path} is not a run directory: it has no results.csv and no parts/rows-*.jsonl (give "
@@ -136,7 +138,7 @@ def read_config(path: Path) -> dict[str, Any] | None:
 
                 loaded = OmegaConf.to_container(OmegaConf.load(path / name), resolve=False)
                 return loaded if isinstance(loaded, dict) else None
-            except Exception as exc:  # noqa: BLE001 - the config is optional context
+            except Exception as exc:  # the config is optional context
                 log.warning("could not read %s: %s", path / name, exc)
                 return None
     return None
@@ -195,7 +197,7 @@ def registered_metric_columns() -> set[str]:
         cols.update(getattr(cls, "columns", ()) or ())
         try:
             cols.update(METRICS.build(name).columns)
-        except Exception:  # noqa: BLE001 - a metric that needs options just contributes its class columns
+        except Exception:  # a metric that needs options just contributes its class columns
             pass
     return cols
 

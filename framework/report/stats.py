@@ -171,7 +171,9 @@ def group_rows(runs: list[Run], param_cols: list[str], metric_cols: list[str]) -
 
     ok = np.array([is_ok(row) for _, row in rows], dtype=bool)
     cells = pd.DataFrame(
-        {m: [parse_float(row.get(m)) for _, row in rows] for m in metric_cols}, index=pd.RangeIndex(len(rows)), dtype=float
+        {m: [parse_float(row.get(m)) for _, row in rows] for m in metric_cols},
+        index=pd.RangeIndex(len(rows)),
+        dtype=float,
     )
     finite = cells.where(np.isfinite(cells.to_numpy()) & ok[:, None])
     stats = moments(finite, ids, len(groups))
