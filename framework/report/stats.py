@@ -155,6 +155,8 @@ def group_rows(runs: list[Run], param_cols: list[str], metric_cols: list[str]) -
     import pandas as pd
 
     rows = [(i, row) for i, run in enumerate(runs) for row in run.rows]
+    if not rows:
+        return []
     # positional column names: a parameter column may be called anything
     keys = pd.DataFrame(
         [[i, row.get("method", "") or "(none)", *[(row.get(c) or "").strip() for c in param_cols]] for i, row in rows]
