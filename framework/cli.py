@@ -327,9 +327,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``editfriendly compare RUN_DIR ...``: write the report, print the paths of what it wrote."""
-    from framework.compare import compare, read_run, wandb_settings
+    from framework.report import compare
+    from framework.report.runs import read_run, wandb_logger
 
-    settings = wandb_settings([read_run(d) for d in args.run_dirs], args)
+    settings = None
+    if not args.no_wandb:  # --wandb, or a run whose config logs to wandb
+        logger = wandb_logger(read_run(d) for d in args.run_dirs)
+        if args.wandb or logger:
+            settings = {
+                "project": args.wandb_project or logger.get("project") or "editfriendly",
+                "mode": args.wandb_mode or logger.get("mode") or "offline",
+                "entity": logger.get("entity"),
+            }
     if args.sample is not None and args.sample < 0:
         raise InputError(f"--sample must be >= 0, got {args.sample}")
     result = compare(

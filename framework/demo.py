@@ -56,61 +56,6 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data"
 ProgressFn = Callable[[float, str], None]
 
 
-# --------------------------------------------------------------------------------- CLI
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
-    """Add ``editfriendly demo`` to the CLI (argparse only: no Gradio import here)."""
-    p = sub.add_parser(
-        "demo",
-        help="serve a web page to invert and edit an image interactively",
-        description="Serve a Gradio page: upload an image (or click a shipped example), type the "
-        "source and target prompts, pick an inverter and an editor, and compare the reconstruction "
-        "and the edits side by side. Nothing is fetched from the network.",
-    )
-    p.add_argument(
-        "--backbone",
-        help="a preset (digits, tiny, sd14, ...), a registered backbone, a hub id or a local "
-        "diffusers folder (default: digits where it is available, otherwise tiny)",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
-    p.add_argument(
-        "--share",
-        choices=("no", "yes"),
-        default="no",
-        help="'yes' asks Gradio for a public share link, which contacts Gradio's servers and "
-        "downloads their tunnel client; 'no' (default) serves locally only",
-    )
-    p.add_argument(
-        "--out",
-        default=DEFAULT_OUT,
-        help=f"output folder: every file the demo writes goes under it (default {DEFAULT_OUT})",
-    )
-    p.add_argument("--device", help="cuda, cuda:1, cpu, mps or auto (default)")
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Load the backbone, build the page and serve it until interrupted."""
-    if not 0 < args.port < 65536:
-        raise InputError(f"--port must be in 1..65535, got {args.port}")
-    out = Path(args.out).resolve()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {out}: {exc}") from None
-    configure_env(out)
-    try:  # before the (slow) model load
-        import gradio  # noqa: F401
-    except ImportError:
-        raise ConfigError("editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)") from None
-    engine = DemoEngine.load(args.backbone, out, device=args.device)
-    app = build_app(engine)
-    print(f"editfriendly demo: backbone {engine.backbone_name}, writing under {out}", flush=True)
-    launch(app, engine, host=args.host, port=args.port, share=args.share == "yes")
-    return 0
-
-
 def configure_env(out: Path) -> None:
     """Environment for an offline Gradio, and caches that land under ``out`` (call before
     importing Gradio or torch)."""
