@@ -24,7 +24,6 @@ share link unless ``--share yes``, and the front end served from the installed w
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
