@@ -496,9 +496,9 @@ def build_app(engine: DemoEngine) -> Any:
     """The Gradio page around ``engine`` (imports Gradio)."""
     import gradio as gr
 
-    from framework.config import load_yaml, config_dir
+    from framework.schema import EditConfig, defaults as schema_defaults
 
-    defaults = load_yaml(config_dir() / "defaults.yaml")
+    defaults = schema_defaults(EditConfig)
     inverters, editors = engine.presets("inverter"), engine.presets("editor")
     inv0 = str(defaults.get("inverter")) if defaults.get("inverter") in inverters else inverters[0]
     ed0 = str(defaults.get("editor")) if defaults.get("editor") in editors else editors[0]
@@ -506,7 +506,7 @@ def build_app(engine: DemoEngine) -> Any:
     ed_text, ed_g, ed_doc = engine.preset_options("editor", ed0)
     examples = load_examples()
     first = examples[0] if examples else {"source": "", "targets": ""}
-    steps0, skip0 = int(defaults.get("num_steps", 100)), int(defaults.get("skip", 36))
+    steps0, skip0 = int(defaults["num_steps"]), int(defaults["skip"])
     res = engine.backbone.resolution
 
     with gr.Blocks(title="editfriendly demo", analytics_enabled=False) as app:

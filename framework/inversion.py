@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from framework.errors import InputError
+from framework.schema import DEFAULT_NUM_STEPS
 
 
 @dataclass
@@ -159,7 +160,7 @@ class Inverter(abc.ABC):
         x0: Tensor,
         source_prompt: str | Sequence[str],
         *,
-        num_steps: int = 100,
+        num_steps: int = DEFAULT_NUM_STEPS,
         skip: int = 0,
         generator: torch.Generator | None = None,
     ) -> Inversion:
