@@ -363,7 +363,7 @@ class DemoEngine:
             "skip": as_int(req.skip, "skip"),
             "seed": as_int(req.seed, "seed"),
         }
-        return compose(extra_layers=[layer])
+        return compose(extra_layers=[layer], kind="edit")
 
     def run(self, req: EditRequest, cache: InversionCache, progress: ProgressFn | None = None) -> DemoResult:
         """Invert (or reuse) and edit; write the outputs under a new folder of ``self.out``."""
