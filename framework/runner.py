@@ -259,10 +259,10 @@ class EditModule(pl.LightningModule):
         return row
 
     def process(self, item: Item) -> list[dict[str, Any]]:
-        from framework.cli import slug
+        from framework.naming import slug
         from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
         from framework.metrics import MetricInput
-        from framework.pipeline import seeds_for
+        from framework.edit import seeds_for
 
         todo = self._missing(item)
         if not todo:
@@ -728,8 +728,9 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None, force: bool 
 
     ``force``: run even into an output_dir holding a run of another configuration.
     """
-    from framework.cli import check_output_dir, check_seed, make_output_dir
     from framework.config import save_config_history
+    from framework.outputs import check_output_dir, make_output_dir
+    from framework.random import check_seed
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)

@@ -34,6 +34,7 @@ from framework.errors import InputError
 from framework.inversion import Inversion
 from framework.random import randn
 from framework.schedule import Schedule
+from framework.schema import DEFAULT_SKIP
 
 #: ``noise_fn(i, x_i, eps, z) -> z``: may change the noise of step i before it is added.
 NoiseFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -393,7 +394,7 @@ class Editor(abc.ABC):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Return one latent per target prompt, (K, C, h, w) float32."""

@@ -16,10 +16,12 @@ from PIL import Image
 from scipy.stats import t as student_t
 
 from framework import cli
-from framework.compare import classify_columns, compare, mean_ci, read_run
 from framework.images import load_image_tensor, tensor_to_pil
 from framework.metrics import MetricInput
 from framework.registry import METRICS
+from framework.report import compare
+from framework.report.runs import classify_columns, read_run
+from framework.report.stats import mean_ci
 from tests.helpers.metric_standins import standin_metric_configs
 
 HEADER = [

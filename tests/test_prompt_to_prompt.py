@@ -210,7 +210,7 @@ def test_edit_matches_run_and_pipeline(tiny, photo_x0, ef_inversion):
     ed = p2p()
     latents = ed.edit(tiny, ef_inversion, SOURCE, [SAME], skip=SKIP)
     torch.testing.assert_close(latents, ed.run(tiny, ef_inversion, SOURCE, [SAME], skip=SKIP).targets, atol=0, rtol=0)
-    from framework.pipeline import invert_and_edit
+    from framework.edit import invert_and_edit
 
     image = tiny.decode(photo_x0)
     inverter = INVERTERS.build({"name": "ddpm_edit_friendly"})

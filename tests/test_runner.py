@@ -100,8 +100,8 @@ def run1(tiny, dataset5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_run_writes_all_rows_and_images(run1: Path, dataset5: Path, tiny) -> None:
+    from framework.edit import invert_and_edit
     from framework.images import load_image_tensor
-    from framework.pipeline import invert_and_edit
     from framework.registry import EDITORS, INVERTERS
     from framework.runner_data import item_seed
 

@@ -119,10 +119,6 @@ class TextPixelBackbone(PixelDDPMBackbone):
                 self._prompt_cache[prompt] = e
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
-    def token_ids(self, prompt: str) -> list[int]:
-        """The token ids of ``prompt`` (with start and end tokens), for attention editors."""
-        return list(self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids)
-
     # ----------------------------------------------------------------- network
     def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
         if cond is None:

@@ -180,10 +180,6 @@ class StableDiffusionBackbone(Backbone):
         ).input_ids.to(self.device)
         return self.text_encoder(ids)[0].float()
 
-    def token_ids(self, prompt: str) -> list[int]:
-        """The token ids of ``prompt`` (with start and end tokens), for attention editors."""
-        return list(self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids)
-
     # ----------------------------------------------------------------- network
     def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
         if cond is None:

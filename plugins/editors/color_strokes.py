@@ -45,6 +45,7 @@ from framework.sampling import (
     prompt_free_conditioning,
 )
 from framework.schedule import Schedule
+from framework.schema import DEFAULT_SKIP
 
 
 @dataclass
@@ -244,7 +245,7 @@ class ColorStrokesEditor(StrokesEditor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """(K, C, h, w) latents, K = one per target prompt (1 if none, unconditional)."""

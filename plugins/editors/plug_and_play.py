@@ -81,6 +81,7 @@ from framework.sampling import (
     denoise,
     inversion_guidance,
 )
+from framework.schema import DEFAULT_SKIP
 from plugins.editors.unet_hooks import (
     attention_modules,
     broadcast_first_row,
@@ -299,7 +300,7 @@ class PlugAndPlay(Editor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Return (K, C, h, w) float32 latents, one per target prompt."""

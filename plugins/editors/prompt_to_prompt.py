@@ -55,6 +55,7 @@ from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
 from framework.sampling import Editor, StepHook, denoise, inversion_guidance
+from framework.schema import DEFAULT_SKIP
 
 #: (cross_replace_steps, self_replace_steps) defaults by kind of inversion (reference code)
 DEFAULT_STEPS = {"noise_maps": (0.6, 0.2), "ddim": (0.8, 0.4)}
@@ -608,7 +609,7 @@ class PromptToPrompt(Editor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """(K, C, h, w) float32: one edited latent per target prompt."""
@@ -622,7 +623,7 @@ class PromptToPrompt(Editor):
         source_prompt: str | None,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> PromptToPromptResult:
         """The edit with its source row, masks and bookkeeping (see :class:`PromptToPromptResult`)."""

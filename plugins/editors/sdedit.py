@@ -31,6 +31,7 @@ from framework.sampling import (
     expand_rows,
     prompt_free_conditioning,
 )
+from framework.schema import DEFAULT_SKIP
 from plugins.editors.color_strokes import StrokesEditor, image_size, load_stroke_files
 
 
@@ -101,7 +102,7 @@ class SDEditEditor(StrokesEditor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """(K, C, h, w) latents, one per target prompt (1 if none); each row its own noise."""

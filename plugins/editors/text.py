@@ -17,6 +17,7 @@ from torch import Tensor
 from framework.inversion import Inversion
 from framework.registry import EDITORS
 from framework.sampling import Editor, denoise, inversion_guidance
+from framework.schema import DEFAULT_SKIP
 
 
 @dataclass
@@ -40,7 +41,7 @@ class TextEditor(Editor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         targets = self.check_inputs(backbone, inversion, target_prompts)

@@ -64,6 +64,7 @@ from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
 from framework.sampling import Editor, FollowInversion, Guidance, StepHook, denoise, inversion_guidance
+from framework.schema import DEFAULT_SKIP
 from plugins.editors.unet_hooks import (
     attention_modules,
     attention_probs,
@@ -309,7 +310,7 @@ class ZeroShot(Editor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Return (K, C, h, w) float32 latents, one per target prompt."""
@@ -324,7 +325,7 @@ class ZeroShot(Editor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
         direction: Tensor | None = None,
         measure: bool = False,
