@@ -53,10 +53,29 @@ def _distributions_of_modules() -> dict[str, list[str]]:
     return importlib.metadata.packages_distributions()
 
 
+def _guarded(tree: ast.AST) -> set[int]:
+    """ids of the import nodes inside ``try: ... except ImportError`` (an availability check that
+    turns a missing extra into a clear error)."""
+    guarded = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            h.type is not None
+            and {n.id for n in ast.walk(h.type) if isinstance(n, ast.Name)} & {"ImportError", "ModuleNotFoundError"}
+            for h in node.handlers
+        ):
+            guarded.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return guarded
+
+
 def _imported_distributions(path: Path) -> set[str]:
-    """The distributions (normalised names) that the third-party imports of one file come from."""
+    """The distributions (normalised names) that the third-party imports of one file come from,
+    less the imports guarded by ``except ImportError``."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    guarded = _guarded(tree)
+    for node in ast.walk(tree):
+        if id(node) in guarded:
+            continue
         if isinstance(node, ast.Import):
             names.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -72,7 +91,8 @@ def _imported_distributions(path: Path) -> set[str]:
 
 def test_core_imports_are_core_dependencies() -> None:
     """framework/ and plugins/ import only what ``dependencies`` declares (or, for the modules of
-    an optional command, what its extra declares): an undeclared import breaks a fresh install."""
+    an optional command, what its extra declares; or inside ``try: ... except ImportError``):
+    an undeclared import breaks a fresh install."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {_requirement_name(r) for r in project["dependencies"]}
