@@ -82,7 +82,9 @@ def test_summarize_writes_the_runners_summary_csv_byte_for_byte(tmp_path: Path) 
     new = write_csv(tmp_path / "new.csv", new_entries, columns).read_bytes()
     assert new == old
     # the same Python values and types, not just the same text (repr: NaN equals NaN, 1 is not 1.0)
-    as_text = lambda entries: [{k: repr(v) for k, v in e.items()} for e in entries]  # noqa: E731
+    def as_text(entries: list[dict]) -> list[dict[str, str]]:
+        return [{k: repr(v) for k, v in e.items()} for e in entries]
+
     assert as_text(new_entries) == as_text(runner_summarize(rows, SWEEP, METRICS))
     by_variant = {e["variant"]: e for e in new_entries}
     assert by_variant["ddim"]["ok"] == 0 and by_variant["ddim"]["lpips_mean"] is None
