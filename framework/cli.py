@@ -324,6 +324,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``editfriendly compare RUN_DIR ...``: write the report, print the paths of what it wrote."""
+    import importlib.util
+
+    missing = [m for m in ("pandas", "scipy", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:  # before reading anything
+        raise ConfigError(
+            f"editfriendly compare needs {', '.join(missing)}: pip install 'editfriendly[report]'"
+        )
     from framework.report import compare
     from framework.report.runs import read_run, wandb_logger
 

@@ -38,7 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from framework import schema
 from framework.errors import ConfigError
-from framework.schema import suggest  # noqa: F401 - re-exported: the closest-match hint
+from framework.schema import suggest
 
 GROUPS = ("backbone", "inverter", "editor")
 #: like a group, ``logger`` is replaced wholesale when a later layer names another logger (a

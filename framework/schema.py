@@ -291,7 +291,9 @@ def check_experiment(node: Mapping[str, Any], where: str) -> None:
     if isinstance(compare, Mapping):
         check_keys(compare, keys_of(CompareConfig), f"compare in {where}")
     elif compare is not None:
-        raise ConfigError(f"compare in {where} must be a mapping like {{x: shape_iou, y: color_reached}}, got {compare!r}")
+        raise ConfigError(
+            f"compare in {where} must be a mapping like {{x: shape_iou, y: color_reached}}, got {compare!r}"
+        )
     methods = node.get("methods")
     if isinstance(methods, list):
         for k, method in enumerate(methods):

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def compare(
     run_dirs: Sequence[str | Path],
     out: str | Path | None = None,
