@@ -12,7 +12,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from framework.runner import cmd_run
+    from framework.experiment.run import cmd_run
 
     return cmd_run(args)
 

@@ -181,7 +181,7 @@ def read_run(path: str | Path) -> Run:
 def read_part_files(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The rows of an unfinished run, merged from its per-rank part files as the runner's
     final merge would (one row per key, the last ok one winning), as a header and string cells."""
-    from framework.runner_results import columns_for, merge_rows, read_rows
+    from framework.experiment.results import columns_for, merge_rows, read_rows
 
     rows = merge_rows(read_rows(path))
     header = columns_for(rows, [], [])
@@ -191,7 +191,7 @@ def read_part_files(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def _csv_cell(value: Any) -> str:
     """A value as results.csv would hold it (the runner's CSV cell rule)."""
-    from framework.runner_results import _cell
+    from framework.experiment.results import _cell
 
     out = _cell(value)
     return "" if out is None else str(out)

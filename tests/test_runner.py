@@ -151,7 +151,7 @@ def test_run_writes_all_rows_and_images(run1: Path, dataset5: Path, tiny) -> Non
     from framework.images import load_image_tensor
     from framework.pipeline import invert_and_edit
     from framework.registry import EDITORS, INVERTERS
-    from framework.runner_data import item_seed
+    from framework.experiment.data import item_seed
 
     rows = read_csv(run1 / "results.csv")
     n_targets = 1 + 2 + 1 + 2 + 1
@@ -376,9 +376,9 @@ def test_offline_wandb_run_holds_the_table(failing_run: tuple[int, Path]) -> Non
 def test_example_config_composes_verbatim() -> None:
     """configs/experiment/example.yaml (the issue's shape) composes, expands and lists its data."""
     from framework.config import compose
-    from framework.runner import find_experiment, metric_configs, resolve_data_path
-    from framework.runner_data import build_dataset
-    from framework.runner_plan import expand_methods, inversion_groups
+    from framework.experiment.run import find_experiment, metric_configs, resolve_data_path
+    from framework.experiment.data import build_dataset
+    from framework.experiment.plan import expand_methods, inversion_groups
 
     path = find_experiment("example")
     cfg = compose(experiment=path)
@@ -397,7 +397,7 @@ def test_a_folder_named_like_an_experiment_is_not_taken_for_its_config(tmp_path,
     folder ``digits_bench/`` in the working directory must not shadow the named experiment."""
     from framework.config import config_dir
     from framework.errors import ConfigError
-    from framework.runner import find_experiment
+    from framework.experiment.run import find_experiment
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "example").mkdir()

@@ -1,12 +1,12 @@
 """The experiment runner: ``editfriendly run CONFIG [key=value ...]``.
 
 ``Trainer.predict`` (any accelerator, devices, strategy and nodes Lightning supports) runs
-:class:`EditModule` over the items of a :class:`~framework.runner_data.EditDataModule`; each
+:class:`EditModule` over the items of a :class:`~framework.experiment.data.EditDataModule`; each
 ``predict_step`` takes one item, inverts it once per shared inversion
-(:func:`framework.runner_plan.inversion_groups`), runs every method and sweep point and every
+(:func:`framework.experiment.plan.inversion_groups`), runs every method and sweep point and every
 target from it, decodes, scores with the configured metrics, and returns rows; the
 :class:`ResultsWriter` callback saves the images and appends the rows
-(:mod:`framework.runner_results` describes the crash-safe, resumable scheme). Rank 0 then
+(:mod:`framework.experiment.results` describes the crash-safe, resumable scheme). Rank 0 then
 merges ``results.csv`` and ``summary.csv`` and logs them.
 
 Determinism: the seed of an item is a hash of the run seed and the item id (and the seed
@@ -46,9 +46,9 @@ from PIL import Image
 from torch import Tensor
 
 from framework.errors import ConfigError, EditFriendlyError
-from framework.runner_data import EditDataModule, Item, build_dataset, fit_mask, item_seed
-from framework.runner_plan import Variant, expand_methods, inversion_groups, safe_name, sweep_columns
-from framework.runner_results import (
+from framework.experiment.data import EditDataModule, Item, build_dataset, fit_mask, item_seed
+from framework.experiment.plan import Variant, expand_methods, inversion_groups, safe_name, sweep_columns
+from framework.experiment.results import (
     OPTIONAL_COLUMNS,
     PartWriter,
     parts_dir,

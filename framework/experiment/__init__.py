@@ -1,0 +1,1 @@
+"""The experiment runner (``editfriendly run``): Lightning lives here only."""
