@@ -109,7 +109,7 @@ def test_pie_bench_parses_and_decodes_masks(tmp_path: Path) -> None:
 
 
 def test_fit_mask_follows_the_image_policy() -> None:
-    from framework.experiment.data import fit_mask
+    from framework.dataset import fit_mask
 
     m = np.zeros((40, 80), np.uint8)  # a wide image: the square center crop keeps columns 20..59
     m[:, 40:] = 1  # right half of the image
@@ -188,7 +188,7 @@ def test_folder_without_captions_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_item_seed_is_stable_and_distinct() -> None:
-    from framework.experiment.data import item_seed
+    from framework.dataset import item_seed
 
     assert item_seed(0, "a") == item_seed(0, "a")
     assert len({item_seed(0, "a"), item_seed(1, "a"), item_seed(0, "b"), item_seed(0, "a", 1)}) == 4

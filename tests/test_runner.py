@@ -151,7 +151,7 @@ def test_run_writes_all_rows_and_images(run1: Path, dataset5: Path, tiny) -> Non
     from framework.images import load_image_tensor
     from framework.pipeline import invert_and_edit
     from framework.registry import EDITORS, INVERTERS
-    from framework.experiment.data import item_seed
+    from framework.dataset import item_seed
 
     rows = read_csv(run1 / "results.csv")
     n_targets = 1 + 2 + 1 + 2 + 1
@@ -376,8 +376,9 @@ def test_offline_wandb_run_holds_the_table(failing_run: tuple[int, Path]) -> Non
 def test_example_config_composes_verbatim() -> None:
     """configs/experiment/example.yaml (the issue's shape) composes, expands and lists its data."""
     from framework.config import compose
-    from framework.experiment.run import find_experiment, metric_configs, resolve_data_path
-    from framework.experiment.data import build_dataset
+    from framework.experiment.plan import metric_configs
+    from framework.experiment.run import find_experiment, resolve_data_path
+    from framework.dataset import build_dataset
     from framework.experiment.plan import expand_methods, inversion_groups
 
     path = find_experiment("example")

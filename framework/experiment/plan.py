@@ -214,3 +214,35 @@ def sweep_columns(variants: Sequence[Variant]) -> list[str]:
             if key not in cols:
                 cols.append(key)
     return cols
+
+
+def metric_configs(cfg: Any) -> list[dict[str, Any]]:
+    """``metrics`` entries (a name or ``{name: ..., options...}``) -> mappings."""
+    raw = cfg.get("metrics") or []
+    if OmegaConf.is_config(raw):
+        raw = OmegaConf.to_container(raw, resolve=True)
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    out = []
+    for k, m in enumerate(raw):
+        if isinstance(m, str):
+            out.append({"name": m})
+        elif isinstance(m, dict) and "name" in m:
+            out.append(dict(m))
+        else:
+            raise ConfigError(f"metrics[{k}] must be a metric name or a mapping with 'name', got {m!r}")
+    return out
+
+
+def build_metrics(cfgs: Sequence[dict[str, Any]]) -> list[Any]:
+    from framework.registry import METRICS
+
+    return [METRICS.build(m) for m in cfgs]
+
+
+def item_dir(item_id: str) -> str:
+    """The relative folder of an item id (path components made safe)."""
+    safe = "/".join(safe_name(part) for part in item_id.replace("\\", "/").split("/") if part not in ("", ".", "..")) or "item"
+    if safe != item_id:  # keep ids that differ only in unsafe characters apart
+        safe += "-" + hashlib.sha1(item_id.encode()).hexdigest()[:6]
+    return safe

@@ -23,7 +23,7 @@ from framework import digits as D
 from framework.errors import ConfigError
 from framework.images import tensor_to_pil
 from framework.registry import DATASETS
-from framework.experiment.data import DatasetPlugin, Item, check_unique
+from framework.dataset import DatasetPlugin, Item, check_unique
 
 EDIT_KINDS = ("fg", "bg", "digit")
 

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from framework.errors import ConfigError
 from framework.registry import DATASETS
-from framework.experiment.data import DatasetPlugin, Item, as_prompt_list, check_unique
+from framework.dataset import DatasetPlugin, Item, as_prompt_list, check_unique
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}

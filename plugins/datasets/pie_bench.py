@@ -28,7 +28,7 @@ from PIL import Image
 
 from framework.errors import ConfigError, InputError
 from framework.registry import DATASETS
-from framework.experiment.data import DatasetPlugin, Item, check_unique
+from framework.dataset import DatasetPlugin, Item, check_unique
 
 
 @dataclass

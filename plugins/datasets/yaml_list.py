@@ -27,7 +27,7 @@ from typing import Any
 
 from framework.errors import ConfigError
 from framework.registry import DATASETS
-from framework.experiment.data import DatasetPlugin, Item, as_prompt_list, check_unique, resolve_path
+from framework.dataset import DatasetPlugin, Item, as_prompt_list, check_unique, resolve_path
 from omegaconf import OmegaConf
 
 
