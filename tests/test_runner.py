@@ -110,6 +110,15 @@ def run_subprocess(config: Path, *overrides: str, env: dict | None = None) -> su
     )
 
 
+def run_killed(config: Path, items: int) -> subprocess.CompletedProcess:
+    """Run ``config`` in a subprocess that dies (status 17, no cleanup) after ``items`` written items."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "run_killed.py"), str(config), str(items)],
+        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600,
+    )
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -221,7 +230,7 @@ def test_two_process_ddp_matches_one_process(run1: Path, dataset5: Path, tmp_pat
 def test_resume_after_a_kill_gives_every_row_once(run1: Path, dataset5: Path, tmp_path: Path) -> None:
     out = tmp_path / "resume"
     cfg = write_experiment(tmp_path / "exp.yaml", f"{{name: yaml_list, path: {dataset5}}}", out)
-    killed = run_subprocess(cfg, env={"EDITFRIENDLY_RUN_CRASH_AFTER": "2"})
+    killed = run_killed(cfg, 2)
     assert killed.returncode == 17, killed.stderr[-3000:]
     assert not (out / "results.csv").exists()  # died before the merge
     part = out / "parts" / "rows-rank0.jsonl"

@@ -203,10 +203,18 @@ def check_earlier_run(output_dir: Path, plain: dict[str, Any], force: bool) -> N
         )
 
 
-def run_experiment(cfg: DictConfig, experiment: Path | None = None, force: bool = False, progress: bool = True) -> int:
+def run_experiment(
+    cfg: DictConfig,
+    experiment: Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[pl.Callback] = (),
+) -> int:
     """Run a composed experiment config; returns the exit status (1 when any row failed).
 
     ``force``: run even into an output_dir holding a run of another configuration.
+    ``callbacks``: more Lightning callbacks, called after the :class:`ResultsWriter` (so in
+    ``on_predict_batch_end`` the item's rows are on disk; the tests kill a run this way).
     """
     from framework.cli import check_output_dir, check_seed, make_output_dir
     from framework.config import save_config_history
@@ -254,17 +262,18 @@ def run_experiment(cfg: DictConfig, experiment: Path | None = None, force: bool 
     make_output_dir(output_dir, "output_dir")
     logger = build_logger(logger_cfg, output_dir, output_dir.name)
     writer = ResultsWriter(output_dir)
-    callbacks: list[Any] = [writer]
+    all_callbacks: list[pl.Callback] = [writer]
     show = progress and trainer_cfg.get("enable_progress_bar", True) is not False
     if show:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
-        callbacks.append(TQDMProgressBar())  # tqdm, so that the steps bar nests under it
+        all_callbacks.append(TQDMProgressBar())  # tqdm, so that the steps bar nests under it
+    all_callbacks += list(callbacks)
     try:
         trainer = pl.Trainer(
             **trainer_cfg,
             logger=logger if logger is not None else False,
-            callbacks=callbacks,
+            callbacks=all_callbacks,
             inference_mode=False,
             enable_checkpointing=False,
             enable_model_summary=False,

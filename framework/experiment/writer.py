@@ -14,10 +14,6 @@ from PIL import Image
 
 from framework.experiment.results import PartWriter
 
-#: test hook: a process exits abruptly (no cleanup) after writing this many items
-CRASH_ENV = "EDITFRIENDLY_RUN_CRASH_AFTER"
-
-
 def save_image(img: Image.Image, path: Path) -> None:
     """Write a PNG atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,9 +29,7 @@ class ResultsWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.part: PartWriter | None = None
-        self.items_written = 0
-        crash = os.environ.get(CRASH_ENV)
-        self.crash_after = int(crash) if crash else None
+        self.items_written = 0  # batches (items) with rows written by this process
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.part = PartWriter(self.output_dir, trainer.global_rank)
@@ -66,8 +60,6 @@ class ResultsWriter(BasePredictionWriter):
                 save_image(img, self.output_dir / row["output_path"])
             self.part.write(row)
         self.items_written += 1
-        if self.crash_after is not None and self.items_written >= self.crash_after:
-            os._exit(17)  # simulate a killed run: no cleanup, no merge
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.part is not None:
