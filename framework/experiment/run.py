@@ -1,23 +1,23 @@
 """The experiment runner: ``editfriendly run CONFIG [key=value ...]``.
 
 ``Trainer.predict`` (any accelerator, devices, strategy and nodes Lightning supports) runs
-:class:`~framework.experiment.module.EditModule` over the items of a :class:`~framework.experiment.data.EditDataModule`; each
-``predict_step`` takes one item, inverts it once per shared inversion
-(:func:`framework.experiment.plan.inversion_groups`), runs every method and sweep point and every
-target from it, decodes, scores with the configured metrics, and returns rows; the
-:class:`~framework.experiment.writer.ResultsWriter` callback saves the images and appends the rows
-(:mod:`framework.experiment.results` describes the crash-safe, resumable scheme). Rank 0 then
-merges ``results.csv`` and ``summary.csv`` and logs them.
+:class:`~framework.experiment.module.EditModule` over the items of a
+:class:`~framework.experiment.data.EditDataModule`; each ``predict_step`` takes one item and
+returns its rows; the :class:`~framework.experiment.writer.ResultsWriter` callback saves the
+images and appends the rows (:mod:`framework.experiment.results` describes the crash-safe,
+resumable scheme). Rank 0 then merges ``results.csv`` and ``summary.csv`` (:func:`finalize`) and
+logs them (:mod:`framework.experiment.loggers`).
 
 Determinism: the seed of an item is a hash of the run seed and the item id (and the seed
 index for ``seeds: S``), so rows and images do not depend on the rank, the number of
 processes or the order. All noise is drawn on the CPU (framework.random).
 
 Tracking: ``logger: {name: wandb, mode: offline}`` (the default; ``wandb sync
-<output_dir>/wandb/offline-run-*`` uploads later), ``{name: csv}`` or ``{name: none}``. The
-wandb table is built by rank 0 after every rank has finished, from the merged results and the
-images on disk, so images from every rank reach it (on several nodes ``output_dir`` must be on a
-shared file system, as it must for the results anyway).
+<output_dir>/wandb/offline-run-*`` uploads later), ``{name: csv}`` or ``{name: none}``; each
+logger's defaults are its preset in ``configs/logger/``. The wandb table is built by rank 0
+after every rank has finished, from the merged results and the images on disk, so images from
+every rank reach it (on several nodes ``output_dir`` must be on a shared file system, as it
+must for the results anyway).
 
 The Trainer runs with ``inference_mode=False`` (predict then uses ``torch.no_grad``), so an
 editor that needs gradients can switch them on with ``torch.enable_grad()``.
