@@ -47,8 +47,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise InputError(f"device {device!r} was asked for but no CUDA GPU is available here; use --device cpu or auto")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise InputError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise InputError(f"device {device!r} was asked for but Apple MPS is not available here; use --device cpu or auto")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise InputError(
+            f"device {device!r} was asked for but Apple MPS is not available here; use --device cpu or auto"
+        )
     return dev
 
 
@@ -284,7 +288,7 @@ def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
     endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
     try:
         get_session().head(endpoint + "/api/models", timeout=timeout)
-    except Exception as exc:  # noqa: BLE001 - any transport failure means "unreachable"
+    except Exception as exc:  # any transport failure means "unreachable"
         text = str(exc).splitlines()[0] if str(exc) else ""
         return f"{endpoint} cannot be reached ({type(exc).__name__}: {text})"[:300]
     return None

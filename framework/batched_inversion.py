@@ -62,8 +62,8 @@ AUTO_MEMORY_FRACTION = 0.8
 #: the CPU measurement never goes beyond this many steps per pass
 AUTO_MAX_CPU = 32
 
-_AUTO_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
-_MEASURED: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+_AUTO_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+_MEASURED: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
 def check_timestep_batch(value: Any, what: str = "ddpm_edit_friendly timestep_batch") -> int | str:
@@ -176,7 +176,7 @@ class _Sizes(Iterator[int]):
     #: whether ``feedback`` needs the chunk's wall time (a device sync on CUDA)
     timed: bool = False
 
-    def feedback(self, size: int, seconds: float) -> None:  # noqa: B027 - optional hook
+    def feedback(self, size: int, seconds: float) -> None:  # optional hook
         """Called after each chunk with its size and (if ``timed``) its wall time."""
 
 
@@ -212,9 +212,10 @@ def _auto_sizes(backbone: Any, xts: Tensor, uncond: Tensor | None, guidance_scal
 
 class _MeasuredSizes(_Sizes):
     """1, 1, 2, 2, 4, 4, ... timed as they run (the second run of each size: the first pays the
-    one-off cost of a new batch shape, which later inversions do not); doubling stops after two doublings in a row that each
-    gain less than AUTO_MIN_GAIN in seconds/step (one is not enough on a busy CPU, where a
-    single timing is noisy) or at AUTO_MAX_CPU; then the fastest size seen is used."""
+    one-off cost of a new batch shape, which later inversions do not); doubling stops after two
+    doublings in a row that each gain less than AUTO_MIN_GAIN in seconds/step (one is not enough
+    on a busy CPU, where a single timing is noisy) or at AUTO_MAX_CPU; then the fastest size seen
+    is used."""
 
     @property
     def timed(self) -> bool:  # type: ignore[override]

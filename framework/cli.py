@@ -1,5 +1,11 @@
-"""The ``editfriendly`` command: ``edit`` one photo, ``list`` the plugins (and, as they land,
-``run`` experiments and ``compare`` runs).
+"""The ``editfriendly`` command, every subcommand's parser and handler: ``edit`` one photo,
+``list`` the plugins, ``run`` an experiment, ``compare`` runs, serve the ``demo``.
+
+The handlers are thin: they turn arguments into calls of the engine (:mod:`framework.edit`,
+the runner, the report, the demo), which is imported only when its command runs, so building
+the parser loads no torch, Lightning, matplotlib or Gradio (it reads the demo's default folder
+from :mod:`framework.demo`, whose module level imports only the standard library). The engine
+never imports this module (tests/test_cli.py checks both).
 
 User errors (bad files, bad options, impossible step counts) print one ``error:`` line and
 exit with status 2; only bugs show a traceback.
@@ -10,14 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from framework.errors import EditFriendlyError, InputError
+from framework.errors import ConfigError, EditFriendlyError, InputError
+from framework.naming import slug
+from framework.outputs import check_output_dir, make_output_dir
 
 SIZE_POLICY = (
     "Any image size and mode (grayscale, RGBA, palette, 16-bit, ...) is accepted: it is converted "
@@ -28,13 +34,8 @@ SIZE_POLICY = (
 )
 
 
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of a prompt."""
-    s = re.sub(r"[^a-zA-Z0-9]+", "-", text.strip().lower()).strip("-")
-    return s[:limit].rstrip("-") or "empty"
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The ``editfriendly`` parser with every subcommand (argparse only: nothing heavy loads)."""
     parser = argparse.ArgumentParser(
         prog="editfriendly",
         description="Edit real images with edit-friendly DDPM inversion (Huberman-Spiegelglas "
@@ -42,7 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_edit_parser(sub)
+    add_list_parser(sub)
+    add_run_parser(sub)
+    add_compare_parser(sub)
+    add_demo_parser(sub)
+    return parser
 
+
+def add_edit_parser(sub: argparse._SubParsersAction) -> None:
+    """``editfriendly edit``: one image, one inversion, one or more target prompts."""
     edit = sub.add_parser(
         "edit",
         help="invert one image and edit it toward one or more target prompts",
@@ -80,73 +90,118 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     edit.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
+
+def add_list_parser(sub: argparse._SubParsersAction) -> None:
+    """``editfriendly list``: the registered plugins and presets."""
     lst = sub.add_parser("list", help="list every registered plugin with its options and defaults")
     lst.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    from framework import commands
 
-    commands.add_subcommands(sub)
-    return parser
-
-
-def check_seed(seed: object, what: str = "seed") -> int:
-    """A seed torch's generators take: an integer in [-2**63, 2**64 - 1]."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"{what} must be an integer, got {seed!r}")
-    if not -(2**63) <= seed < 2**64:
-        raise InputError(f"{what} {seed} does not fit in 64 bits; use an integer in 0..{2**64 - 1}")
-    return seed
-
-
-def check_output_dir(path: Path, what: str = "output folder") -> None:
-    """Fail early (before any model loads) when ``path`` cannot be created or written to.
-
-    Creates nothing: the folder is made only when there is something to write into it.
-    """
-    path = Path(path)
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise InputError(f"cannot create the {what} {path}: {probe} is a file, not a folder")
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"cannot create the {what} {path}: {probe} is not writable")
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    """``editfriendly run``: an experiment config over a dataset."""
+    run = sub.add_parser(
+        "run",
+        help="run an experiment config: many images x methods x sweeps, on any number of devices",
+        description="Run every method (and sweep point) of an experiment config over a dataset with "
+        "Lightning's Trainer.predict; writes <output_dir>/results.csv, summary.csv, images/ and "
+        "config.yaml (and config_history/). Running it again on the same output_dir does only the missing rows; "
+        "a run of another configuration into it is refused unless --force.",
+        epilog="Overrides: key=value, e.g. output_dir=runs/x seed=1 trainer.devices=2 logger.name=none.",
+    )
+    run.add_argument("config", help="an experiment YAML file or a name in configs/experiment/")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when output_dir holds a run of another configuration (its rows are kept; "
+        "without --force such a run is refused; adding methods needs no --force)",
+    )
+    # REMAINDER: options may come after the overrides too (cmd_run picks --no-progress out of them)
+    run.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value", help="config overrides")
 
 
-def make_output_dir(path: Path, what: str = "output folder") -> Path:
-    """``mkdir -p`` with one clear error instead of an OSError traceback."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the {what} {path}: {exc.strerror or exc}") from None
-    return Path(path)
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    """``editfriendly compare``: a report over one or more run directories."""
+    p = sub.add_parser(
+        "compare",
+        help="compare run directories: methods × metrics table, CLIP-vs-LPIPS scatter, image grids",
+        description="Read RUN_DIR/results.csv of each run and write report.md, report.html, summary.csv, "
+        "the CLIP-vs-LPIPS scatter (the paper's Figure 10) and image grids (input | each method) to --out.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or results.csv files)")
+    p.add_argument("--out", help="report folder (default: RUN_DIR/compare, or compare_<a>_vs_<b> beside the runs)")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--items", nargs="+", metavar="ID", help="item ids to show in image grids")
+    sel.add_argument("--sample", type=int, default=4, metavar="N", help="grids for N items drawn at random (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the item sample (default 0)")
+    p.add_argument("--metrics", nargs="+", metavar="COL", help="metric columns (default: detected)")
+    p.add_argument("--params", nargs="+", metavar="COL", help="parameter columns (default: detected)")
+    p.add_argument("--x", help="scatter x column (default: the run config's compare.x, else lpips)")
+    p.add_argument("--y", help="scatter y column (default: the run config's compare.y, else clip_score)")
+    p.add_argument(
+        "--wandb", action="store_true", help="also log the report to wandb (offline unless --wandb-mode online)"
+    )
+    p.add_argument(
+        "--no-wandb", action="store_true", help="do not log to wandb even if a run's config has a wandb logger"
+    )
+    p.add_argument("--wandb-project", help="wandb project (default: the run's logger.project or editfriendly)")
+    p.add_argument("--wandb-mode", choices=["offline", "online", "disabled"], help="wandb mode (default offline)")
 
 
-#: top-level keys ``edit`` reads from its config (``key=value`` overrides of others are typos)
-EDIT_KEYS = ("backbone", "inverter", "editor", "num_steps", "skip", "seed")
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """``editfriendly demo``: the web page (argparse only: Gradio loads in :func:`cmd_demo`)."""
+    from framework.demo import DEFAULT_OUT  # demo.py imports only the standard library at load
+
+    p = sub.add_parser(
+        "demo",
+        help="serve a web page to invert and edit an image interactively",
+        description="Serve a Gradio page: upload an image (or click a shipped example), type the "
+        "source and target prompts, pick an inverter and an editor, and compare the reconstruction "
+        "and the edits side by side. Nothing is fetched from the network.",
+    )
+    p.add_argument(
+        "--backbone",
+        help="a preset (digits, tiny, sd14, ...), a registered backbone, a hub id or a local "
+        "diffusers folder (default: digits where it is available, otherwise tiny)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    p.add_argument(
+        "--share",
+        choices=("no", "yes"),
+        default="no",
+        help="'yes' asks Gradio for a public share link, which contacts Gradio's servers and "
+        "downloads their tunnel client; 'no' (default) serves locally only",
+    )
+    p.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"output folder: every file the demo writes goes under it (default {DEFAULT_OUT})",
+    )
+    p.add_argument("--device", help="cuda, cuda:1, cpu, mps or auto (default)")
+
+
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from framework.backbone import resolve_device
-    from framework.config import backbone_config, check_override_keys, compose, save_config_history
+    from framework.config import backbone_config, compose, save_config_history
+    from framework.edit import invert_and_edit
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
-    from framework.pipeline import invert_and_edit
     from framework.progress import progress_bars
+    from framework.random import check_seed
     from framework.registry import BACKBONES, EDITORS, INVERTERS
     from framework.schedule import check_steps
 
-    check_override_keys(args.overrides, EDIT_KEYS, "edit")
     layer: dict = {}
     if args.backbone:
         layer["backbone"] = backbone_config(args.backbone)
     for key, value in (("num_steps", args.steps), ("skip", args.skip), ("seed", args.seed)):
         if value is not None:
             layer[key] = value
-    cfg = compose(overrides=args.overrides, extra_layers=[layer])
+    cfg = compose(overrides=args.overrides, extra_layers=[layer], kind="edit")  # typos: exit 2
     if args.device:
         cfg.backbone.device = args.device
     check_seed(cfg.seed)
@@ -260,6 +315,94 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """``editfriendly run CONFIG [--no-progress] [--force] [key=value ...]``."""
+    from framework.experiment.run import cmd_run as run_command
+
+    return run_command(args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``editfriendly compare RUN_DIR ...``: write the report, print the paths of what it wrote."""
+    import importlib.util
+
+    missing = [m for m in ("pandas", "scipy", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:  # before reading anything
+        raise ConfigError(
+            f"editfriendly compare needs {', '.join(missing)}: pip install 'editfriendly[report]'"
+        )
+    from framework.report import compare
+    from framework.report.runs import read_run, wandb_logger
+
+    settings = None
+    if not args.no_wandb:  # --wandb, or a run whose config logs to wandb
+        logger = wandb_logger(read_run(d) for d in args.run_dirs)
+        if args.wandb or logger:
+            settings = {
+                "project": args.wandb_project or logger.get("project") or "editfriendly",
+                "mode": args.wandb_mode or logger.get("mode") or "offline",
+                "entity": logger.get("entity"),
+            }
+    if args.sample is not None and args.sample < 0:
+        raise InputError(f"--sample must be >= 0, got {args.sample}")
+    result = compare(
+        args.run_dirs,
+        args.out,
+        items=args.items,
+        sample=args.sample if args.sample is not None else 4,
+        seed=args.seed,
+        metrics=args.metrics,
+        params=args.params,
+        x=args.x,
+        y=args.y,
+        wandb=settings,
+    )
+    print(result["report_md"])
+    print(result["report_html"])
+    if result["scatter"]:
+        print(result["scatter"])
+    for path in result["grids"].values():
+        print(path)
+    if result["wandb_dir"]:
+        print(f"wandb: {result['wandb_dir']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``editfriendly demo``: load the backbone, build the page and serve it until interrupted."""
+    from framework.demo import DemoEngine, build_app, configure_env, launch
+
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port must be in 1..65535, got {args.port}")
+    out = Path(args.out).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {out}: {exc}") from None
+    configure_env(out)
+    try:  # before the (slow) model load
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)"
+        ) from None
+    engine = DemoEngine.load(args.backbone, out, device=args.device)
+    app = build_app(engine)
+    print(f"editfriendly demo: backbone {engine.backbone_name}, writing under {out}", flush=True)
+    launch(app, engine, host=args.host, port=args.port, share=args.share == "yes")
+    return 0
+
+
+#: subcommand name -> handler
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "edit": cmd_edit,
+    "list": cmd_list,
+    "run": cmd_run,
+    "compare": cmd_compare,
+    "demo": cmd_demo,
+}
+
+
 def skip_records_handled_below(record: logging.LogRecord) -> bool:
     """A root-handler filter: drop records that a logger below the root already printed.
 
@@ -280,6 +423,7 @@ def skip_records_handled_below(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``editfriendly ARGV``; returns the exit status (2 for a user error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -291,12 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"edit": cmd_edit, "list": cmd_list}
-    from framework import commands
-
-    handlers.update(commands.HANDLERS)
     try:
-        return handlers[args.command](args)
+        return HANDLERS[args.command](args)
     except EditFriendlyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,13 +1,15 @@
 """OmegaConf composition of run configurations.
 
-Layers, later ones winning: ``configs/defaults.yaml``, the group presets it selects
-(``configs/backbone/*.yaml``, ``configs/inverter/*.yaml``, ``configs/editor/*.yaml``), an
-experiment file, then ``key=value`` overrides from the command line.
+Layers, later ones winning: the defaults (:class:`framework.schema.EditConfig`, the one home of
+every run-level default), the group presets they select (``configs/backbone/*.yaml``,
+``configs/inverter/*.yaml``, ``configs/editor/*.yaml``), an experiment file, then ``key=value``
+overrides from the command line. ``compose(kind="edit"|"run")`` checks every layer's keys against
+the schema (:mod:`framework.schema`) first: a misspelt key is an error naming it.
 
 Run settings carried by presets. A preset file may hold the reserved key ``settings`` (e.g.
 ``settings: {num_steps: 50, skip: 0}``): the run settings of the paper the preset comes from.
-Composition strips it from the plugin's options and applies it as a layer just above
-``defaults.yaml``: the inverter preset's settings, then the editor preset's (the editor's win
+Composition strips it from the plugin's options and applies it as a layer just above the
+defaults: the inverter preset's settings, then the editor preset's (the editor's win
 where both set a key), then every explicit source: the experiment file, the command line (flags
 and ``key=value`` together), and, for a ``methods`` entry, the entry's own ``num_steps``/``skip``
 (see :func:`run_settings`). A layer that sets ``num_steps`` without ``skip`` keeps the
@@ -25,7 +27,6 @@ config is fully resolved.
 
 from __future__ import annotations
 
-import difflib
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,9 +36,14 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from framework import schema
 from framework.errors import ConfigError
+from framework.schema import suggest
 
 GROUPS = ("backbone", "inverter", "editor")
+#: like a group, ``logger`` is replaced wholesale when a later layer names another logger (a
+#: wandb ``mode`` means nothing to the csv logger), and a string names the logger
+LOGGER = "logger"
 #: reserved key of a preset file: the run settings it carries (not a plugin option)
 SETTINGS = "settings"
 #: what ``settings`` may set
@@ -51,7 +57,7 @@ def config_dir() -> Path:
     if env:
         return Path(env)
     source = Path(__file__).resolve().parent.parent / "configs"
-    if (source / "defaults.yaml").exists():
+    if (source / "experiment").is_dir():
         return source
     try:
         import editfriendly_configs  # installed copy of configs/ (see pyproject.toml)
@@ -177,7 +183,7 @@ def run_settings(
     groups: Sequence[Mapping[str, Any] | None],
     explicit: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """num_steps and skip from ``base`` (defaults.yaml), then each group's preset ``settings``
+    """num_steps and skip from ``base`` (the defaults), then each group's preset ``settings``
     (inverter, then editor), then the ``explicit`` layers in order (experiment file, command
     line, a method entry): each applied with :func:`apply_settings`."""
     current = _settings_of(base)
@@ -210,6 +216,8 @@ def merge_layers(layers: Iterable[Mapping[str, Any] | DictConfig]) -> dict[str, 
                     groups[key] = {**groups[key], **value}  # options only: keep the plugin
                 else:
                     groups[key] = merge_group(groups.get(key), preset_node(key, value))
+            elif key == LOGGER and value is not None:
+                rest[key] = _merge_logger(result.get(LOGGER), value)
             elif key == "methods" and value is not None:
                 rest[key] = [normalize_method(m, i) for i, m in enumerate(_as_list(value, "methods"))]
             else:
@@ -219,10 +227,26 @@ def merge_layers(layers: Iterable[Mapping[str, Any] | DictConfig]) -> dict[str, 
         except OmegaConfBaseException as exc:
             raise ConfigError(f"could not merge config: {exc}") from None
         result = _container(merged)
-        if "methods" in rest:  # lists replace, never merge element-wise
-            result["methods"] = rest["methods"]
+        for key in ("methods", LOGGER):  # lists replace; another logger replaces the mapping
+            if key in rest:
+                result[key] = rest[key]
     result.update(groups)
     return result
+
+
+def _merge_logger(old: Any, new: Any) -> Any:
+    """A later ``logger`` layer: a name (``logger=csv``) or a mapping naming another logger
+    replaces the earlier one; a mapping without a name, or with the same one, adds options."""
+    if isinstance(new, str):
+        return {"name": new}
+    if not isinstance(new, Mapping):
+        return new  # false/none and bad values: the schema check names them
+    new = dict(new)
+    if not isinstance(old, Mapping):
+        return new
+    if "name" in new and str(new["name"]).lower() != str(old.get("name", schema.LoggerConfig.name)).lower():
+        return new
+    return {**old, **new}
 
 
 def _as_list(value: Any, what: str) -> list[Any]:
@@ -272,21 +296,11 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return layer
 
 
-def suggest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
-    """``"; did you mean 'x'?"`` for the closest choice (difflib), or ``""``."""
-    norm = {c.replace("-", "").replace("_", "").lower(): c for c in choices}
-    key = word.replace("-", "").replace("_", "").lower()
-    if key in norm:
-        return f"; did you mean {norm[key]!r}?"
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def check_override_keys(overrides: Sequence[str], known: Iterable[str], command: str) -> None:
-    """Reject ``key=value`` overrides whose top-level key the command does not read.
+    """Reject ``key=value`` overrides whose top-level key is not in ``known``.
 
-    A misspelt key (``ouput_dir=x``) would otherwise be accepted and ignored. Only the top
-    level is checked here; plugin options are checked against their dataclasses.
+    :func:`compose` with ``kind`` checks overrides against the schema (nested keys too); this
+    is for callers with their own list of keys.
     """
     known = sorted(set(known))
     for item in overrides:
@@ -298,20 +312,38 @@ def check_override_keys(overrides: Sequence[str], known: Iterable[str], command:
             )
 
 
+#: what each ``compose(kind=...)`` checks a layer with
+CHECKS = {"edit": schema.check_edit, "run": schema.check_experiment}
+
+
 def compose(
     experiment: str | Path | None = None,
     overrides: Sequence[str] = (),
     defaults: str | Path | None = None,
     extra_layers: Sequence[Mapping[str, Any]] = (),
+    kind: str | None = None,
 ) -> DictConfig:
-    """Compose defaults, the experiment file, extra layers (CLI flags) and overrides."""
-    base = load_yaml(defaults or config_dir() / "defaults.yaml")
+    """Compose the defaults, the experiment file, extra layers (CLI flags) and overrides.
+
+    ``defaults``: a YAML file to start from instead of :class:`framework.schema.EditConfig`.
+    ``kind``: ``"edit"`` or ``"run"`` checks the keys of the experiment file and of the
+    overrides (top level and nested: trainer, logger, compare, each method) against the schema
+    of that command before anything is merged; None checks nothing (library use).
+    """
+    if kind is not None and kind not in CHECKS:
+        raise ValueError(f"kind must be one of {sorted(CHECKS)} or None, got {kind!r}")
+    check = CHECKS.get(kind) if kind else None
+    base = load_yaml(defaults) if defaults else OmegaConf.create(schema.defaults(schema.EditConfig))
     layers: list[Any] = [base]
     explicit: list[dict[str, Any]] = []  # where num_steps/skip may be set explicitly
     if experiment is not None:
         layers.append(load_yaml(experiment))
         explicit.append(_container(layers[-1]))
+        if check:
+            check(explicit[-1], f"the experiment config {experiment}")
     command_line = parse_overrides(overrides)
+    if check:
+        check(command_line, "the command line's key=value overrides")
     layers.extend(extra_layers)
     layers.append(command_line)
     # flags and key=value overrides are one source: --skip 5 num_steps=20 keeps skip 5
@@ -319,7 +351,10 @@ def compose(
     for layer in [*extra_layers, command_line]:
         cli.update(_settings_of(_container(layer)))
     explicit.append(cli)
-    return resolve(apply_preset_settings(merge_layers(layers), _container(base), explicit))
+    cfg = resolve(apply_preset_settings(merge_layers(layers), _container(base), explicit))
+    if check:
+        check(_container(cfg), "the composed config")
+    return cfg
 
 
 def apply_preset_settings(

@@ -8,8 +8,8 @@ own inversion). It shows the input as the model sees it, the reconstruction and 
 side, a progress bar during inversion and editing, the time and network evaluations of each phase,
 and offers the resolved config and a zip of the outputs for download.
 
-It runs the project's own pipeline (:func:`framework.pipeline.invert_image` and
-:func:`framework.pipeline.edit_inversion`, configs composed by :func:`framework.config.compose`),
+It runs the project's own pipeline (:func:`framework.edit.invert_image` and
+:func:`framework.edit.edit_inversion`, configs composed by :func:`framework.config.compose`),
 so a bad input shows the same ``InputError``/``ConfigError`` text as the CLI and the server keeps
 serving. Inversions are kept per browser session (keyed by the fitted image's pixels, the backbone,
 the source prompt, the inverter config, steps, skip and seed), so a second edit of the same image
@@ -24,7 +24,6 @@ share link unless ``--share yes``, and the front end served from the installed w
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -54,61 +53,6 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data"
 
 #: (fraction done, description) -> None
 ProgressFn = Callable[[float, str], None]
-
-
-# --------------------------------------------------------------------------------- CLI
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
-    """Add ``editfriendly demo`` to the CLI (argparse only: no Gradio import here)."""
-    p = sub.add_parser(
-        "demo",
-        help="serve a web page to invert and edit an image interactively",
-        description="Serve a Gradio page: upload an image (or click a shipped example), type the "
-        "source and target prompts, pick an inverter and an editor, and compare the reconstruction "
-        "and the edits side by side. Nothing is fetched from the network.",
-    )
-    p.add_argument(
-        "--backbone",
-        help="a preset (digits, tiny, sd14, ...), a registered backbone, a hub id or a local "
-        "diffusers folder (default: digits where it is available, otherwise tiny)",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
-    p.add_argument(
-        "--share",
-        choices=("no", "yes"),
-        default="no",
-        help="'yes' asks Gradio for a public share link, which contacts Gradio's servers and "
-        "downloads their tunnel client; 'no' (default) serves locally only",
-    )
-    p.add_argument(
-        "--out",
-        default=DEFAULT_OUT,
-        help=f"output folder: every file the demo writes goes under it (default {DEFAULT_OUT})",
-    )
-    p.add_argument("--device", help="cuda, cuda:1, cpu, mps or auto (default)")
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Load the backbone, build the page and serve it until interrupted."""
-    if not 0 < args.port < 65536:
-        raise InputError(f"--port must be in 1..65535, got {args.port}")
-    out = Path(args.out).resolve()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {out}: {exc}") from None
-    configure_env(out)
-    try:  # before the (slow) model load
-        import gradio  # noqa: F401
-    except ImportError:
-        raise ConfigError("editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)") from None
-    engine = DemoEngine.load(args.backbone, out, device=args.device)
-    app = build_app(engine)
-    print(f"editfriendly demo: backbone {engine.backbone_name}, writing under {out}", flush=True)
-    launch(app, engine, host=args.host, port=args.port, share=args.share == "yes")
-    return 0
 
 
 def configure_env(out: Path) -> None:
@@ -195,7 +139,7 @@ class DemoResult:
 class CachedInversion:
     """An inversion of one session's cache, with the reconstructions made from it so far."""
 
-    run: Any  # framework.pipeline.InversionRun
+    run: Any  # framework.edit.InversionRun
     reconstructions: dict[str, Any] = field(default_factory=dict)  # editor config -> EditRun
 
 
@@ -227,7 +171,7 @@ class InversionCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __deepcopy__(self, memo: dict) -> "InversionCache":  # Gradio copies state values
+    def __deepcopy__(self, memo: dict) -> InversionCache:  # Gradio copies state values
         return self
 
 
@@ -323,7 +267,7 @@ class DemoEngine:
         self.out = Path(out)
 
     @classmethod
-    def load(cls, name: str | None, out: Path, device: str | None = None) -> "DemoEngine":
+    def load(cls, name: str | None, out: Path, device: str | None = None) -> DemoEngine:
         """Load ``name``, or the first default backbone that loads (``digits``, then ``tiny``)."""
         if name:
             return cls._load_one(name, out, device)
@@ -341,7 +285,7 @@ class DemoEngine:
         raise ConfigError(f"none of the default backbones ({names}) loads; give --backbone")
 
     @classmethod
-    def _load_one(cls, name: str, out: Path, device: str | None) -> "DemoEngine":
+    def _load_one(cls, name: str, out: Path, device: str | None) -> DemoEngine:
         from framework.config import backbone_config, full_options
         from framework.registry import BACKBONES
 
@@ -419,17 +363,17 @@ class DemoEngine:
             "skip": as_int(req.skip, "skip"),
             "seed": as_int(req.seed, "seed"),
         }
-        return compose(extra_layers=[layer])
+        return compose(extra_layers=[layer], kind="edit")
 
     def run(self, req: EditRequest, cache: InversionCache, progress: ProgressFn | None = None) -> DemoResult:
         """Invert (or reuse) and edit; write the outputs under a new folder of ``self.out``."""
         from omegaconf import OmegaConf
 
         from framework.backbone import resolve_device
-        from framework.cli import slug
         from framework.config import save_config
+        from framework.edit import edit_inversion, invert_image
         from framework.images import fit_image, load_image, pil_to_tensor, tensor_to_pil
-        from framework.pipeline import edit_inversion, invert_image
+        from framework.naming import slug
         from framework.registry import EDITORS, INVERTERS
         from framework.sampling import check_conditional
         from framework.schedule import check_steps
@@ -552,9 +496,10 @@ def build_app(engine: DemoEngine) -> Any:
     """The Gradio page around ``engine`` (imports Gradio)."""
     import gradio as gr
 
-    from framework.config import load_yaml, config_dir
+    from framework.schema import EditConfig
+    from framework.schema import defaults as schema_defaults
 
-    defaults = load_yaml(config_dir() / "defaults.yaml")
+    defaults = schema_defaults(EditConfig)
     inverters, editors = engine.presets("inverter"), engine.presets("editor")
     inv0 = str(defaults.get("inverter")) if defaults.get("inverter") in inverters else inverters[0]
     ed0 = str(defaults.get("editor")) if defaults.get("editor") in editors else editors[0]
@@ -562,7 +507,7 @@ def build_app(engine: DemoEngine) -> Any:
     ed_text, ed_g, ed_doc = engine.preset_options("editor", ed0)
     examples = load_examples()
     first = examples[0] if examples else {"source": "", "targets": ""}
-    steps0, skip0 = int(defaults.get("num_steps", 100)), int(defaults.get("skip", 36))
+    steps0, skip0 = int(defaults["num_steps"]), int(defaults["skip"])
     res = engine.backbone.resolution
 
     with gr.Blocks(title="editfriendly demo", analytics_enabled=False) as app:
@@ -613,7 +558,12 @@ def build_app(engine: DemoEngine) -> Any:
                     )
                 steps = gr.Slider(2, 200, value=steps0, step=1, label="steps N", elem_id="ef-steps")
                 skip = gr.Slider(
-                    0, 199, value=skip0, step=1, label="skip (T_skip: steps skipped at the noisy end)", elem_id="ef-skip"
+                    0,
+                    199,
+                    value=skip0,
+                    step=1,
+                    label="skip (T_skip: steps skipped at the noisy end)",
+                    elem_id="ef-skip",
                 )
                 with gr.Row():
                     inverter_guidance = gr.Slider(

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from framework import digits as D
+from framework.schema import DEFAULT_NUM_STEPS, DEFAULT_SKIP
 
 
 @torch.no_grad()
@@ -181,12 +182,12 @@ def run_edits(
     inverter: Any,
     editor: Any,
     cases: Sequence[tuple[Tensor, str, str]],
-    num_steps: int = 100,
-    skip: int = 36,
+    num_steps: int = DEFAULT_NUM_STEPS,
+    skip: int = DEFAULT_SKIP,
     seed: int = 0,
 ) -> Tensor:
     """Invert and edit each case (one target each): edited images (n, 3, R, R) in [-1, 1]."""
-    from framework.pipeline import invert_and_edit
+    from framework.edit import invert_and_edit
 
     imgs = []
     for k, (image, source, target) in enumerate(cases):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from framework.errors import InputError
+from framework.schema import DEFAULT_NUM_STEPS
 
 
 @dataclass
@@ -41,8 +41,7 @@ class Inversion:
     method: str
     source_prompt: list[str]
     guidance_scale: float
-    nfe: int = 0  # network evaluations the inversion took
-    seconds: float = 0.0  # wall time of the inversion
+    nfe: int = 0  # network evaluations the inversion took (its wall time: framework.edit.measure_cost)
     extras: dict[str, Any] = field(default_factory=dict)
     rule: str = "ddpm"  # the step rule regenerating from it: ddpm (eq. 3) | edict
     rule_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"mix_weight": 0.93}
@@ -75,7 +74,7 @@ class Inversion:
             raise InputError(f"step {step} not in the inversion's computed range 0..{self.start_step}")
         return self.xts[step]
 
-    def to(self, device: torch.device | str) -> "Inversion":
+    def to(self, device: torch.device | str) -> Inversion:
         """A copy with its tensors on ``device``."""
         return dataclasses.replace(
             self,
@@ -161,7 +160,7 @@ class Inverter(abc.ABC):
         x0: Tensor,
         source_prompt: str | Sequence[str],
         *,
-        num_steps: int = 100,
+        num_steps: int = DEFAULT_NUM_STEPS,
         skip: int = 0,
         generator: torch.Generator | None = None,
     ) -> Inversion:
@@ -174,7 +173,6 @@ class Inverter(abc.ABC):
             raise InputError(
                 f"{self.registered_name} needs eta in (0, 1], got {eta}; for eta = 0 use the ddim inverter"
             )
-        start = time.perf_counter()
         nfe0 = backbone.nfe
         x0 = as_batch(x0, backbone.device)
         prompts = as_prompts(source_prompt, x0.shape[0])
@@ -199,7 +197,6 @@ class Inverter(abc.ABC):
             source_prompt=prompts,
             guidance_scale=guidance,
             nfe=backbone.nfe - nfe0,
-            seconds=time.perf_counter() - start,
             **fields,
         )
 

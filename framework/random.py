@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from framework.errors import InputError
+
 
 def randn(
     shape: Sequence[int],
@@ -25,3 +27,12 @@ def make_generator(seed: int | None) -> torch.Generator | None:
     if seed is None:
         return None
     return torch.Generator("cpu").manual_seed(int(seed))
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """A seed torch's generators take: an integer in [-2**63, 2**64 - 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"{what} must be an integer, got {seed!r}")
+    if not -(2**63) <= seed < 2**64:
+        raise InputError(f"{what} {seed} does not fit in 64 bits; use an integer in 0..{2**64 - 1}")
+    return seed

@@ -34,6 +34,7 @@ from framework.errors import InputError
 from framework.inversion import Inversion
 from framework.random import randn
 from framework.schedule import Schedule
+from framework.schema import DEFAULT_SKIP
 
 #: ``noise_fn(i, x_i, eps, z) -> z``: may change the noise of step i before it is added.
 NoiseFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -149,8 +150,9 @@ class DDPMRule(StepRule):
     ``zs[i-1]`` (1 or B rows) is z_i. Without noise maps and σ_i > 0 the rows after the first
     ``n_source`` draw fresh noise from ``generator`` (B - n_source rows in one draw) and the
     source rows get none; with ``shared_noise`` one draw of one row is added to every row
-    (Prompt-to-Prompt's choice: the rows then differ only by their prompts). ``xts`` (the inversion's trajectory, (n+1, 1, C, h, w)) lets the
-    source rows follow the stored states (:meth:`follow`).
+    (Prompt-to-Prompt's choice: the rows then differ only by their prompts). ``xts`` (the
+    inversion's trajectory, (n+1, 1, C, h, w)) lets the source rows follow the stored states
+    (:meth:`follow`).
     """
 
     def __init__(
@@ -392,7 +394,7 @@ class Editor(abc.ABC):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Return one latent per target prompt, (K, C, h, w) float32."""
@@ -419,7 +421,7 @@ def check_targets(target_prompts: Sequence[str] | str) -> list[str]:
     return targets
 
 
-def check_conditional(editor: "Editor", backbone: Any) -> None:
+def check_conditional(editor: Editor, backbone: Any) -> None:
     """Prompt-driven editors need a text-conditional backbone."""
     if getattr(editor, "needs_prompts", True) and not getattr(backbone, "conditional", True):
         raise InputError(

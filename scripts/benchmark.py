@@ -4,10 +4,11 @@
 * sequential vs. batched inversion (``--timestep-batch 1,16,auto``: timesteps per network pass),
 * float32 vs. half precision (``--dtypes float32,bfloat16,float16``: UNet, text encoder and VAE),
 * per phase: wall seconds (best of ``--repeats`` runs, the variants interleaved so that a
-  change of machine load hits all of them; medians in the JSON), network evaluations (UNet calls, counted by a forward hook), the
-  network-only floor (the same calls, same shapes, back to back on random inputs) and the
-  overhead over it, and peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak
-  rise of the resident set, sampled every 2 ms in a separate, untimed run),
+  change of machine load hits all of them; medians in the JSON), network evaluations (UNet
+  calls, counted by a forward hook), the network-only floor (the same calls, same shapes, back
+  to back on random inputs) and the overhead over it, and peak memory (CUDA:
+  ``torch.cuda.max_memory_allocated``; CPU: the peak rise of the resident set, sampled every
+  2 ms in a separate, untimed run),
 * per-edit time (encode + inversion + edit + decode) and its speedup over float32 sequential,
 * ``editfriendly run`` throughput (edits per minute, whole command wall time: start-up and
   model loading included) with 1 and 2 processes, run as subprocesses on a small config,
@@ -44,9 +45,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from framework.backbone import load_backbone  # noqa: E402
-from framework.batched_inversion import auto_choice, auto_measurements  # noqa: E402
-from framework.registry import EDITORS, INVERTERS  # noqa: E402
+from framework.backbone import load_backbone
+from framework.batched_inversion import auto_choice, auto_measurements
+from framework.registry import EDITORS, INVERTERS
 
 SOURCE = "a photo of a cat"
 
@@ -73,12 +74,12 @@ class UNetCalls:
         self.unet = unet
         self.calls: list[tuple[tuple[int, ...], bool]] = []
 
-    def _hook(self, module, args, kwargs, output) -> None:  # noqa: ANN001
+    def _hook(self, module, args, kwargs, output) -> None:
         sample = args[0] if args else kwargs["sample"]
         t = args[1] if len(args) > 1 else kwargs.get("timestep")
         self.calls.append((tuple(sample.shape), isinstance(t, torch.Tensor) and t.dim() > 0))
 
-    def __enter__(self) -> "UNetCalls":
+    def __enter__(self) -> UNetCalls:
         self.handle = self.unet.register_forward_hook(self._hook, with_kwargs=True)
         return self
 

@@ -168,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=110)
-    for method, label, values in (("color_strokes", "color strokes (ours)", strengths), ("sdedit", "SDEdit", sd_strengths)):
+    for method, label, values in (
+        ("color_strokes", "color strokes (ours)", strengths),
+        ("sdedit", "SDEdit", sd_strengths),
+    ):
         xs, ys = [], []
         for s in values:
             sel = [r for r in rows if r["method"] == method and r["strength"] == s]

@@ -25,17 +25,50 @@ if str(ROOT) not in sys.path:
 
 #: (label, inverter, editor, skip): the probe's table rows, 100 steps
 ROWS = [
-    ("edit-friendly + text", {"name": "ddpm_edit_friendly", "guidance_scale": 3.5}, {"name": "text", "guidance_scale": 7.5}, 36),
-    ("edit-friendly + text (target guidance 15)", {"name": "ddpm_edit_friendly", "guidance_scale": 3.5}, {"name": "text", "guidance_scale": 15}, 36),
-    ("edit-friendly + text (skip 0)", {"name": "ddpm_edit_friendly", "guidance_scale": 3.5}, {"name": "text", "guidance_scale": 7.5}, 0),
-    ("CycleDiffusion + text", {"name": "cycle_diffusion", "guidance_scale": 3.5}, {"name": "text", "guidance_scale": 7.5}, 36),
+    (
+        "edit-friendly + text",
+        {"name": "ddpm_edit_friendly", "guidance_scale": 3.5},
+        {"name": "text", "guidance_scale": 7.5},
+        36,
+    ),
+    (
+        "edit-friendly + text (target guidance 15)",
+        {"name": "ddpm_edit_friendly", "guidance_scale": 3.5},
+        {"name": "text", "guidance_scale": 15},
+        36,
+    ),
+    (
+        "edit-friendly + text (skip 0)",
+        {"name": "ddpm_edit_friendly", "guidance_scale": 3.5},
+        {"name": "text", "guidance_scale": 7.5},
+        0,
+    ),
+    (
+        "CycleDiffusion + text",
+        {"name": "cycle_diffusion", "guidance_scale": 3.5},
+        {"name": "text", "guidance_scale": 7.5},
+        36,
+    ),
     ("DDIM + text", {"name": "ddim"}, {"name": "text", "guidance_scale": 7.5}, 0),
     ("DDIM stopped early + text", {"name": "ddim"}, {"name": "text", "guidance_scale": 7.5}, 36),
-    ("edit-friendly + Prompt-to-Prompt (0.6 / 0.2)", {"name": "ddpm_edit_friendly", "guidance_scale": 3.5},
-     {"name": "prompt_to_prompt", "guidance_scale": 7.5, "cross_replace_steps": 0.6, "self_replace_steps": 0.2}, 12),
-    ("DDIM + Prompt-to-Prompt (0.8 / 0.4)", {"name": "ddim"},
-     {"name": "prompt_to_prompt", "guidance_scale": 7.5, "cross_replace_steps": 0.8, "self_replace_steps": 0.4}, 0),
-    ("edit-friendly + Plug-and-Play", {"name": "ddpm_edit_friendly", "guidance_scale": 3.5}, {"name": "plug_and_play", "guidance_scale": 7.5}, 0),
+    (
+        "edit-friendly + Prompt-to-Prompt (0.6 / 0.2)",
+        {"name": "ddpm_edit_friendly", "guidance_scale": 3.5},
+        {"name": "prompt_to_prompt", "guidance_scale": 7.5, "cross_replace_steps": 0.6, "self_replace_steps": 0.2},
+        12,
+    ),
+    (
+        "DDIM + Prompt-to-Prompt (0.8 / 0.4)",
+        {"name": "ddim"},
+        {"name": "prompt_to_prompt", "guidance_scale": 7.5, "cross_replace_steps": 0.8, "self_replace_steps": 0.4},
+        0,
+    ),
+    (
+        "edit-friendly + Plug-and-Play",
+        {"name": "ddpm_edit_friendly", "guidance_scale": 3.5},
+        {"name": "plug_and_play", "guidance_scale": 7.5},
+        0,
+    ),
     ("DDIM + Plug-and-Play", {"name": "ddim"}, {"name": "plug_and_play", "guidance_scale": 7.5}, 0),
 ]
 
@@ -82,9 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         edited = run_edits(backbone, INVERTERS.build(inv_cfg), EDITORS.build(ed_cfg), cases[:args.n], 100, skip)
         r = edit_rates(cases[:args.n], edited)
-        row = {"method": label, "skip": skip, "target_guidance": ed_cfg["guidance_scale"], "n": args.n,
-               "color_reached": r["color_reached"], "shape_iou": r["shape_iou"],
-               "fg_reached": r["attr_reached"], "kept": r["attr_kept"], "seconds": round(time.perf_counter() - start, 1)}
+        row = {
+            "method": label,
+            "skip": skip,
+            "target_guidance": ed_cfg["guidance_scale"],
+            "n": args.n,
+            "color_reached": r["color_reached"],
+            "shape_iou": r["shape_iou"],
+            "fg_reached": r["attr_reached"],
+            "kept": r["attr_kept"],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     result["fg_edits"] = rows

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from framework import digits as D  # noqa: E402
+from framework import digits as D
 
 
 def kind(source: str, target: str) -> str:
@@ -42,10 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", help="results.csv of a digits_bench run")
     args = p.parse_args(argv)
     rows = [r for r in csv.DictReader(open(args.results)) if r["status"] == "ok"]
-    groups: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    groups: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     order: list[tuple[str, str]] = []
     for r in rows:
-        setting = f"skip {r['skip']}" + (f", guidance {r['editor.guidance_scale']}" if r.get("editor.guidance_scale") else "")
+        setting = f"skip {r['skip']}" + (
+            f", guidance {r['editor.guidance_scale']}" if r.get("editor.guidance_scale") else ""
+        )
         key = (r["method"], setting)
         if key not in order:
             order.append(key)
@@ -59,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     for key in order:
         g = groups[key]
         n = max((len(v["attr_reached"]) for v in g.values()), default=0)
-        print(f"| {key[0]} | {key[1]} | {pct(g['fg']['color_reached'])} | {mean(g['fg']['shape_iou'])} "
-              f"| {pct(g['fg']['attr_kept'])} | {pct(g['bg']['color_reached'])} | {mean(g['bg']['shape_iou'])} "
-              f"| {pct(g['bg']['attr_kept'])} | {pct(g['digit']['attr_reached'])} | {pct(g['digit']['attr_kept'])} | {n} |")
+        print(
+            f"| {key[0]} | {key[1]} | {pct(g['fg']['color_reached'])} | {mean(g['fg']['shape_iou'])} "
+            f"| {pct(g['fg']['attr_kept'])} | {pct(g['bg']['color_reached'])} | {mean(g['bg']['shape_iou'])} "
+            f"| {pct(g['bg']['attr_kept'])} | {pct(g['digit']['attr_reached'])} | {pct(g['digit']['attr_kept'])} "
+            f"| {n} |"
+        )
     return 0
 
 

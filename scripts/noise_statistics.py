@@ -38,12 +38,12 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from framework.backbone import load_backbone  # noqa: E402
-from framework.errors import InputError  # noqa: E402
-from framework.random import make_generator, randn  # noqa: E402
-from framework.sampling import reverse_process  # noqa: E402
-from plugins.inverters.cycle_diffusion import CycleDiffusion, CycleDiffusionOptions  # noqa: E402
-from plugins.inverters.ddpm_edit_friendly import DDPMEditFriendly, DDPMEditFriendlyOptions  # noqa: E402
+from framework.backbone import load_backbone
+from framework.errors import InputError
+from framework.random import make_generator, randn
+from framework.sampling import reverse_process
+from plugins.inverters.cycle_diffusion import CycleDiffusion, CycleDiffusionOptions
+from plugins.inverters.ddpm_edit_friendly import DDPMEditFriendly, DDPMEditFriendlyOptions
 
 METHODS = ("native", "edit_friendly", "cycle_diffusion")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -118,7 +118,9 @@ def summary(var: Tensor, corr: Tensor) -> dict[str, float]:
     }
 
 
-def write_outputs(out: Path, timesteps: Tensor, sigmas: Tensor, stats: dict[str, tuple[Tensor, Tensor]], title: str) -> None:
+def write_outputs(
+    out: Path, timesteps: Tensor, sigmas: Tensor, stats: dict[str, tuple[Tensor, Tensor]], title: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,7 +138,11 @@ def write_outputs(out: Path, timesteps: Tensor, sigmas: Tensor, stats: dict[str,
             w.writerow(row)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     t = timesteps.numpy()
-    labels = {"native": "native (sampling)", "edit_friendly": "edit-friendly (ours)", "cycle_diffusion": "CycleDiffusion"}
+    labels = {
+        "native": "native (sampling)",
+        "edit_friendly": "edit-friendly (ours)",
+        "cycle_diffusion": "CycleDiffusion",
+    }
     for m in METHODS:
         var, corr = stats[m]
         ax1.plot(t, var.numpy(), label=labels[m])
@@ -159,16 +165,22 @@ def write_outputs(out: Path, timesteps: Tensor, sigmas: Tensor, stats: dict[str,
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="outputs/noise_statistics", help="output folder (default: %(default)s)")
-    p.add_argument("--backbone", default="gaussian", help="backbone name, preset, hub id or folder (default: %(default)s)")
+    p.add_argument(
+        "--backbone", default="gaussian", help="backbone name, preset, hub id or folder (default: %(default)s)"
+    )
     p.add_argument("--dim", type=int, default=None, help="gaussian only: D dimensions, mean 10, identity covariance")
     p.add_argument("--samples", type=int, default=10, help="number of x0 (default: %(default)s, as the paper)")
     p.add_argument("--steps", type=int, default=100, help="inference steps (default: %(default)s, as the paper)")
     p.add_argument("--eta", type=float, default=1.0, help="η of sampling and both inversions (default: %(default)s)")
     p.add_argument("--cycle-eta", type=float, default=None, help="η of CycleDiffusion (default: --eta)")
     p.add_argument("--prompt", default="", help="prompt for sampling and inverting (default: empty)")
-    p.add_argument("--guidance", type=float, default=1.0, help="guidance of sampling and inverting (default: %(default)s)")
+    p.add_argument(
+        "--guidance", type=float, default=1.0, help="guidance of sampling and inverting (default: %(default)s)"
+    )
     p.add_argument("--images", default=None, help="a folder of images to invert instead of model samples")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--dtype", default=None, help="network dtype for SD backbones (float32 | float16 | bfloat16)")
@@ -213,8 +225,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"{'method':<16} {'median var':>10} {'mean var':>10} {'median corr':>11} {'mean corr':>10}")
     for m in METHODS:
         s = result[m]
-        print(f"{m:<16} {s['median_variance']:>10.3f} {s['mean_variance']:>10.3f} {s['median_correlation']:>11.3f} {s['mean_correlation']:>10.3f}")
-    print(f"edit-friendly / native variance: median over steps {float(ratio.median()):.2f}, min {float(ratio.min()):.2f}")
+        print(
+            f"{m:<16} {s['median_variance']:>10.3f} {s['mean_variance']:>10.3f} "
+            f"{s['median_correlation']:>11.3f} {s['mean_correlation']:>10.3f}"
+        )
+    print(
+        f"edit-friendly / native variance: median over steps {float(ratio.median()):.2f}, min {float(ratio.min()):.2f}"
+    )
     print(f"wrote {Path(args.out) / 'noise_statistics.png'} and noise_statistics.csv")
     return result
 

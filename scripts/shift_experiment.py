@@ -45,7 +45,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--shifts", default="0,1,2,4", help="comma-separated horizontal shifts in pixels")
     p.add_argument("--border", default="wrap", choices=["noise", "reflect", "wrap"], help="shift border policy")
     p.add_argument("--num-images", type=int, default=4, help="generated images and real images, each")
-    p.add_argument("--real", default="digits", help="real images: 'digits' (scikit-learn), 'photos' (its sample photos) or a folder")
+    p.add_argument(
+        "--real",
+        default="digits",
+        help="real images: 'digits' (scikit-learn), 'photos' (its sample photos) or a folder",
+    )
     p.add_argument("--metric", default="auto", choices=["auto", "mse", "lpips"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -67,7 +71,9 @@ def real_images(spec: str, n: int, resolution: int, seed: int) -> torch.Tensor:
 
         from framework.images import fit_image, pil_to_tensor
 
-        photos = [pil_to_tensor(fit_image(Image.fromarray(a), None, resolution, 1)) for a in load_sample_images().images]
+        photos = [
+            pil_to_tensor(fit_image(Image.fromarray(a), None, resolution, 1)) for a in load_sample_images().images
+        ]
         return torch.cat([photos[i % len(photos)] for i in range(n)])
     from scripts.train_pixel_ddpm import folder_dataset
 
@@ -92,7 +98,9 @@ def sample_native(backbone, n: int, steps: int, generator: torch.Generator) -> I
         return z
 
     with torch.no_grad():
-        xts[0] = reverse_process(backbone, x_T, schedule, steps, None, None, 1.0, generator=generator, noise_fn=keep).cpu()
+        xts[0] = reverse_process(
+            backbone, x_T, schedule, steps, None, None, 1.0, generator=generator, noise_fn=keep
+        ).cpu()
     return Inversion(
         xts=xts, zs=zs, timesteps=schedule.timesteps, num_steps=steps, skip=0, eta=1.0,
         method="native", source_prompt=[""] * n, guidance_scale=1.0,
@@ -118,7 +126,7 @@ def make_distance(kind: str, resolution: int, device: str):
 
             net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
             return "lpips", lambda a, b: float(net(a.to(device), b.to(device)).mean())
-        except Exception as exc:  # noqa: BLE001 - weights missing offline
+        except Exception as exc:  # weights missing offline
             if kind == "lpips":
                 raise InputError(f"LPIPS weights could not be loaded ({exc}); use --metric mse") from None
     elif kind == "lpips":
@@ -175,7 +183,10 @@ def run(args: argparse.Namespace) -> int:
     native = sample_native(backbone, args.num_images, args.steps, g)
     generated = native.x0.to(backbone.device)
     cases[("generated", "native")] = (generated, native)
-    cases[("generated", "edit_friendly")] = (generated, ef.invert(backbone, generated, "", num_steps=args.steps, generator=g))
+    cases[("generated", "edit_friendly")] = (
+        generated,
+        ef.invert(backbone, generated, "", num_steps=args.steps, generator=g),
+    )
     real = backbone.encode_image(real_images(args.real, args.num_images, res, args.seed).to(backbone.device))
     cases[("real", "edit_friendly")] = (real, ef.invert(backbone, real, "", num_steps=args.steps, generator=g))
     if native_real is not None:
@@ -223,7 +234,9 @@ def run(args: argparse.Namespace) -> int:
 
     # grid: rows (kind, space), columns: input shifted by each d, regenerated
     keys = list(cases)
-    fig, axes = plt.subplots(len(keys), len(shifts) + 1, figsize=(1.1 * (len(shifts) + 1) + 1.2, 1.15 * len(keys)), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(
+        len(keys), len(shifts) + 1, figsize=(1.1 * (len(shifts) + 1) + 1.2, 1.15 * len(keys)), dpi=110, squeeze=False
+    )
     for r, key in enumerate(keys):
         x0 = cases[key][0][:1]
         axes[r][0].imshow(tensor_to_pil(backbone.decode(x0).cpu())[0], interpolation="nearest")

@@ -32,16 +32,18 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from framework.backbone import load_backbone  # noqa: E402
-from framework.errors import InputError  # noqa: E402
-from framework.random import make_generator, randn  # noqa: E402
-from framework.sampling import reverse_process  # noqa: E402
-from plugins.inverters.ddpm_edit_friendly import DDPMEditFriendly, DDPMEditFriendlyOptions  # noqa: E402
+from framework.backbone import load_backbone
+from framework.errors import InputError
+from framework.random import make_generator, randn
+from framework.sampling import reverse_process
+from plugins.inverters.ddpm_edit_friendly import DDPMEditFriendly, DDPMEditFriendlyOptions
 
 METHODS = ("regular", "edit_friendly")
 
 
-def regular_sampling(backbone: Any, num: int, steps: int, eta: float, generator: torch.Generator | None) -> dict[str, Tensor]:
+def regular_sampling(
+    backbone: Any, num: int, steps: int, eta: float, generator: torch.Generator | None
+) -> dict[str, Tensor]:
     """Sample ``num`` paths of the native DDPM process from x_T ~ N(0, I).
 
     Returns xs (steps+1, num, d) with xs[i] = x_i, mus (steps, num, d) with mus[i-1] = μ̂_i(x_i),
@@ -62,11 +64,15 @@ def regular_sampling(backbone: Any, num: int, steps: int, eta: float, generator:
         xs[i - 1] = (mu + float(schedule.sigma[i - 1]) * z).reshape(num, d).cpu()
         return z
 
-    reverse_process(backbone, x_top, schedule, steps, None, None, 1.0, generator=generator, noise_fn=record, desc="sample")
+    reverse_process(
+        backbone, x_top, schedule, steps, None, None, 1.0, generator=generator, noise_fn=record, desc="sample"
+    )
     return {"xs": xs, "mus": mus, "zs": zs, "sigmas": schedule.sigma.clone()}
 
 
-def edit_friendly_paths(backbone: Any, x0: Tensor, steps: int, eta: float, generator: torch.Generator | None) -> dict[str, Tensor]:
+def edit_friendly_paths(
+    backbone: Any, x0: Tensor, steps: int, eta: float, generator: torch.Generator | None
+) -> dict[str, Tensor]:
     """Algorithm 1 for x0 (num, d, 1, 1): the same fields as :func:`regular_sampling`."""
     inverter = DDPMEditFriendly(DDPMEditFriendlyOptions(eta=eta, guidance_scale=1.0))
     inv = inverter.invert(backbone, x0, "", num_steps=steps, generator=generator)
@@ -110,8 +116,24 @@ def draw_path(ax: Any, path: dict[str, Tensor], title: str) -> None:
     xs, mus = path["xs"][:, 0, :2].numpy(), path["mus"][:, 0, :2].numpy()
     steps = mus.shape[0]
     arrow = dict(angles="xy", scale_units="xy", scale=1, width=0.004)
-    ax.quiver(xs[1:, 0], xs[1:, 1], mus[:, 0] - xs[1:, 0], mus[:, 1] - xs[1:, 1], color="tab:blue", label="drift μ̂_t(x_t) - x_t", **arrow)
-    ax.quiver(mus[:, 0], mus[:, 1], xs[:-1, 0] - mus[:, 0], xs[:-1, 1] - mus[:, 1], color="tab:red", label="noise σ_t z_t", **arrow)
+    ax.quiver(
+        xs[1:, 0],
+        xs[1:, 1],
+        mus[:, 0] - xs[1:, 0],
+        mus[:, 1] - xs[1:, 1],
+        color="tab:blue",
+        label="drift μ̂_t(x_t) - x_t",
+        **arrow,
+    )
+    ax.quiver(
+        mus[:, 0],
+        mus[:, 1],
+        xs[:-1, 0] - mus[:, 0],
+        xs[:-1, 1] - mus[:, 1],
+        color="tab:red",
+        label="noise σ_t z_t",
+        **arrow,
+    )
     ax.scatter(xs[1:steps, 0], xs[1:steps, 1], s=10, color="tab:green", zorder=3, label="x_t")
     ax.scatter(xs[[0, steps], 0], xs[[0, steps], 1], s=30, color="black", zorder=4, label="x_T, x_0")
     ax.set_title(title)
@@ -129,9 +151,14 @@ def write_outputs(out: Path, paths: dict[str, dict[str, Tensor]], angles: dict[s
     fig, axes = plt.subplots(2, 2, figsize=(11, 10))
     draw_path(axes[0, 0], paths["regular"], "Regular DDPM sampling")
     draw_path(axes[0, 1], paths["edit_friendly"], "Edit-friendly inversion (ours)")
-    for ax, method, title in ((axes[1, 0], "regular", "Regular: angle between z_t, z_t-1"), (axes[1, 1], "edit_friendly", "Edit-friendly: angle between z_t, z_t-1")):
+    for ax, method, title in (
+        (axes[1, 0], "regular", "Regular: angle between z_t, z_t-1"),
+        (axes[1, 1], "edit_friendly", "Edit-friendly: angle between z_t, z_t-1"),
+    ):
         counts, edges = histogram(angles[method], bins)
-        ax.bar(edges[:-1].numpy(), counts.numpy(), width=180.0 / bins, align="edge", color="tab:gray", edgecolor="black")
+        ax.bar(
+            edges[:-1].numpy(), counts.numpy(), width=180.0 / bins, align="edge", color="tab:gray", edgecolor="black"
+        )
         ax.set_xlim(0, 180)
         ax.set_xlabel("angle [deg]")
         ax.set_ylabel("count")
@@ -143,12 +170,22 @@ def write_outputs(out: Path, paths: dict[str, dict[str, Tensor]], angles: dict[s
     d = paths["regular"]["xs"].shape[-1]
     with open(out / "paths.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "step", "sigma"] + [f"x_{k}" for k in range(d)] + [f"mu_{k}" for k in range(d)] + [f"z_{k}" for k in range(d)])
+        w.writerow(
+            ["method", "step", "sigma"]
+            + [f"x_{k}" for k in range(d)]
+            + [f"mu_{k}" for k in range(d)]
+            + [f"z_{k}" for k in range(d)]
+        )
         for method, p in paths.items():
             steps = p["mus"].shape[0]
             w.writerow([method, steps, ""] + p["xs"][steps, 0].tolist() + [""] * (2 * d))
             for i in range(steps, 0, -1):
-                w.writerow([method, i - 1, float(p["sigmas"][i - 1])] + p["xs"][i - 1, 0].tolist() + p["mus"][i - 1, 0].tolist() + p["zs"][i - 1, 0].tolist())
+                w.writerow(
+                    [method, i - 1, float(p["sigmas"][i - 1])]
+                    + p["xs"][i - 1, 0].tolist()
+                    + p["mus"][i - 1, 0].tolist()
+                    + p["zs"][i - 1, 0].tolist()
+                )
     with open(out / "angles.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "draw", "step", "angle_deg"])  # angle between z_step and z_{step-1}
@@ -166,7 +203,9 @@ def write_outputs(out: Path, paths: dict[str, dict[str, Tensor]], angles: dict[s
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="outputs/toy_gaussian", help="output folder (default: %(default)s)")
     p.add_argument("--backbone", default="gaussian", help="a gaussian backbone preset or name (default: %(default)s)")
     p.add_argument("--steps", type=int, default=40, help="inference steps (default: %(default)s, as the paper)")
@@ -197,12 +236,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stats[m]["z_variance"] = float(paths[m]["zs"].var())
         stats[m]["mean_noise_norm"] = float((paths[m]["sigmas"][:, None] * paths[m]["zs"].norm(dim=-1)).mean())
     write_outputs(Path(args.out), paths, angles, args.bins)
-    print(f"toy Gaussian ({backbone.dim}D, mean {backbone.mean64.tolist()}): {args.steps} steps, {args.draws} draws, eta {args.eta}")
-    print(f"{'method':<14} {'mean angle':>10} {'median':>8} {'peak bin':>12} {'>=150deg':>9} {'var z':>8} {'|sigma z|':>9}")
+    print(
+        f"toy Gaussian ({backbone.dim}D, mean {backbone.mean64.tolist()}): {args.steps} steps, "
+        f"{args.draws} draws, eta {args.eta}"
+    )
+    print(
+        f"{'method':<14} {'mean angle':>10} {'median':>8} {'peak bin':>12} {'>=150deg':>9} {'var z':>8} "
+        f"{'|sigma z|':>9}"
+    )
     for m in METHODS:
         s = stats[m]
         peak = f"[{s['peak_bin_low']:.0f},{s['peak_bin_high']:.0f})"
-        print(f"{m:<14} {s['mean_angle']:>10.1f} {s['median_angle']:>8.1f} {peak:>12} {s['fraction_above_150']:>9.3f} {s['z_variance']:>8.2f} {s['mean_noise_norm']:>9.3f}")
+        print(
+            f"{m:<14} {s['mean_angle']:>10.1f} {s['median_angle']:>8.1f} {peak:>12} "
+            f"{s['fraction_above_150']:>9.3f} {s['z_variance']:>8.2f} {s['mean_noise_norm']:>9.3f}"
+        )
     print(f"wrote {Path(args.out) / 'figure5.png'} and CSVs")
     if not math.isfinite(stats["edit_friendly"]["mean_angle"]):
         raise RuntimeError("non-finite angles")

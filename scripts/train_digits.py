@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from framework import digits as D  # noqa: E402
-from framework.errors import EditFriendlyError, InputError  # noqa: E402
+from framework import digits as D
+from framework.errors import EditFriendlyError, InputError
 
 #: (fg, bg) pairs of the sample grid's columns
 GRID_PAIRS = [("red", "black"), ("blue", "white"), ("green", "yellow"), ("yellow", "blue"),

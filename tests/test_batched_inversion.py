@@ -28,7 +28,7 @@ N = STEPS - SKIP
 KEY = ("cpu", "torch.float32", (1, 4, 16, 16), True)  # auto's cache key for one tiny image with guidance
 
 
-def invert(backbone, x0, batch, prompt="a photo of a cat", steps=STEPS, skip=SKIP, seed=0):  # noqa: ANN001
+def invert(backbone, x0, batch, prompt="a photo of a cat", steps=STEPS, skip=SKIP, seed=0):
     inverter = INVERTERS.build({"name": "ddpm_edit_friendly", "timestep_batch": batch})
     return inverter.invert(backbone, x0, prompt, num_steps=steps, skip=skip,
                            generator=torch.Generator().manual_seed(seed))
@@ -42,19 +42,19 @@ class CallCounter:
         self.rows: list[int] = []
         self.handle = module.register_forward_hook(self._hook)
 
-    def _hook(self, module, args, output) -> None:  # noqa: ANN001
+    def _hook(self, module, args, output) -> None:
         self.calls += 1
         self.rows.append(int(args[0].shape[0]))
 
-    def __enter__(self) -> "CallCounter":
+    def __enter__(self) -> CallCounter:
         return self
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self.handle.remove()
 
 
 @pytest.fixture(scope="module")
-def sequential(tiny, photo_x0):  # noqa: ANN001
+def sequential(tiny, photo_x0):
     return invert(tiny, photo_x0, 1)
 
 
@@ -72,14 +72,16 @@ def test_batched_maps_equal_sequential_and_reconstruct(tiny, photo_x0, sequentia
     torch.testing.assert_close(inv.xts, sequential.xts, atol=1e-5, rtol=0)
     assert torch.equal(inv.xts[0], photo_x0) and torch.equal(inv.xts[N], sequential.xts[N])
     # the reverse pass (eq. 3) with the source prompt and the same guidance reproduces x0
-    out = EDITORS.build({"name": "text", "guidance_scale": 3.5}).edit(tiny, inv, "a photo of a cat", ["a photo of a cat"], skip=SKIP)
+    out = EDITORS.build({"name": "text", "guidance_scale": 3.5}).edit(
+        tiny, inv, "a photo of a cat", ["a photo of a cat"], skip=SKIP
+    )
     assert (out - photo_x0).abs().max().item() <= 1e-4
 
 
 def test_cycle_diffusion_batched_equals_its_sequential_maps(tiny, photo_x0) -> None:
     """CycleDiffusion's chain is drawn without the model, so its extraction batches too."""
 
-    def cycle(batch):  # noqa: ANN001, ANN202
+    def cycle(batch):
         inverter = INVERTERS.build({"name": "cycle_diffusion", "timestep_batch": batch})
         return inverter.invert(tiny, photo_x0, "a photo of a cat", num_steps=STEPS, skip=SKIP,
                                generator=torch.Generator().manual_seed(3))
@@ -149,7 +151,7 @@ def test_auto_decision_rule() -> None:
     """Each size runs twice (the second is timed); doubling goes on while it gains >= 5% per
     step; two misses in a row stop it; the fastest timed size wins."""
 
-    def drive(sizes, per_step, first=1000.0):  # noqa: ANN001, ANN202
+    def drive(sizes, per_step, first=1000.0):
         seen = []
         while sizes.chosen is None:
             size = next(sizes)

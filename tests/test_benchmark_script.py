@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -16,6 +18,7 @@ def load_script(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_benchmark_side_by_side(tmp_path, tiny, capsys) -> None:
     bench = load_script("benchmark")
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"

@@ -121,6 +121,7 @@ def test_missing_target_is_a_usage_error(photo_path, capsys) -> None:
     assert code == 2 and "--target" in err
 
 
+@pytest.mark.slow
 def test_console_entry_point_runs_as_module(photo_path, tmp_path) -> None:
     """The installed command and `python -m framework.cli` exit non-zero without a traceback."""
     proc = subprocess.run(
@@ -138,3 +139,67 @@ def test_missing_weights_error_is_clear(tmp_path) -> None:
 
     with pytest.raises(WeightsNotFoundError, match="--backbone tiny"):
         load_backbone(str(tmp_path / "no-model"), device="cpu", local_files_only=True)
+
+
+def _imported_modules(path) -> set[str]:
+    """Every module a Python file imports, at module level or inside functions."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            # ``from framework import cli``
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_engine_does_not_import_the_cli() -> None:
+    """No import cycle: the CLI depends on the engine, never the other way round. Every module
+    of framework/ (packages included) and plugins/ except cli.py itself, lazy imports too."""
+    from pathlib import Path
+
+    import framework
+
+    root = Path(framework.__file__).resolve().parent
+    files = [p for p in root.rglob("*.py") if p != root / "cli.py"]
+    files += list((root.parent / "plugins").rglob("*.py"))
+    names = {p.relative_to(root.parent).as_posix() for p in files}
+    assert {"framework/edit.py", "framework/inversion.py", "framework/naming.py"} <= names
+    offenders = sorted(
+        p.relative_to(root.parent).as_posix()
+        for p in files
+        if any(m == "framework.cli" or m.startswith("framework.cli.") for m in _imported_modules(p))
+    )
+    assert offenders == []
+
+
+def test_engine_modules_load_without_the_cli() -> None:
+    """The same at run time: importing the engine (the edit functions, runner, report, demo)
+    leaves framework.cli unloaded."""
+    code = (
+        "import sys, importlib\n"
+        "for m in ('framework.edit', 'framework.experiment.run', 'framework.report.build', 'framework.demo',\n"
+        "          'plugins'):\n"
+        "    importlib.import_module(m)\n"
+        "print('framework.cli' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_building_the_parser_loads_no_engine() -> None:
+    """`editfriendly --help` and argument errors stay fast: no torch, Lightning, matplotlib or Gradio."""
+    code = (
+        "import sys\n"
+        "from framework.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = ('torch', 'lightning', 'matplotlib', 'gradio', 'omegaconf', 'diffusers')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

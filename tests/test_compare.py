@@ -16,11 +16,13 @@ from PIL import Image
 from scipy.stats import t as student_t
 
 from framework import cli
-from framework.compare import classify_columns, compare, mean_ci, read_run
 from framework.images import load_image_tensor, tensor_to_pil
 from framework.metrics import MetricInput
 from framework.registry import METRICS
-from metric_standins import standin_metric_configs
+from framework.report import compare
+from framework.report.runs import classify_columns, read_run
+from framework.report.stats import mean_ci
+from tests.helpers.metric_standins import standin_metric_configs
 
 HEADER = [
     "item_id", "method", "target_prompt", "source_prompt", "seed", "status", "error",
@@ -45,7 +47,11 @@ def make_run(root: Path, name: str, photo_path: Path, metrics: list, method: str
     (run / "inputs").mkdir(parents=True)
     (run / "images").mkdir()
     photo = load_image_tensor(photo_path, 32, 8)
-    images = {"flower": photo, "flower_crop": load_image_tensor(photo_path, 64, 8)[..., 8:40, 16:48], "flower_flip": photo.flip(-1)}
+    images = {
+        "flower": photo,
+        "flower_crop": load_image_tensor(photo_path, 64, 8)[..., 8:40, 16:48],
+        "flower_flip": photo.flip(-1),
+    }
     param = next(iter(sweep))
     g = torch.Generator().manual_seed(len(name))
     rows = []

@@ -55,7 +55,9 @@ def test_pie_bench_parses_and_decodes_masks(tmp_path: Path) -> None:
     root = tmp_path / "PIE-Bench"
     masks = {}
     mapping = {}
-    for k, (key, size) in enumerate([("000000000000", (512, 512)), ("111000000001", (40, 24)), ("222000000002", (512, 512))]):
+    for k, (key, size) in enumerate(
+        [("000000000000", (512, 512)), ("111000000001", (40, 24)), ("222000000002", (512, 512))]
+    ):
         w, h = size
         rel = f"{k}_type/{key}.jpg"
         _png(root / "annotation_images" / rel, size)
@@ -144,7 +146,8 @@ def test_yaml_list_ids_paths_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="target_prompts"):
         DATASETS.build({"name": "yaml_list", "path": str(tmp_path / "bad.yaml")}).items()
     (tmp_path / "dup.yaml").write_text(
-        "- {init_img: a.png, source_prompt: x, target_prompts: y}\n- {init_img: a.png, source_prompt: x, target_prompts: z}\n"
+        "- {init_img: a.png, source_prompt: x, target_prompts: y}\n"
+        "- {init_img: a.png, source_prompt: x, target_prompts: z}\n"
     )
     with pytest.raises(ConfigError, match="twice"):
         DATASETS.build({"name": "yaml_list", "path": str(tmp_path / "dup.yaml")}).items()

@@ -95,7 +95,7 @@ class Server:
             sys.executable, "-c", SERVER_MAIN, str(self.connects), "demo", "--backbone", "tiny", "--device", "cpu",
             "--host", "127.0.0.1", "--port", str(self.port), "--out", str(self.out),
         ]  # fmt: skip
-        self._log = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log, "w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=self.folders["cwd"], env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 180) -> None:
@@ -104,7 +104,7 @@ class Server:
             if self.proc.poll() is not None:
                 pytest.fail(f"the demo server exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:  # noqa: S310 - local
+                with urllib.request.urlopen(self.url, timeout=2) as r:  # local
                     if r.status == 200:
                         return
             except OSError:
@@ -162,7 +162,9 @@ def unpack(result):
     """(gallery [(path, caption)], timings markdown, {file name: path})."""
     gallery, timings, files = result
     items = gallery["value"] if isinstance(gallery, dict) else gallery
-    pairs = [(item["image"]["path"] if isinstance(item["image"], dict) else item["image"], item["caption"]) for item in items]
+    pairs = [
+        (item["image"]["path"] if isinstance(item["image"], dict) else item["image"], item["caption"]) for item in items
+    ]
     return pairs, timings, {Path(f).name: Path(f) for f in files}
 
 
@@ -304,7 +306,9 @@ def test_client_gets_images_errors_read_like_the_cli_and_the_server_keeps_servin
         names = set(zf.namelist())
         assert {"config.yaml", "input.png", "results.json", "flower_seed1_reconstruction.png"} <= names
         results = json.loads(zf.read("results.json"))
-        zipped = np.asarray(Image.open(io.BytesIO(zf.read("flower_seed0_00_a-yellow-flower-with-green-leaves.png"))).convert("RGB"))
+        zipped = np.asarray(
+            Image.open(io.BytesIO(zf.read("flower_seed0_00_a-yellow-flower-with-green-leaves.png"))).convert("RGB")
+        )
     assert np.array_equal(zipped, seeds[0])
     assert [t["phase"] for t in results["timings"]] == ["inversion", "edit", "reconstruction"] * 2
     assert all(t["nfe"] > 0 and t["seconds"] > 0 for t in results["timings"])
@@ -321,7 +325,17 @@ def test_client_gets_images_errors_read_like_the_cli_and_the_server_keeps_servin
     with pytest.raises(gradio_client.exceptions.AppError) as info:
         c.predict(**request(inv_opts="eta: lots"), api_name="/edit")
     expected = cli_error(
-        ["edit", "--image", str(FLOWER), "--source", "a", "--target", "b", "inverter=ddpm_edit_friendly", "inverter.eta=lots"],
+        [
+            "edit",
+            "--image",
+            str(FLOWER),
+            "--source",
+            "a",
+            "--target",
+            "b",
+            "inverter=ddpm_edit_friendly",
+            "inverter.eta=lots",
+        ],
         capsys,
     )
     assert str(info.value).strip() == expected
@@ -372,7 +386,7 @@ def test_two_concurrent_clients_get_their_own_results(server: Server, tmp_path: 
     def go(k: str) -> None:
         try:
             results[k] = unpack(clients[k].predict(**settings[k], api_name="/edit"))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=go, args=(k,)) for k in settings]
@@ -402,6 +416,7 @@ def test_two_concurrent_clients_get_their_own_results(server: Server, tmp_path: 
     assert np.array_equal(edit_of(alone, "a blue"), b)
 
 
+@pytest.mark.slow
 def test_writes_only_under_the_output_folder(server: Server) -> None:
     """Runs last in this module (by file order): after every request above."""
     runs = list((server.out / "runs").iterdir()) if (server.out / "runs").exists() else []
@@ -412,6 +427,7 @@ def test_writes_only_under_the_output_folder(server: Server) -> None:
         assert (server.out / "gradio").is_dir()
 
 
+@pytest.mark.slow
 def test_fetches_nothing_from_the_network(server: Server) -> None:
     """The server connected only to itself (Gradio's start-up check), after every request above."""
     import ast

@@ -16,6 +16,7 @@ from framework.errors import ConfigError, InputError, WeightsNotFoundError
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_cli_parser_and_list_do_not_import_gradio() -> None:
     code = (
         "import sys, io, contextlib\n"
@@ -31,12 +32,14 @@ def test_cli_parser_and_list_do_not_import_gradio() -> None:
     assert out.stdout.split() == ["False", "True"]  # the parser is there, Gradio is not
 
 
-def test_default_backbone_is_digits_where_it_loads_otherwise_tiny(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_backbone_is_digits_where_it_loads_otherwise_tiny(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import framework.config
 
     tried: list[str] = []
 
-    def fake_load(cls, name, out, device):  # noqa: ANN001
+    def fake_load(cls, name, out, device):
         tried.append(name)
         if name == "digits":
             raise WeightsNotFoundError("no weights for digits here")
@@ -118,7 +121,9 @@ def test_examples_come_from_the_shipped_data_lists(tmp_path: Path) -> None:
     assert flower[0]["targets"].splitlines() == ["a yellow flower with green leaves", "a pink flower made of paper"]
     assert all(Path(e["image"]).is_file() for e in examples)
     # a list entry whose image is missing is left out; an image no list names comes with empty prompts
-    (tmp_path / "list.yaml").write_text("- {init_img: gone.png, source_prompt: a}\n- {init_img: a.png, source_prompt: b}\n")
+    (tmp_path / "list.yaml").write_text(
+        "- {init_img: gone.png, source_prompt: a}\n- {init_img: a.png, source_prompt: b}\n"
+    )
     for name in ("a.png", "b.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)
     found = [(Path(e["image"]).name, e["source"]) for e in load_examples(tmp_path)]

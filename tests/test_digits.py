@@ -70,8 +70,8 @@ def test_classifier_heldout_accuracy() -> None:
 
 
 def test_dataset_items(tmp_path) -> None:
-    from framework.registry import DATASETS
     from framework.images import load_image_tensor
+    from framework.registry import DATASETS
 
     ds = DATASETS.build({"name": "digits", "per_digit": 1, "image_dir": str(tmp_path)})
     items = ds.items()

@@ -42,6 +42,7 @@ def test_loads_through_the_preset_and_folder_paths(digits) -> None:
     assert size < 10 * 2**20  # "a few MB"
 
 
+@pytest.mark.slow
 def test_follows_prompts(digits) -> None:
     from framework.digits_eval import prompt_following
 

@@ -111,7 +111,9 @@ def test_batched_targets_match_single_edits(tiny, photo_x0) -> None:
     targets = ["a photo of a cat", "a photo of a dog"]
     both = editor.edit(tiny, inv, SOURCE, targets, skip=5)
     for k, target in enumerate(targets):
-        torch.testing.assert_close(both[k : k + 1], editor.edit(tiny, inv, SOURCE, [target], skip=5), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            both[k : k + 1], editor.edit(tiny, inv, SOURCE, [target], skip=5), atol=1e-4, rtol=1e-4
+        )
     assert (both[0] - both[1]).abs().max() > 1e-4
 
 

@@ -233,7 +233,9 @@ def test_unreachable_hub_fails_after_one_request(tmp_path: Path, photo_path: Pat
         server.close()
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: could not load Stable Diffusion weights"), proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: could not load Stable Diffusion weights"), proc.stderr[
+        -2000:
+    ]
     assert "cannot be reached" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0] and "local diffusers folder" in lines[0]
     # our one probe, and huggingface_hub's one-off fetch of its agent registry (for its
     # user-agent header); before, huggingface_hub tried every file 5 times with back-off
@@ -274,7 +276,9 @@ def test_authors_yaml_paths_resolve_from_the_working_directory(tmp_path: Path, m
     [item] = YamlListDataset(YamlListOptions(path=str(repo / "test.yaml"))).items()
     assert Path(item.image_path).resolve() == want
     # ours, relative to the YAML file, keeps working
-    (repo / "ours.yaml").write_text("- init_img: example_images/horse_mud.jpg\n  source_prompt: a\n  target_prompts: b\n")
+    (repo / "ours.yaml").write_text(
+        "- init_img: example_images/horse_mud.jpg\n  source_prompt: a\n  target_prompts: b\n"
+    )
     [item] = YamlListDataset(YamlListOptions(path=str(repo / "ours.yaml"))).items()
     assert Path(item.image_path).resolve() == want
 
@@ -346,8 +350,15 @@ def test_run_output_dir_under_a_file(items2: Path, tmp_path: Path, capsys) -> No
 def test_failed_first_run_leaves_no_folder(items2: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     cfg = experiment(tmp_path / "exp.yaml", items2, out)
-    code, err = cli(capsys, "run", cfg, "--no-progress",
-                    "backbone=stable_diffusion", f"backbone.model={tmp_path / 'no-model'}", "backbone.local_files_only=true")
+    code, err = cli(
+        capsys,
+        "run",
+        cfg,
+        "--no-progress",
+        "backbone=stable_diffusion",
+        f"backbone.model={tmp_path / 'no-model'}",
+        "backbone.local_files_only=true",
+    )
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "could not load Stable Diffusion weights" in lines[0]
@@ -394,7 +405,7 @@ def test_wandb_offline_run_holds_images_and_config(items2: Path, tmp_path: Path,
     assert len(results[0]["data"]) == 4
     for row in results[0]["data"]:
         by_id = {r["output_path"]: r for r in rows}
-        for col, key in (("input", "input_path"), ("output", "output_path"), ("reconstruction", "reconstruction_path")):
+        for col in ("input", "output", "reconstruction"):
             cell = row[cols.index(col)]
             assert cell["_type"] == "image-file" and cell["format"] == "png", cell
             png = staged[cell["sha256"]]

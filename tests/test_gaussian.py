@@ -41,7 +41,9 @@ def test_epsilon_is_tweedie_score(gauss3, t):
     a = gauss3.alphas_cumprod.double()[t]
     mean = torch.tensor(MEAN, dtype=torch.float64)
     cov = torch.tensor(COV, dtype=torch.float64)
-    marginal = torch.distributions.MultivariateNormal(a.sqrt() * mean, a * cov + (1 - a) * torch.eye(3, dtype=torch.float64))
+    marginal = torch.distributions.MultivariateNormal(
+        a.sqrt() * mean, a * cov + (1 - a) * torch.eye(3, dtype=torch.float64)
+    )
     x = marginal.sample((16,)).requires_grad_(True)
     (score,) = torch.autograd.grad(marginal.log_prob(x).sum(), x)
     expected = -(1 - a).sqrt() * score

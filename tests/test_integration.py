@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from metric_standins import standin_metric_configs
-from test_runner import make_yaml_dataset, read_csv, run_inprocess
 
 from framework.cli import main
+from tests.helpers.metric_standins import standin_metric_configs
+from tests.helpers.runs import make_yaml_dataset, read_csv, run_inprocess
 
 METHODS = """
 methods:

@@ -64,7 +64,9 @@ def test_ddim_matches_diffusers_inverse_scheduler(request, backbone_name, guidan
             if guidance == 1.0:
                 out = bb.unet(x, t, encoder_hidden_states=cond).sample
             else:
-                out_u, out_c = bb.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+                out_u, out_c = bb.unet(
+                    torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])
+                ).sample.chunk(2)
                 out = out_u + guidance * (out_c - out_u)
             if bb.prediction_type != "epsilon":
                 out = bb.to_epsilon(out, x, int(t))
@@ -175,11 +177,15 @@ def test_inverter_option_errors(tiny, photo_x0):
 def test_matrix_conditional_backbones_with_text_editor(request, backbone_name, inverter_name, photo_x0):
     bb = backbone_by_name(request, backbone_name)
     N, skip = 12, 4
-    inv = INVERTERS.build({"name": inverter_name}).invert(bb, photo_x0, PROMPT, num_steps=N, skip=skip, generator=make_generator(0))
+    inv = INVERTERS.build({"name": inverter_name}).invert(
+        bb, photo_x0, PROMPT, num_steps=N, skip=skip, generator=make_generator(0)
+    )
     assert inv.method == inverter_name and inv.xts.shape == (N - skip + 1, *photo_x0.shape)
     assert (inv.zs is None) == (inverter_name == "ddim")
     # reconstruction with the source prompt at the inversion's guidance
-    same = EDITORS.build({"name": "text", "guidance_scale": inv.guidance_scale}).edit(bb, inv, PROMPT, [PROMPT], skip=skip)
+    same = EDITORS.build({"name": "text", "guidance_scale": inv.guidance_scale}).edit(
+        bb, inv, PROMPT, [PROMPT], skip=skip
+    )
     err = float((same - photo_x0).abs().max())
     if inverter_name == "ddim":  # approximate (see the DDIM table); the editor samples with σ = 0
         schedule = bb.schedule(N, 0.0)
@@ -205,14 +211,18 @@ def test_matrix_gaussian_backbone(gaussian, inverter_name):
     the generic reverse process regenerates x0, and the prompt-driven text editor refuses it."""
     N, skip = 40, 10
     x0 = gaussian.sample_data(3, make_generator(0))
-    inv = INVERTERS.build({"name": inverter_name}).invert(gaussian, x0, "ignored", num_steps=N, skip=skip, generator=make_generator(1))
+    inv = INVERTERS.build({"name": inverter_name}).invert(
+        gaussian, x0, "ignored", num_steps=N, skip=skip, generator=make_generator(1)
+    )
     assert inv.xts.shape == (N - skip + 1, 3, 2, 1, 1)
     assert inv.nfe == N - skip  # no doubled CFG pass on an unconditional model
     rec = reverse_process(gaussian, inv.xts[-1], gaussian.schedule(N, inv.eta), N - skip, None, None, 1.0, zs=inv.zs)
     err = float((rec - x0).abs().max())
     if inverter_name == "ddim":
         ddim100 = INVERTERS.build({"name": "ddim"}).invert(gaussian, x0, "", num_steps=4 * N, skip=4 * skip)
-        rec100 = reverse_process(gaussian, ddim100.xts[-1], gaussian.schedule(4 * N, 0.0), 4 * (N - skip), None, None, 1.0)
+        rec100 = reverse_process(
+            gaussian, ddim100.xts[-1], gaussian.schedule(4 * N, 0.0), 4 * (N - skip), None, None, 1.0
+        )
         assert float((rec100 - x0).abs().max()) < err < 2.0
     else:
         assert err <= 1e-4

@@ -69,3 +69,14 @@ def test_wandb_logger_gets_mode_and_dir_as_arguments_and_leaves_the_environment_
     monkeypatch.setenv("WANDB_DATA_DIR", "/elsewhere")  # the user's choice wins
     with wandb_staging(tmp_path):
         assert os.environ["WANDB_DATA_DIR"] == "/elsewhere"
+
+
+def test_the_schema_accepts_every_key_of_every_preset() -> None:
+    """configs/logger/ and the config schema agree: a preset's keys are keys its logger accepts."""
+    from framework.config import load_yaml
+    from framework.schema import logger_keys
+
+    for path in (config_dir() / "logger").glob("*.yaml"):
+        keys = logger_keys(path.stem)
+        assert keys is not None, path
+        assert set(load_yaml(path)) <= set(keys), path

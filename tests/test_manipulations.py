@@ -109,15 +109,21 @@ def test_shift_moves_x_start_and_every_map_exactly(tiny_pixel, pixel_inv, monkey
     covered[ys, xs] = True
 
     # wrap: a circular shift of everything
-    EDITORS.build({"name": "shift", "dx": dx, "dy": dy, "border": "wrap"}).edit(tiny_pixel, pixel_inv, "", [""], skip=skip)
+    EDITORS.build({"name": "shift", "dx": dx, "dy": dy, "border": "wrap"}).edit(
+        tiny_pixel, pixel_inv, "", [""], skip=skip
+    )
     assert calls["start"] == start
     assert torch.equal(calls["x_start"], torch.roll(x_ref, (dy, dx), (-2, -1)))
     assert torch.equal(calls["zs"], torch.roll(zs_ref, (dy, dx), (-2, -1)))
 
     # reflect: the covered part moves, the strip mirrors the content beside it
-    EDITORS.build({"name": "shift", "dx": dx, "dy": dy, "border": "reflect"}).edit(tiny_pixel, pixel_inv, "", [""], skip=skip)
+    EDITORS.build({"name": "shift", "dx": dx, "dy": dy, "border": "reflect"}).edit(
+        tiny_pixel, pixel_inv, "", [""], skip=skip
+    )
     pad = ((0, 0),) * 3 + ((max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0)))
-    expect = np.pad(zs_ref.numpy(), pad, mode="reflect")[..., max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w]
+    expect = np.pad(zs_ref.numpy(), pad, mode="reflect")[
+        ..., max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w
+    ]
     assert torch.equal(calls["zs"], torch.from_numpy(expect))
     assert torch.equal(calls["x_start"][..., ys, xs], x_ref[..., ys0, xs0])
 
@@ -251,9 +257,9 @@ def test_color_strokes_from_files_and_bad_ranges(tiny_pixel, pixel_inv, tmp_path
     res = out.edit(tiny_pixel, pixel_inv, "", [], skip=0)
     assert res.shape == (1, 3, 16, 16)
     with pytest.raises(InputError, match="start_step"):
-        EDITORS.build({"name": "color_strokes", "strokes": str(tmp_path / "s.png"), "start_step": 9, "end_step": 3}).edit(
-            tiny_pixel, pixel_inv, "", [""], skip=0
-        )
+        EDITORS.build(
+            {"name": "color_strokes", "strokes": str(tmp_path / "s.png"), "start_step": 9, "end_step": 3}
+        ).edit(tiny_pixel, pixel_inv, "", [""], skip=0)
     with pytest.raises(InputError, match="above the edit's first step"):
         EDITORS.build({"name": "color_strokes", "strokes": str(tmp_path / "s.png"), "start_step": 19}).edit(
             tiny_pixel, pixel_inv, "", [""], skip=5
@@ -274,7 +280,9 @@ def test_sdedit_paints_strokes_and_follows_them(tiny_pixel, pixel_x0, pixel_inv)
     assert (out - expect).abs().mean().item() < 0.05
     # from a noisier step the two rows get independent fresh noise
     cls, opts = EDITORS.options({"name": "sdedit", "strength": 0.5})
-    out = cls(opts, mask=mask, colors=colors).edit(tiny_pixel, pixel_inv, "", ["", ""], skip=0, generator=make_generator(3))
+    out = cls(opts, mask=mask, colors=colors).edit(
+        tiny_pixel, pixel_inv, "", ["", ""], skip=0, generator=make_generator(3)
+    )
     assert (out[0] - out[1]).abs().max() > 1e-3
 
 

@@ -14,7 +14,7 @@ from framework.errors import ConfigError, InputError, WeightsNotFoundError
 from framework.images import load_image_tensor, tensor_to_pil
 from framework.metrics import MetricInput
 from framework.registry import METRICS
-from metric_standins import build_lpips_trunk, build_lpips_weights, build_standins, standin_metric_configs
+from tests.helpers.metric_standins import build_lpips_trunk, build_lpips_weights, build_standins, standin_metric_configs
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,9 @@ def test_clip_score_missing_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(WeightsNotFoundError, match=r"(?s)metric 'clip_score'.*option 'model'"):
         METRICS.build({"name": "clip_score", "model": str(tmp_path / "absent")}).setup("cpu")
-    with pytest.raises(WeightsNotFoundError, match=r"(?s)metric 'clip_score'.*openai/clip-vit-large-patch14.*option 'model'"):
+    with pytest.raises(
+        WeightsNotFoundError, match=r"(?s)metric 'clip_score'.*openai/clip-vit-large-patch14.*option 'model'"
+    ):
         METRICS.build({"name": "clip_score", "local_files_only": True}).setup("cpu")
     m = METRICS.build({"name": "clip_score", "local_files_only": True, "on_missing": "skip"})
     m.setup("cpu")
@@ -430,7 +432,9 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(common, "reachable", lambda url, timeout=3.0: False)
     monkeypatch.setattr(lpd, "reachable", lambda url, timeout=3.0: False)
-    with pytest.raises(WeightsNotFoundError, match=r"(?s)'facebook/dino-vitb8' is not in the local .*cannot be reached"):
+    with pytest.raises(
+        WeightsNotFoundError, match=r"(?s)'facebook/dino-vitb8' is not in the local .*cannot be reached"
+    ):
         METRICS.build("structure_distance").setup("cpu")
     with pytest.raises(WeightsNotFoundError, match=r"(?s)metric 'diversity'.*unreachable.*option 'weights'"):
         METRICS.build("diversity").setup("cpu")

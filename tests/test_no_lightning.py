@@ -38,7 +38,8 @@ PROBE = textwrap.dedent(
     assert main(["list"]) == 0
     assert main(sys.argv[2:]) == 0  # editfriendly edit on the tiny backbone
     def lightning():
-        return sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric"))
+        names = ("lightning", "pytorch_lightning", "lightning_fabric")
+        return sorted(m for m in sys.modules if m.split(".")[0] in names)
 
     print("BUILT", len(built))
     print("LIGHTNING", lightning()[:5])

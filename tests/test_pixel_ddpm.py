@@ -72,7 +72,9 @@ def test_edit_friendly_inversion_is_exact(prediction_type, tiny_pixel, photo_pat
     )
     assert backbone.prediction_type == prediction_type
     x0 = backbone.encode_image(load_image_tensor(photo_path, 16, 2))
-    inv = INVERTERS.build({"name": "ddpm_edit_friendly"}).invert(backbone, x0, "", num_steps=20, generator=make_generator(0))
+    inv = INVERTERS.build({"name": "ddpm_edit_friendly"}).invert(
+        backbone, x0, "", num_steps=20, generator=make_generator(0)
+    )
     schedule = backbone.schedule(20, inv.eta)
     out = reverse_process(backbone, inv.xts[-1], schedule, 20, None, None, 3.5, zs=inv.zs)
     assert (out - x0).abs().max().item() <= 1e-4
@@ -109,7 +111,9 @@ def test_single_folder_layout_and_gray_models(tmp_path):
 
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="tiny_pixel"):
-        BACKBONES.build({"name": "pixel_ddpm", "model": str(tmp_path / "nothing"), "device": "cpu", "local_files_only": True})
+        BACKBONES.build(
+            {"name": "pixel_ddpm", "model": str(tmp_path / "nothing"), "device": "cpu", "local_files_only": True}
+        )
 
 
 def test_cli_edits_with_pixel_backbone_and_rejects_text_editor(tiny_pixel, photo_path, tmp_path, capsys):

@@ -8,7 +8,6 @@ import contextlib
 
 import pytest
 import torch
-from attention_editor_helpers import FailingBackbone, ddim_inversion
 
 import plugins.editors.plug_and_play as pnp_module
 from framework.config import group_node
@@ -16,6 +15,7 @@ from framework.errors import ConfigError, InputError
 from framework.random import make_generator
 from framework.registry import EDITORS, INVERTERS
 from plugins.editors.unet_hooks import forward_hooks, hook_state, resolve_layers
+from tests.helpers.attention_editors import FailingBackbone, ddim_inversion
 
 N = 12
 SKIP = 2
@@ -24,22 +24,22 @@ TARGETS = ["a photo of a dog", "a painting of a tiger"]
 G_INV = 3.5
 
 
-def pnp(**opts):  # noqa: ANN003, ANN201
+def pnp(**opts):
     return EDITORS.build({"name": "plug_and_play", **opts})
 
 
 @pytest.fixture(scope="module")
-def ef_inversion(tiny, photo_x0):  # noqa: ANN001, ANN201
+def ef_inversion(tiny, photo_x0):
     inverter = INVERTERS.build({"name": "ddpm_edit_friendly", "guidance_scale": G_INV})
     return inverter.invert(tiny, photo_x0, SOURCE, num_steps=N, skip=0, generator=make_generator(3))
 
 
 @pytest.fixture(scope="module")
-def ddim_inv(tiny, photo_x0):  # noqa: ANN001, ANN201
+def ddim_inv(tiny, photo_x0):
     return ddim_inversion(tiny, photo_x0, SOURCE, N, G_INV)
 
 
-def test_no_injection_equals_text_editor(tiny, ef_inversion, ddim_inv):  # noqa: ANN001
+def test_no_injection_equals_text_editor(tiny, ef_inversion, ddim_inv):
     """Without injection and negative prompt the targets are the text editor's, whichever source
     branch runs beside them."""
     text = EDITORS.build({"name": "text", "guidance_scale": 7.5})
@@ -55,7 +55,7 @@ def test_no_injection_equals_text_editor(tiny, ef_inversion, ddim_inv):  # noqa:
             assert (out - ref).abs().max() <= 1e-4
 
 
-def test_guided_full_injection_with_source_prompt_reproduces_source(tiny, ef_inversion, ddim_inv):  # noqa: ANN001
+def test_guided_full_injection_with_source_prompt_reproduces_source(tiny, ef_inversion, ddim_inv):
     """The ``guided`` variant: source rows conditioned as the inversion, one per guidance half;
     with the source prompt as target everything injected, the target is the source row."""
     editor = pnp(
@@ -71,14 +71,14 @@ def test_guided_full_injection_with_source_prompt_reproduces_source(tiny, ef_inv
     assert (out - ref).abs().max() <= 1e-4
 
 
-def test_source_branch_regenerated_equals_stored_trajectory(tiny, ef_inversion):  # noqa: ANN001
+def test_source_branch_regenerated_equals_stored_trajectory(tiny, ef_inversion):
     """With edit-friendly maps, regenerating the source row = taking it from the inversion."""
     a = pnp(source_latents="regenerate").edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
     b = pnp(source_latents="inversion").edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
     assert (a - b).abs().max() <= 1e-4
 
 
-def test_injection_changes_edit_toward_source(tiny, ef_inversion):  # noqa: ANN001
+def test_injection_changes_edit_toward_source(tiny, ef_inversion):
     plain = pnp(feature_injection=0.0, attention_injection=0.0).edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
     attn_only = pnp(feature_injection=0.0, attention_injection=0.5).edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
     feat_only = pnp(feature_injection=0.8, attention_injection=0.0).edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
@@ -91,7 +91,7 @@ def test_injection_changes_edit_toward_source(tiny, ef_inversion):  # noqa: ANN0
     assert bool((d_both < d_plain).all()), (d_both, d_plain)
 
 
-def test_several_targets_one_batch_per_step(tiny, ef_inversion):  # noqa: ANN001
+def test_several_targets_one_batch_per_step(tiny, ef_inversion):
     editor = pnp()
     rows: list[int] = []
     handle = tiny.unet.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
@@ -121,7 +121,7 @@ def test_several_targets_one_batch_per_step(tiny, ef_inversion):  # noqa: ANN001
     assert (together[1:] - single).abs().max() <= 1e-4
 
 
-def test_hooks_removed_after_call_and_after_error(tiny, ef_inversion):  # noqa: ANN001
+def test_hooks_removed_after_call_and_after_error(tiny, ef_inversion):
     before = hook_state(tiny.unet)
     pnp().edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
     assert hook_state(tiny.unet) == before
@@ -132,7 +132,7 @@ def test_hooks_removed_after_call_and_after_error(tiny, ef_inversion):  # noqa: 
     assert hook_state(tiny.unet) == before
 
 
-def test_works_under_inference_mode(tiny, photo_x0, ef_inversion):  # noqa: ANN001
+def test_works_under_inference_mode(tiny, photo_x0, ef_inversion):
     ref = pnp().edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
     with torch.inference_mode():
         inv = INVERTERS.build({"name": "ddpm_edit_friendly", "guidance_scale": G_INV}).invert(
@@ -142,7 +142,7 @@ def test_works_under_inference_mode(tiny, photo_x0, ef_inversion):  # noqa: ANN0
     assert (out - ref).abs().max() <= 1e-4
 
 
-def test_layer_mapping_onto_tiny_unet(tiny):  # noqa: ANN001
+def test_layer_mapping_onto_tiny_unet(tiny):
     opts = pnp().options
     assert resolve_layers(tiny.unet, opts.feature_layers, "f") == ["up_blocks.1.resnets.1"]
     assert resolve_layers(tiny.unet, opts.attention_layers, "a") == [
@@ -153,7 +153,7 @@ def test_layer_mapping_onto_tiny_unet(tiny):  # noqa: ANN001
         resolve_layers(tiny.unet, ["mid_block.bogus"], "a")
 
 
-def test_bad_options_and_inputs(tiny, ef_inversion):  # noqa: ANN001
+def test_bad_options_and_inputs(tiny, ef_inversion):
     with pytest.raises(ConfigError, match="feature_injection"):
         pnp(feature_injection=1.5).edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
     with pytest.raises(ConfigError, match="source_branch"):
@@ -177,7 +177,7 @@ def test_preset_builds_paper_defaults():
     assert pnp().options.negative_prompt == "ugly, blurry, black, low res, unrealistic"
 
 
-def test_cli_edit_with_both_editors(photo_path, tmp_path):  # noqa: ANN001
+def test_cli_edit_with_both_editors(photo_path, tmp_path):
     """``editfriendly edit`` runs both editors (list-valued options end up in edits.jsonl)."""
     import json
 
@@ -205,17 +205,17 @@ class _Recorder:
     """Records, per UNet call, the rows' latents and text conditioning, and for every hooked
     module (``conv2``, ``to_q``, ``to_k``) its output before and after the editor's hook."""
 
-    def __init__(self, unet) -> None:  # noqa: ANN001
+    def __init__(self, unet) -> None:
         self.unet = unet
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sample, encoder_hidden_states)
         self.values: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []  # (call, kind, raw, final)
         self._raw: dict[int, torch.Tensor] = {}
 
-    def pre_unet(self, module, args, kwargs):  # noqa: ANN001, ANN201
+    def pre_unet(self, module, args, kwargs):
         self.calls.append((args[0].clone(), kwargs["encoder_hidden_states"].clone()))
 
     @contextlib.contextmanager
-    def hooks(self, pairs):  # noqa: ANN001, ANN201
+    def hooks(self, pairs):
         """Stands in for ``forward_hooks`` in the editor: the editor's hooks, with one recording
         hook before (raw output) and one after (what the rest of the network sees) each."""
         pairs = list(pairs)
@@ -232,14 +232,14 @@ class _Recorder:
                 for h in handles:
                     h.remove()
 
-    def _before(self, module, args, out):  # noqa: ANN001, ANN202
+    def _before(self, module, args, out):
         self._raw[id(module)] = out.clone()
 
-    def _after(self, module, out, kind):  # noqa: ANN001, ANN202
+    def _after(self, module, out, kind):
         self.values.append((len(self.calls) - 1, kind, self._raw.pop(id(module)), out.clone()))
 
 
-def _record(tiny, monkeypatch, editor, inversion, targets=TARGETS, skip=SKIP):  # noqa: ANN001, ANN202
+def _record(tiny, monkeypatch, editor, inversion, targets=TARGETS, skip=SKIP):
     rec = _Recorder(tiny.unet)
     monkeypatch.setattr(pnp_module, "forward_hooks", rec.hooks)
     handle = tiny.unet.register_forward_pre_hook(rec.pre_unet, with_kwargs=True)
@@ -250,7 +250,7 @@ def _record(tiny, monkeypatch, editor, inversion, targets=TARGETS, skip=SKIP):  
     return rec, out
 
 
-def test_injected_values_come_from_the_empty_prompt_source_row(tiny, ef_inversion, monkeypatch):  # noqa: ANN001
+def test_injected_values_come_from_the_empty_prompt_source_row(tiny, ef_inversion, monkeypatch):
     """pnp-diffusers' rule: the batch is [source latents with "", x (negative prompt), x (prompt)]
     and the source row's conv2 output and self-attention q/k are written into both guidance rows
     of every target during the first ⌊0.8 n⌋ / ⌊0.5 n⌋ steps."""
@@ -284,7 +284,7 @@ def test_injected_values_come_from_the_empty_prompt_source_row(tiny, ef_inversio
     assert seen == {"conv2": start, "to_q": 2 * start, "to_k": 2 * start}
 
 
-def test_guided_variant_injects_per_guidance_half(tiny, ef_inversion, monkeypatch):  # noqa: ANN001
+def test_guided_variant_injects_per_guidance_half(tiny, ef_inversion, monkeypatch):
     """``source_branch: guided``: [uncond: source, targets; cond: source, targets], the source
     rows conditioned on the null text / the source prompt, each half fed by its own source row."""
     k, start = len(TARGETS), N - SKIP
@@ -300,7 +300,7 @@ def test_guided_variant_injects_per_guidance_half(tiny, ef_inversion, monkeypatc
             assert not torch.equal(raw[0], raw[1 + k])  # the halves' sources differ
 
 
-def test_empty_prompt_source_regenerated_with_per_step_unconditional(tiny, photo_x0, monkeypatch):  # noqa: ANN001
+def test_empty_prompt_source_regenerated_with_per_step_unconditional(tiny, photo_x0, monkeypatch):
     """A null-text inversion's source row is regenerated with its own per-step unconditional
     embedding in an extra row; the injected row stays the empty prompt's."""
     n = 4
@@ -319,7 +319,7 @@ def test_empty_prompt_source_regenerated_with_per_step_unconditional(tiny, photo
     assert torch.equal(final[:3], raw[:3])  # the source's own rows are left alone
 
 
-def test_edict_source_row_follows_its_half_steps(tiny, photo_x0, monkeypatch):  # noqa: ANN001
+def test_edict_source_row_follows_its_half_steps(tiny, photo_x0, monkeypatch):
     """EDICT evaluates the network twice per step. Following the stored (x_i, y_i), the source
     row's first evaluation sees the stored state and its second EDICT's half step from it,
     driven by the inversion's guided prediction (not the empty-prompt row's)."""

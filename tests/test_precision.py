@@ -57,7 +57,9 @@ def test_nan_latents_and_black_half_decodes_raise_clear_errors(monkeypatch) -> N
     monkeypatch.setattr(half.vae, "decode", lambda x: Black(x))
     with pytest.raises(PrecisionError, match=r"all black.*backbone\.vae_dtype=float32"):
         half.decode(torch.zeros(2, 4, 16, 16))
-    monkeypatch.setattr(half.vae, "decode", lambda x: type("Out", (), {"sample": torch.full((1, 3, 32, 32), float("inf"))})())
+    monkeypatch.setattr(
+        half.vae, "decode", lambda x: type("Out", (), {"sample": torch.full((1, 3, 32, 32), float("inf"))})()
+    )
     with pytest.raises(PrecisionError, match=r"decoded image has NaN/inf with backbone\.vae_dtype=float16"):
         half.decode(torch.zeros(1, 4, 16, 16))
 

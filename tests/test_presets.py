@@ -205,9 +205,9 @@ def _pie_bench_slice(root: Path) -> Path:
 
 
 def test_pie_bench_experiment_plans_with_pie_bench_settings(tmp_path: Path) -> None:
-    from framework.registry import DATASETS
     from framework.experiment.plan import build_metrics, metric_configs
     from framework.experiment.run import resolve_data_path
+    from framework.registry import DATASETS
 
     mapping = _pie_bench_slice(tmp_path / "PIE-Bench_v1")
     exp = EXPERIMENTS / "pie_bench.yaml"

@@ -191,14 +191,18 @@ def test_deterministic_inversion_without_noise_maps(tiny, ddim_like):
     torch.testing.assert_close(other.targets, res.targets, atol=0, rtol=0)  # eta 0: no randomness
     assert (res.targets - zero.targets).abs().amax(dim=(1, 2, 3)).min() > 1e-2
     # the source row is the deterministic reverse process under the source prompt
-    source_only = EDITORS.build({"name": "text", "guidance_scale": 1.0}).edit(tiny, ddim_like, SOURCE, [SOURCE], skip=SKIP)
+    source_only = EDITORS.build({"name": "text", "guidance_scale": 1.0}).edit(
+        tiny, ddim_like, SOURCE, [SOURCE], skip=SKIP
+    )
     torch.testing.assert_close(res.source, source_only, atol=1e-4, rtol=0)
 
 
 def test_fresh_noise_is_shared_by_all_rows(tiny, ef_inversion):
     """Without noise maps and eta > 0 every row gets the same fresh noise."""
     inv = dataclasses.replace(ef_inversion, zs=None)
-    res = p2p(guidance_scale=inv.guidance_scale).run(tiny, inv, SOURCE, [SOURCE], skip=SKIP, generator=make_generator(3))
+    res = p2p(guidance_scale=inv.guidance_scale).run(
+        tiny, inv, SOURCE, [SOURCE], skip=SKIP, generator=make_generator(3)
+    )
     torch.testing.assert_close(res.targets, res.source, atol=1e-6, rtol=0)
 
 
@@ -206,7 +210,7 @@ def test_edit_matches_run_and_pipeline(tiny, photo_x0, ef_inversion):
     ed = p2p()
     latents = ed.edit(tiny, ef_inversion, SOURCE, [SAME], skip=SKIP)
     torch.testing.assert_close(latents, ed.run(tiny, ef_inversion, SOURCE, [SAME], skip=SKIP).targets, atol=0, rtol=0)
-    from framework.pipeline import invert_and_edit
+    from framework.edit import invert_and_edit
 
     image = tiny.decode(photo_x0)
     inverter = INVERTERS.build({"name": "ddpm_edit_friendly"})
@@ -241,11 +245,11 @@ def test_processors_restored_after_an_edit_and_after_an_error(tiny, ef_inversion
     # during the edit: every cross-attention layer; self-attention only at <= (16/64 · 16)² = 16
     # queries (the reference's rule scaled to tiny's 16×16 latents): none of tiny's 16×16 / 8×8
     controlled = {k for k, v in seen.items() if isinstance(v, ControlledAttnProcessor)}
-    layers = {l.name: l for l in unet_layers(tiny.unet, 16, 16)}
-    expected = {k for k, l in layers.items() if l.is_cross or l.positions <= 16}
+    layers = {ly.name: ly for ly in unet_layers(tiny.unet, 16, 16)}
+    expected = {k for k, ly in layers.items() if ly.is_cross or ly.positions <= 16}
     assert controlled == expected and len(expected) == 7
     assert all(seen[k] is before[k] for k in before if k not in controlled)  # still SDPA
-    assert {(l.height, l.width) for l in layers.values()} == {(16, 16), (8, 8)}
+    assert {(ly.height, ly.width) for ly in layers.values()} == {(16, 16), (8, 8)}
 
 
 def test_attention_control_restores_the_same_objects_on_error(tiny):
@@ -325,11 +329,11 @@ def test_self_attention_replaced_at_the_authors_resolution(tiny):
     layers = unet_layers(sd, 64, 64)
     for fraction, grids in ((0.25, {(16, 16), (8, 8)}), (0.5, {(32, 32), (16, 16), (8, 8)})):
         limit = (fraction * 64) ** 2
-        chosen = {(l.height, l.width) for l in layers if not l.is_cross and l.positions <= limit}
+        chosen = {(ly.height, ly.width) for ly in layers if not ly.is_cross and ly.positions <= limit}
         assert chosen == grids
     assert p2p().options.max_self_resolution == 0.25
     # 64×64 latents, SD's layout: the self-attention layers at 16×16 and 8×8 are 2 + 3 + 1 of 16
-    names = [l.name for l in layers if not l.is_cross and l.positions <= 16**2]
+    names = [ly.name for ly in layers if not ly.is_cross and ly.positions <= 16**2]
     assert len(names) == 6 and all(n.startswith(("down_blocks.2", "up_blocks.1", "mid_block")) for n in names)
 
 

@@ -40,6 +40,8 @@ def test_sd14_exact_reconstruction_and_timesteps(photo_path) -> None:
     inv = INVERTERS.build("ddpm_edit_friendly").invert(
         sd, x0, "a photo of a flower", num_steps=100, generator=torch.Generator().manual_seed(0)
     )
-    out = EDITORS.build({"name": "text", "guidance_scale": 3.5}).edit(sd, inv, "a photo of a flower", ["a photo of a flower"], skip=0)
+    out = EDITORS.build({"name": "text", "guidance_scale": 3.5}).edit(
+        sd, inv, "a photo of a flower", ["a photo of a flower"], skip=0
+    )
     assert (out - x0).abs().max() <= 1e-4
     assert inv.zs.flatten(1).var(1).mean() > 1

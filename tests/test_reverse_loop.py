@@ -23,7 +23,7 @@ from framework.errors import ConfigError
 from framework.random import make_generator
 from framework.registry import EDITORS, INVERTERS
 from plugins.editors.unet_hooks import hook_state
-from tests.attention_editor_helpers import FailingBackbone
+from tests.helpers.attention_editors import FailingBackbone
 
 SOURCE = "a photo of a cat"
 TARGET = "a photo of a dog"
@@ -165,7 +165,9 @@ def test_network_evaluations_per_inverter(tiny, photo_x0, cfg, per_step_inversio
         n = 3
         inv = INVERTERS.build(cfg).invert(tiny, photo_x0, SOURCE, num_steps=n, generator=make_generator(0))
         inv_calls = len(calls)
-        expected = n * per_step_inversion if per_step_inversion else n + sum(2 + k for k in inv.extras["null_text_iterations"])
+        expected = (
+            n * per_step_inversion if per_step_inversion else n + sum(2 + k for k in inv.extras["null_text_iterations"])
+        )
         assert inv.nfe == inv_calls == expected
         calls.clear()
         text(7.5).edit(tiny, inv, SOURCE, [TARGET, SOURCE], skip=0)

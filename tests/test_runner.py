@@ -13,22 +13,20 @@ with the DDP run use one CPU thread, as the DDP processes do.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from framework.metrics import Metric, MetricInput
 from framework.registry import METRICS
+from tests.helpers.runs import make_yaml_dataset, one_thread, photo_crops, read_csv, run_inprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMING = {"inversion_seconds", "edit_seconds"}
@@ -52,30 +50,6 @@ methods:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _photo_crops(n: int, size: int = 40) -> list[np.ndarray]:
-    from sklearn.datasets import load_sample_image
-
-    photos = [load_sample_image("flower.jpg"), load_sample_image("china.jpg")]
-    crops = []
-    for k in range(n):
-        p = photos[k % 2]
-        y, x = 37 * k % (p.shape[0] - 200), 61 * k % (p.shape[1] - 200)
-        crop = Image.fromarray(p[y : y + 200, x : x + 200]).resize((size, size), Image.Resampling.LANCZOS)
-        crops.append(np.asarray(crop))
-    return crops
-
-
-def make_yaml_dataset(folder: Path, n: int = 5) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for k, arr in enumerate(_photo_crops(n)):
-        Image.fromarray(arr).save(folder / f"img{k}.png")
-        targets = ["a photo of a dog", "a painting of a cat"][: 1 + k % 2]
-        lines.append(f"- init_img: img{k}.png\n  source_prompt: a photo of a cat {k}\n  target_prompts: {json.dumps(targets)}")
-    (folder / "list.yaml").write_text("\n".join(lines) + "\n")
-    return folder / "list.yaml"
-
-
 def write_experiment(path: Path, data: str, output_dir: Path, body: str = METHODS, metrics: str = "[time]",
                      logger: str = "{name: none}", trainer: str = "{accelerator: cpu, devices: 1}") -> Path:
     path.write_text(
@@ -83,23 +57,6 @@ def write_experiment(path: Path, data: str, output_dir: Path, body: str = METHOD
         f"logger: {logger}\noutput_dir: {output_dir}\nseed: 0\n"
     )
     return path
-
-
-@contextmanager
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def run_inprocess(config: Path, *overrides: str) -> int:
-    from framework.cli import main
-
-    with one_thread():
-        return main(["run", str(config), "--no-progress", *overrides])
 
 
 def run_subprocess(config: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -114,14 +71,9 @@ def run_killed(config: Path, items: int) -> subprocess.CompletedProcess:
     """Run ``config`` in a subprocess that dies (status 17, no cleanup) after ``items`` written items."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "run_killed.py"), str(config), str(items)],
+        [sys.executable, str(ROOT / "tests" / "helpers" / "run_killed.py"), str(config), str(items)],
         cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600,
     )
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -157,10 +109,10 @@ def run1(tiny, dataset5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_run_writes_all_rows_and_images(run1: Path, dataset5: Path, tiny) -> None:
-    from framework.images import load_image_tensor
-    from framework.pipeline import invert_and_edit
-    from framework.registry import EDITORS, INVERTERS
     from framework.dataset import item_seed
+    from framework.edit import invert_and_edit
+    from framework.images import load_image_tensor
+    from framework.registry import EDITORS, INVERTERS
 
     rows = read_csv(run1 / "results.csv")
     n_targets = 1 + 2 + 1 + 2 + 1
@@ -208,6 +160,7 @@ def test_run_writes_all_rows_and_images(run1: Path, dataset5: Path, tiny) -> Non
 # ----------------------------------------------------------------------------- 2
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(run1: Path, dataset5: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cfg = write_experiment(
@@ -227,6 +180,7 @@ def test_two_process_ddp_matches_one_process(run1: Path, dataset5: Path, tmp_pat
 # ----------------------------------------------------------------------------- 3
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_every_row_once(run1: Path, dataset5: Path, tmp_path: Path) -> None:
     out = tmp_path / "resume"
     cfg = write_experiment(tmp_path / "exp.yaml", f"{{name: yaml_list, path: {dataset5}}}", out)
@@ -292,7 +246,7 @@ def make_pie_bench(root: Path) -> Path:
 
     images = root / "annotation_images"
     (images / "0_random").mkdir(parents=True)
-    crops = _photo_crops(3, size=64)
+    crops = photo_crops(3, size=64)
     mapping = {}
     for k, key in enumerate(["good0", "good1", "missing", "corrupt", "longprompt"]):
         rel = f"0_random/{key}.png"
@@ -385,10 +339,9 @@ def test_offline_wandb_run_holds_the_table(failing_run: tuple[int, Path]) -> Non
 def test_example_config_composes_verbatim() -> None:
     """configs/experiment/example.yaml (the issue's shape) composes, expands and lists its data."""
     from framework.config import compose
-    from framework.experiment.plan import metric_configs
-    from framework.experiment.run import find_experiment, resolve_data_path
     from framework.dataset import build_dataset
-    from framework.experiment.plan import expand_methods, inversion_groups
+    from framework.experiment.plan import expand_methods, inversion_groups, metric_configs
+    from framework.experiment.run import find_experiment, resolve_data_path
 
     path = find_experiment("example")
     cfg = compose(experiment=path)

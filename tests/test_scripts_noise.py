@@ -96,7 +96,9 @@ def test_noise_statistics_on_tiny_and_an_image_folder(tmp_path, photo_path, caps
     s = ns.main(["--backbone", "tiny", "--samples", "2", "--steps", "4", "--out", str(tmp_path / "a")])
     assert set(s) == {"native", "edit_friendly", "cycle_diffusion"}
     assert (tmp_path / "a" / "noise_statistics.png").exists()
-    s = ns.main(["--backbone", "tiny", "--images", str(photo_path.parent), "--steps", "3", "--out", str(tmp_path / "b")])
+    s = ns.main(
+        ["--backbone", "tiny", "--images", str(photo_path.parent), "--steps", "3", "--out", str(tmp_path / "b")]
+    )
     assert len(read_csv(tmp_path / "b" / "noise_statistics.csv")) == 3
     assert "edit-friendly / native variance" in capsys.readouterr().out
 

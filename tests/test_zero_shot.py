@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from attention_editor_helpers import FailingBackbone, ddim_inversion
 
 from framework.config import group_node, preset_node
 from framework.errors import ConfigError, InputError
 from framework.random import make_generator
 from framework.registry import EDITORS, INVERTERS
 from plugins.editors.unet_hooks import hook_state
+from tests.helpers.attention_editors import FailingBackbone, ddim_inversion
 
 N = 10
 SKIP = 2
@@ -23,22 +23,22 @@ TARGETS = ["a photo of a dog", "a painting of a tiger"]
 G_INV = 3.5
 
 
-def zero_shot(**opts):  # noqa: ANN003, ANN201
+def zero_shot(**opts):
     return EDITORS.build({"name": "zero_shot", **opts})
 
 
 @pytest.fixture(scope="module")
-def ef_inversion(tiny, photo_x0):  # noqa: ANN001, ANN201
+def ef_inversion(tiny, photo_x0):
     inverter = INVERTERS.build({"name": "ddpm_edit_friendly", "guidance_scale": G_INV})
     return inverter.invert(tiny, photo_x0, SOURCE, num_steps=N, skip=0, generator=make_generator(5))
 
 
-def zero_direction(tiny) -> torch.Tensor:  # noqa: ANN001
+def zero_direction(tiny) -> torch.Tensor:
     emb = tiny.encode_prompt([SOURCE])
     return torch.zeros_like(emb)
 
 
-def test_no_guidance_zero_direction_reproduces_source(tiny, ef_inversion):  # noqa: ANN001
+def test_no_guidance_zero_direction_reproduces_source(tiny, ef_inversion):
     """With the empty negative prompt (the inversion's) and the inversion's guidance scale, a
     zero direction regenerates the inverted image."""
     editor = zero_shot(cross_attention_guidance=0.0, guidance_scale=G_INV, negative_prompt="empty")
@@ -56,7 +56,7 @@ def test_no_guidance_zero_direction_reproduces_source(tiny, ef_inversion):  # no
     assert (latents - ef_inversion.x0).abs().max() <= 1e-4
 
 
-def test_guidance_updates_latent_and_lowers_attention_distance(tiny, ef_inversion):  # noqa: ANN001
+def test_guidance_updates_latent_and_lowers_attention_distance(tiny, ef_inversion):
     off = zero_shot(cross_attention_guidance=0.0).run(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP, measure=True)
     on = zero_shot(cross_attention_guidance=1.0).run(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP, measure=True)
     n = N - SKIP
@@ -80,7 +80,7 @@ def test_guidance_updates_latent_and_lowers_attention_distance(tiny, ef_inversio
     assert (cond_only.latents - on.latents).abs().max() > 1e-4
 
 
-def test_text_editor_equivalence_without_guidance(tiny, ef_inversion, photo_x0):  # noqa: ANN001
+def test_text_editor_equivalence_without_guidance(tiny, ef_inversion, photo_x0):
     """Without sentence files and λ = 0 the edit embedding is E(target): the text editor."""
     text = EDITORS.build({"name": "text", "guidance_scale": 5.0})
     editor = zero_shot(cross_attention_guidance=0.0, guidance_scale=5.0, negative_prompt="empty")
@@ -94,7 +94,7 @@ def test_text_editor_equivalence_without_guidance(tiny, ef_inversion, photo_x0):
     assert torch.isfinite(out).all() and out.shape == (2, 4, 16, 16)
 
 
-def test_direction_from_sentence_files(tiny, tmp_path: Path):  # noqa: ANN001
+def test_direction_from_sentence_files(tiny, tmp_path: Path):
     cats = ["a photo of a cat", "a cat sitting on grass", "a drawing of a cat"]
     dogs = ["a photo of a dog", "a dog running on the beach"]
     (tmp_path / "cat.txt").write_text("\n".join(cats) + "\n\n")
@@ -114,7 +114,7 @@ def test_direction_from_sentence_files(tiny, tmp_path: Path):  # noqa: ANN001
         zero_shot(source_sentences=str(tmp_path / "missing.txt"))  # at construction
 
 
-def test_hooks_removed_after_call_and_after_error(tiny, ef_inversion):  # noqa: ANN001
+def test_hooks_removed_after_call_and_after_error(tiny, ef_inversion):
     before = hook_state(tiny.unet)
     zero_shot().edit(tiny, ef_inversion, SOURCE, TARGETS[:1], skip=SKIP)
     assert hook_state(tiny.unet) == before
@@ -132,7 +132,7 @@ def test_hooks_removed_after_call_and_after_error(tiny, ef_inversion):  # noqa: 
     assert hook_state(tiny.unet) == before
 
 
-def test_works_under_inference_mode(tiny, photo_x0, ef_inversion):  # noqa: ANN001
+def test_works_under_inference_mode(tiny, photo_x0, ef_inversion):
     """Lightning's predict loop runs under inference mode; the guidance still gets gradients."""
     editor = zero_shot(cross_attention_guidance=0.5)
     ref = editor.run(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
@@ -147,7 +147,7 @@ def test_works_under_inference_mode(tiny, photo_x0, ef_inversion):  # noqa: ANN0
     assert (out.latents - ref.latents).abs().max() <= 1e-4
 
 
-def test_several_targets_batched_like_one_by_one(tiny, ef_inversion):  # noqa: ANN001
+def test_several_targets_batched_like_one_by_one(tiny, ef_inversion):
     nfe0 = tiny.nfe
     together = zero_shot().edit(tiny, ef_inversion, SOURCE, TARGETS, skip=SKIP)
     assert tiny.nfe - nfe0 == 2 * (N - SKIP)  # guidance pass + CFG pass per step, all rows
@@ -167,14 +167,14 @@ def test_presets():
 
 
 # ----------------------------------------------------------------------------- against the reference
-def test_source_negative_zero_direction_leaves_nothing_to_push(tiny, photo_x0, ef_inversion):  # noqa: ANN001
+def test_source_negative_zero_direction_leaves_nothing_to_push(tiny, photo_x0, ef_inversion):
     """pix2pix-zero's negative prompt is the source caption: with a zero direction both guidance
     branches of an edit row see the source prompt at the same latent, so the guided prediction
     is the source-conditioned one, whatever the guidance scale."""
     src = tiny.encode_prompt([SOURCE])[0]
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def record(module, args, kwargs, output):  # noqa: ANN001, ANN202
+    def record(module, args, kwargs, output):
         if not torch.is_grad_enabled():  # the prediction passes, not the guidance pass
             calls.append((kwargs["encoder_hidden_states"].detach().clone(), output[0].detach().clone()))
 
@@ -211,7 +211,7 @@ def test_source_negative_zero_direction_leaves_nothing_to_push(tiny, photo_x0, e
     assert (guided.latents - recon).abs().max() <= 1e-4
 
 
-def _record_reference_maps(monkeypatch, unet) -> list[torch.Tensor]:  # noqa: ANN001
+def _record_reference_maps(monkeypatch, unet) -> list[torch.Tensor]:
     """Put diffusers' plain AttnProcessor on every cross-attention layer and record its
     attention probabilities, (batch·heads, queries, tokens) as pix2pix-zero's processor keeps
     them; returns the list the maps are appended to (in call order)."""
@@ -222,7 +222,7 @@ def _record_reference_maps(monkeypatch, unet) -> list[torch.Tensor]:  # noqa: AN
         if name.endswith("attn2"):
             original = module.get_attention_scores
 
-            def scores(query, key, attention_mask=None, original=original):  # noqa: ANN001, ANN202
+            def scores(query, key, attention_mask=None, original=original):
                 probs = original(query, key, attention_mask)
                 maps.append(probs)
                 return probs
@@ -232,7 +232,7 @@ def _record_reference_maps(monkeypatch, unet) -> list[torch.Tensor]:  # noqa: AN
     return maps
 
 
-def test_gradient_step_matches_pix2pix_zero(tiny, photo_x0, monkeypatch):  # noqa: ANN001
+def test_gradient_step_matches_pix2pix_zero(tiny, photo_x0, monkeypatch):
     """Two steps of the edit, written out as pix2pix-zero's loop computes them (reference maps
     from the reconstruction at the source prompt for both copies; loss Σ_layers
     ((M - M_ref)²).sum(queries, tokens).mean(batch·heads) over the two copies; SGD with lr λ;
@@ -247,7 +247,7 @@ def test_gradient_step_matches_pix2pix_zero(tiny, photo_x0, monkeypatch):  # noq
     maps = _record_reference_maps(monkeypatch, tiny.unet)
     schedule = tiny.schedule(N, 0.0)
 
-    def ddim_step(x, eps, i):  # noqa: ANN001, ANN202
+    def ddim_step(x, eps, i):
         a, a_prev = float(schedule.abar[i - 1]), float(schedule.abar_prev[i - 1])
         return a_prev**0.5 * (x - (1 - a) ** 0.5 * eps) / a**0.5 + (1 - a_prev) ** 0.5 * eps
 
@@ -312,7 +312,7 @@ def test_noise_regularizer_losses_by_hand():
     assert float(autocorrelation_loss(white, gen)) < 0.05 * float(autocorrelation_loss(cols, gen))
 
 
-def test_regularized_ddim_inversion(tiny, photo_x0):  # noqa: ANN001
+def test_regularized_ddim_inversion(tiny, photo_x0):
     plain = INVERTERS.build({"name": "ddim"}).invert(tiny, photo_x0, SOURCE, num_steps=N)
     helper = ddim_inversion(tiny, photo_x0, SOURCE, N, 1.0)
     zero = INVERTERS.build({"name": "ddim", "autocorrelation_weight": 0.0, "kl_weight": 0.0}).invert(

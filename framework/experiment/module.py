@@ -163,7 +163,7 @@ class EditModule(pl.LightningModule):
             return []
         try:
             loaded = self._load(item)
-        except Exception as exc:  # noqa: BLE001 - isolate the item
+        except Exception as exc:
             log.warning("item %s failed: %s", item.id, _error_text(exc))
             return self._failed_rows(item, todo, _error_text(exc))
         edits: dict[tuple[str, int], Edits] = {}
@@ -219,7 +219,7 @@ class EditModule(pl.LightningModule):
     ) -> tuple[dict[tuple[str, int], Edits], dict[tuple[str, int], str]]:
         """Invert the item once for ``group`` and edit it with each of ``members`` -> the edits
         and the error messages, keyed by (variant label, seed index)."""
-        from framework.pipeline import seeds_for
+        from framework.edit import seeds_for
 
         edits: dict[tuple[str, int], Edits] = {}
         errors: dict[tuple[str, int], str] = {}
@@ -234,13 +234,13 @@ class EditModule(pl.LightningModule):
                 backbone, loaded.x0, item.source_prompt, num_steps=group.num_steps, skip=group.skip, generator=inv_gen
             )
             inv_seconds, inv_nfe = _timed(device) - t0, backbone.nfe - nfe0
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("inversion of %s failed: %s", item.id, _error_text(exc))
             return edits, {(v.label, s): _error_text(exc) for v in members}
         for v in members:
             try:
                 images, recon, edit_seconds, edit_nfe = self._edit(item, v, inversion, s)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("edit of %s by %s failed: %s", item.id, v.label, _error_text(exc))
                 errors[(v.label, s)] = _error_text(exc)
                 continue
@@ -258,7 +258,7 @@ class EditModule(pl.LightningModule):
         """Edit one inversion with variant ``v`` toward every target -> decoded images
         (K, 3, H, W) on the CPU, the reconstruction (1, 3, H, W) when one is needed, and the
         edit's seconds and network evaluations."""
-        from framework.pipeline import seeds_for
+        from framework.edit import seeds_for
 
         backbone = self.backbone
         editor = self.editors[json.dumps(v.editor, sort_keys=True)]
@@ -272,7 +272,9 @@ class EditModule(pl.LightningModule):
         recon = None
         if self.needs_reconstruction:  # the edit with the source prompt, from the same inversion
             _, rec_gen = seeds_for(item_seed(self.run_seed, item.id, s))
-            rec = editor.edit(backbone, inversion, item.source_prompt, [item.source_prompt], skip=v.skip, generator=rec_gen)
+            rec = editor.edit(
+                backbone, inversion, item.source_prompt, [item.source_prompt], skip=v.skip, generator=rec_gen
+            )
             recon = backbone.decode(rec).float().cpu()
         return images, recon, edit_seconds, edit_nfe
 
@@ -306,7 +308,7 @@ class EditModule(pl.LightningModule):
                     got = metric.compute(batch)
                     if len(got) != len(item.target_prompts):
                         raise RuntimeError(f"returned {len(got)} rows for {len(item.target_prompts)} edits")
-                except Exception as exc:  # noqa: BLE001 - a metric bug must not lose the edit
+                except Exception as exc:
                     name = getattr(metric, "registered_name", type(metric).__name__)
                     metric_errors.append(f"metric {name}: {_error_text(exc)}")
                     continue
@@ -326,8 +328,8 @@ class EditModule(pl.LightningModule):
     ) -> list[dict[str, Any]]:
         """The ok rows of variant ``v`` (one per seed index and target not yet done), with
         their images (``_image``, ``_reconstruction``) and image paths."""
-        from framework.cli import slug
         from framework.images import tensor_to_pil
+        from framework.naming import slug
 
         rows = []
         for s in range(v.seeds):

@@ -191,7 +191,7 @@ def check_earlier_run(output_dir: Path, plain: dict[str, Any], force: bool) -> N
         return
     try:
         old = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
-    except Exception:  # noqa: BLE001 - an unreadable record is a conflict too
+    except Exception:
         old = {}
     diffs = config_conflicts(old if isinstance(old, dict) else {}, plain)
     if diffs:
@@ -216,8 +216,9 @@ def run_experiment(
     ``callbacks``: more Lightning callbacks, called after the :class:`ResultsWriter` (so in
     ``on_predict_batch_end`` the item's rows are on disk; the tests kill a run this way).
     """
-    from framework.cli import check_output_dir, check_seed, make_output_dir
     from framework.config import save_config_history
+    from framework.outputs import check_output_dir, make_output_dir
+    from framework.random import check_seed
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -280,8 +281,9 @@ def run_experiment(
             default_root_dir=str(output_dir),
             use_distributed_sampler=False,  # EditDataModule shards the items itself
         )
-    except Exception as exc:  # noqa: BLE001 - TypeError, ValueError, MisconfigurationException
-        raise ConfigError(f"bad trainer config {trainer_cfg}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    except Exception as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else exc
+        raise ConfigError(f"bad trainer config {trainer_cfg}: {first_line}") from None
     if trainer.is_global_zero:
         save_config_history(OmegaConf.create(plain), output_dir)
     if logger is not None:
@@ -376,5 +378,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = compose(experiment=experiment, overrides=overrides)
     apply_method_overrides(cfg, method_overrides)
     if args.no_progress:
-        cfg.trainer = {**(OmegaConf.to_container(cfg.trainer) if "trainer" in cfg else {}), "enable_progress_bar": False}
+        trainer = OmegaConf.to_container(cfg.trainer) if "trainer" in cfg else {}
+        cfg.trainer = {**trainer, "enable_progress_bar": False}
     return run_experiment(cfg, experiment, force=bool(getattr(args, "force", False)), progress=not args.no_progress)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from framework.experiment.results import PartWriter
 
+
 def save_image(img: Image.Image, path: Path) -> None:
     """Write a PNG atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -119,10 +119,6 @@ class TextPixelBackbone(PixelDDPMBackbone):
                 self._prompt_cache[prompt] = e
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
-    def token_ids(self, prompt: str) -> list[int]:
-        """The token ids of ``prompt`` (with start and end tokens), for attention editors."""
-        return list(self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids)
-
     # ----------------------------------------------------------------- network
     def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
         if cond is None:
@@ -162,7 +158,7 @@ class DigitsArchitecture:
     attention_head_dim: int = 8
 
 
-def build_digits_tokenizer():  # noqa: ANN201
+def build_digits_tokenizer():
     """A CLIP BPE tokenizer whose merges make each word of the digits grammar one token."""
     from framework.digits import WORDS
     from plugins.backbones.tiny import build_tokenizer

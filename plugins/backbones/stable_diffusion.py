@@ -98,7 +98,9 @@ class StableDiffusionBackbone(Backbone):
             raise WeightsNotFoundError(
                 f"could not load Stable Diffusion weights from {options.model!r}: {why}. {weights_hint()}"
             ) from None
-        self.attach(tokenizer, text_encoder, unet, vae, DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading"))
+        self.attach(
+            tokenizer, text_encoder, unet, vae, DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading")
+        )
 
     def attach(self, tokenizer: Any, text_encoder: Any, unet: Any, vae: Any, scheduler: Any) -> None:
         """Take the model parts (already in ``self.dtype``/``self.vae_dtype``): freeze them, move
@@ -177,10 +179,6 @@ class StableDiffusionBackbone(Backbone):
             prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
         return self.text_encoder(ids)[0].float()
-
-    def token_ids(self, prompt: str) -> list[int]:
-        """The token ids of ``prompt`` (with start and end tokens), for attention editors."""
-        return list(self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids)
 
     # ----------------------------------------------------------------- network
     def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:

@@ -49,7 +49,7 @@ class TinyOptions:
     truncate_prompts: bool = False
 
 
-def build_tokenizer(words: tuple[str, ...] | list[str] = WORDS):  # noqa: ANN201
+def build_tokenizer(words: tuple[str, ...] | list[str] = WORDS):
     """A CLIP BPE tokenizer over the 256 byte symbols plus merges that make ``words`` whole."""
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer

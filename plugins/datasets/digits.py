@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from framework import digits as D
+from framework.dataset import DatasetPlugin, Item, check_unique
 from framework.errors import ConfigError
 from framework.images import tensor_to_pil
 from framework.registry import DATASETS
-from framework.dataset import DatasetPlugin, Item, check_unique
 
 EDIT_KINDS = ("fg", "bg", "digit")
 
@@ -51,7 +51,11 @@ def item_spec(index: int, seed: int, edits: list[str]) -> tuple[int, str, str, l
     new_bg = others[int(torch.randint(len(others), (), generator=g))]
     digits = [d for d in range(10) if d != digit]
     new_digit = digits[int(torch.randint(len(digits), (), generator=g))]
-    targets = {"fg": D.prompt(digit, new_fg, bg), "bg": D.prompt(digit, fg, new_bg), "digit": D.prompt(new_digit, fg, bg)}
+    targets = {
+        "fg": D.prompt(digit, new_fg, bg),
+        "bg": D.prompt(digit, fg, new_bg),
+        "digit": D.prompt(new_digit, fg, bg),
+    }
     return digit, fg, bg, [targets[k] for k in edits], list(edits)
 
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from framework.dataset import DatasetPlugin, Item, as_prompt_list, check_unique, resolve_path
 from framework.errors import ConfigError
 from framework.registry import DATASETS
-from framework.dataset import DatasetPlugin, Item, as_prompt_list, check_unique, resolve_path
-from omegaconf import OmegaConf
 
 
 @dataclass
@@ -74,7 +75,7 @@ class YamlListDataset(DatasetPlugin):
             raise ConfigError(f"dataset file not found: {path}")
         try:
             raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        except Exception as exc:  # noqa: BLE001 - YAML errors of every kind
+        except Exception as exc:  # YAML errors of every kind
             raise ConfigError(f"could not parse dataset file {path}: {exc}") from None
         if isinstance(raw, dict) and "items" in raw:
             raw = raw["items"]

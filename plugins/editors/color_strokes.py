@@ -45,6 +45,7 @@ from framework.sampling import (
     prompt_free_conditioning,
 )
 from framework.schedule import Schedule
+from framework.schema import DEFAULT_SKIP
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _read(path: str, what: str) -> Image.Image:
         with Image.open(p) as img:
             img.load()
             return ImageOps.exif_transpose(img) or img.copy()
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types
+    except Exception as exc:  # Pillow raises many types
         raise InputError(f"{what} file {path} is not an image Pillow can read: {exc}") from None
 
 
@@ -244,7 +245,7 @@ class ColorStrokesEditor(StrokesEditor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """(K, C, h, w) latents, K = one per target prompt (1 if none, unconditional)."""

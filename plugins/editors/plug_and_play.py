@@ -81,6 +81,7 @@ from framework.sampling import (
     denoise,
     inversion_guidance,
 )
+from framework.schema import DEFAULT_SKIP
 from plugins.editors.unet_hooks import (
     attention_modules,
     broadcast_first_row,
@@ -146,7 +147,7 @@ class _Injection(StepHook):
         self.attention = False
         self.pairs: list = []
 
-    def installed(self):  # noqa: ANN201
+    def installed(self):
         return forward_hooks(self.pairs)
 
     def begin_step(self, i: int) -> None:
@@ -160,10 +161,10 @@ class _Injection(StepHook):
             return broadcast_first_row(x, self.group)
         return copy_row_over(x, 0, self.n_source)
 
-    def feature_hook(self, module, inputs, output: Tensor):  # noqa: ANN001, ANN201
+    def feature_hook(self, module, inputs, output: Tensor):
         return self.spread(output) if self.features else None
 
-    def attention_hook(self, module, inputs, output: Tensor):  # noqa: ANN001, ANN201
+    def attention_hook(self, module, inputs, output: Tensor):
         return self.spread(output) if self.attention else None
 
 
@@ -214,7 +215,7 @@ class _EmptyPromptGuidance:
             rows.append(self.source.cond)
         return rows
 
-    def eps(self, backbone, x: Tensor, t: int, i: int) -> Tensor:  # noqa: ANN001
+    def eps(self, backbone, x: Tensor, t: int, i: int) -> Tensor:
         src, tgt = x[:1], x[1:]
         extra = self._source_rows(i)
         n_src = 1 + len(extra)
@@ -294,12 +295,12 @@ class PlugAndPlay(Editor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Return (K, C, h, w) float32 latents, one per target prompt."""
@@ -323,7 +324,7 @@ class PlugAndPlay(Editor):
 
     def _edit_batch(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         unet: torch.nn.Module,
         inversion: Inversion,
         source: str,
@@ -350,7 +351,9 @@ class PlugAndPlay(Editor):
                 ) from None
         rule = inversion.regeneration(backbone, start, 1 + k, generator=generator, n_source=1)
         follow = follows_inversion(o.source_latents, inversion, rule.schedule)
-        ctl = _Injection(start, injection_steps(o.feature_injection, start), injection_steps(o.attention_injection, start))
+        ctl = _Injection(
+            start, injection_steps(o.feature_injection, start), injection_steps(o.attention_injection, start)
+        )
         if o.source_branch == "guided":
             ctl.group = 1 + k
             guidance = self._guided(backbone, inversion, src_cond, tgt_cond, negative)
@@ -377,7 +380,7 @@ class PlugAndPlay(Editor):
 
     def _guided(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         src_cond: Tensor,
         tgt_cond: Tensor,

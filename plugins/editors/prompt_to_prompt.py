@@ -55,6 +55,7 @@ from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
 from framework.sampling import Editor, StepHook, denoise, inversion_guidance
+from framework.schema import DEFAULT_SKIP
 
 #: (cross_replace_steps, self_replace_steps) defaults by kind of inversion (reference code)
 DEFAULT_STEPS = {"noise_maps": (0.6, 0.2), "ddim": (0.8, 0.4)}
@@ -603,12 +604,12 @@ class PromptToPrompt(Editor):
 
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """(K, C, h, w) float32: one edited latent per target prompt."""
@@ -617,12 +618,12 @@ class PromptToPrompt(Editor):
     @torch.no_grad()
     def run(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str | None,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> PromptToPromptResult:
         """The edit with its source row, masks and bookkeeping (see :class:`PromptToPromptResult`)."""
@@ -669,7 +670,7 @@ class PromptToPrompt(Editor):
         self_on = self_steps[1] > self_steps[0]
         blend_grid = None
         if blend is not None:
-            cross_grids = sorted({(l.height, l.width) for l in layers if l.is_cross}, reverse=True)
+            cross_grids = sorted({(ly.height, ly.width) for ly in layers if ly.is_cross}, reverse=True)
             goal = o.blend_resolution * h
             blend_grid = min(cross_grids, key=lambda g: (abs(g[0] - goal), -g[0]))
         chosen = []
@@ -681,12 +682,14 @@ class PromptToPrompt(Editor):
                 layer.controls_self = True
                 chosen.append(layer)
         before = backbone.unet.attn_processors
-        processors = {l.name: ControlledAttnProcessor(controller, l, before[l.name]) for l in chosen}
+        processors = {ly.name: ControlledAttnProcessor(controller, ly, before[ly.name]) for ly in chosen}
 
         cond = backbone.encode_prompt(prompts)
         scales = torch.tensor([float(inversion.guidance_scale)] + [float(o.guidance_scale)] * k)
         hook = _P2PHook(backbone.unet, processors, controller, start, blend_grid, (h, w), o.threshold)
-        x = denoise(backbone, rule, start, inversion_guidance(backbone, inversion, cond, scales), [hook], "prompt_to_prompt")
+        x = denoise(
+            backbone, rule, start, inversion_guidance(backbone, inversion, cond, scales), [hook], "prompt_to_prompt"
+        )
         mask = hook.mask
         return PromptToPromptResult(
             source=x[:1],
@@ -695,7 +698,7 @@ class PromptToPrompt(Editor):
             modes=modes,
             cross_steps=cross_steps,
             self_steps=self_steps,
-            controlled_layers=[l.name for l in chosen],
+            controlled_layers=[ly.name for ly in chosen],
             controlled_calls=controller.calls,
         )
 

@@ -6,8 +6,9 @@ x0' is the inverted image with the color strokes, if any, painted directly onto 
 (for latent models: decode, paint, encode). Only x0 of the inversion is used; its noise maps
 are not. The starting step is ``start_step`` if given, else round(strength·N) if ``strength``
 is given, else N - skip, like the other editors. It runs the one reverse loop with a
-fresh-noise DDPM step rule of its own η, whatever the inversion's rule and conditioning. Higher start steps follow the strokes more and
-the input less: the fidelity/realism trade-off that noise-space color strokes avoid.
+fresh-noise DDPM step rule of its own η, whatever the inversion's rule and conditioning. Higher
+start steps follow the strokes more and the input less: the fidelity/realism trade-off that
+noise-space color strokes avoid.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from framework.sampling import (
     expand_rows,
     prompt_free_conditioning,
 )
+from framework.schema import DEFAULT_SKIP
 from plugins.editors.color_strokes import StrokesEditor, image_size, load_stroke_files
 
 
@@ -100,7 +102,7 @@ class SDEditEditor(StrokesEditor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """(K, C, h, w) latents, one per target prompt (1 if none); each row its own noise."""

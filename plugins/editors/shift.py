@@ -33,6 +33,7 @@ from framework.sampling import (
     inversion_guidance,
     prompt_free_conditioning,
 )
+from framework.schema import DEFAULT_SKIP
 
 BORDERS = ("noise", "reflect", "wrap")
 
@@ -117,7 +118,7 @@ class ShiftEditor(Editor):
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """(K, C, h, w) latents of the shifted image, one per target prompt (1 if none)."""

@@ -17,6 +17,7 @@ from torch import Tensor
 from framework.inversion import Inversion
 from framework.registry import EDITORS
 from framework.sampling import Editor, denoise, inversion_guidance
+from framework.schema import DEFAULT_SKIP
 
 
 @dataclass
@@ -35,12 +36,12 @@ class TextEditor(Editor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         targets = self.check_inputs(backbone, inversion, target_prompts)

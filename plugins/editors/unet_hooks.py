@@ -13,7 +13,8 @@ maps them onto smaller UNets (the tiny test model has 2 up blocks of 2) with thi
 the UNet has is used as it is; a path ``{down_blocks|up_blocks}.B.{resnets|attentions}.J`` that
 it lacks is mapped to the nearest existing layer by clamping B to the last block (stepping back
 to the nearest earlier block that has such layers, as the digits model's attention-free outermost
-decoder block needs), then J to that block's last layer; duplicates are dropped. Any other missing path is a configuration error.
+decoder block needs), then J to that block's last layer; duplicates are dropped. Any other
+missing path is a configuration error.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def hook_state(unet: nn.Module) -> dict[str, tuple]:
     state = {}
     for name, m in unet.named_modules():
         state[name] = (
-            tuple(m._forward_hooks.keys()),  # noqa: SLF001
-            tuple(m._forward_pre_hooks.keys()),  # noqa: SLF001
+            tuple(m._forward_hooks.keys()),
+            tuple(m._forward_pre_hooks.keys()),
             id(getattr(m, "processor", None)),
         )
     return state

@@ -64,6 +64,7 @@ from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
 from framework.sampling import Editor, FollowInversion, Guidance, StepHook, denoise, inversion_guidance
+from framework.schema import DEFAULT_SKIP
 from plugins.editors.unet_hooks import (
     attention_modules,
     attention_probs,
@@ -304,12 +305,12 @@ class ZeroShot(Editor):
 
     def edit(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Return (K, C, h, w) float32 latents, one per target prompt."""
@@ -319,12 +320,12 @@ class ZeroShot(Editor):
 
     def run(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
         *,
-        skip: int = 36,
+        skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
         direction: Tensor | None = None,
         measure: bool = False,
@@ -357,7 +358,7 @@ class ZeroShot(Editor):
 
     def _edit_batch(
         self,
-        backbone,  # noqa: ANN001
+        backbone,
         unet: torch.nn.Module,
         inversion: Inversion,
         source: str,
@@ -395,7 +396,7 @@ class ZeroShot(Editor):
 
     @staticmethod
     def attention_gradient(
-        backbone,  # noqa: ANN001
+        backbone,
         unet: torch.nn.Module,
         x: Tensor,
         t: int,
@@ -416,11 +417,11 @@ class ZeroShot(Editor):
         state: dict[str, Any] = {"q": None, "d": []}
         rows = x.shape[0]
 
-        def query_hook(module, inputs, output):  # noqa: ANN001, ANN202
+        def query_hook(module, inputs, output):
             state["q"] = output
 
-        def key_hook_for(attn: torch.nn.Module):  # noqa: ANN202
-            def key_hook(module, inputs, output):  # noqa: ANN001, ANN202
+        def key_hook_for(attn: torch.nn.Module):
+            def key_hook(module, inputs, output):
                 if state["q"] is None:
                     raise RuntimeError("zero_shot: to_k ran before to_q; unsupported attention processor")
                 probs = attention_probs(attn, state["q"], output)  # (copies·(1+K), heads, n_q, L)

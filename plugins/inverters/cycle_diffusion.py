@@ -24,7 +24,6 @@ inversion); CycleDiffusion's own paper uses η = 0.1 (``configs/inverter/cycle_d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -46,7 +45,7 @@ class CycleDiffusionOptions:
     zero_last_noise: bool = False  # True: z_1 = 0 (x0 is then not reproduced exactly)
     # timesteps per network pass: 1 = sequential, N > 1, or "auto" (the chain is drawn first,
     # so every network input is known up front, as for the edit-friendly sequence)
-    timestep_batch: Union[int, str] = 1  # noqa: UP007 - OmegaConf needs typing.Union
+    timestep_batch: int | str = 1
 
 
 def posterior_chain(
@@ -76,7 +75,7 @@ class CycleDiffusion(Inverter):
         super().__init__(options)
         check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """The posterior chain, then eq. 5 along it."""
         xts = posterior_chain(x0, schedule, n, generator)
         zs = noise_maps(

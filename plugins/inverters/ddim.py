@@ -135,7 +135,7 @@ def regularize_noise(eps: Tensor, reg: NoiseRegularization, generator: torch.Gen
 
 
 def ddim_inversion_sequence(
-    backbone,  # noqa: ANN001
+    backbone,
     x0: Tensor,
     schedule: Schedule,
     n: int,
@@ -191,7 +191,7 @@ class DDIMInversion(Inverter):
             int(o.autocorrelation_rolls), bool(o.random_shift),
         )
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """DDIM steps 1..n backwards; no noise maps. ``generator`` only draws the
         regulariser's random shifts (seed 0 when None); plain DDIM does not use it."""
         reg = self.regularization()

@@ -16,7 +16,7 @@ tolerance (the network sees rounding-different inputs), not bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,7 +38,7 @@ class DDPMEditFriendlyOptions:
     guidance_scale: float = 3.5  # classifier-free guidance on the source prompt
     zero_last_noise: bool = False  # True: z_1 = 0 as the reference code (x0 is then not exact)
     # timesteps per network pass: 1 = sequential (bit-identical to before), N > 1, or "auto"
-    timestep_batch: Union[int, str] = 1  # noqa: UP007 - OmegaConf needs typing.Union
+    timestep_batch: int | str = 1
 
 
 def auxiliary_sequence(
@@ -54,7 +54,7 @@ def auxiliary_sequence(
 
 
 def extract_noise_maps(
-    backbone,  # noqa: ANN001
+    backbone,
     xts: Tensor,
     schedule: Schedule,
     cond: Tensor | None,
@@ -87,7 +87,7 @@ class DDPMEditFriendly(Inverter):
         super().__init__(options)
         check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """Eq. 6 then eq. 5: the independent-noise sequence and its noise maps."""
         xts = auxiliary_sequence(x0, schedule, n, generator)
         zs = noise_maps(

@@ -175,7 +175,7 @@ class EDICT(Inverter):
 
     stochastic = False
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """Steps 1..n backwards from (x0, x0): (xts, None, {rule, coupled})."""
         p = float(self.options.mix_weight)
         if not 0.5 < p <= 1.0:

@@ -34,9 +34,11 @@ class NegativePromptInversion(Inverter):
 
     stochastic = False
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """The DDIM pivot and the source embedding (1, B, L, D) as every step's uncond."""
-        pivot = ddim_inversion_sequence(backbone, x0, schedule, n, cond, uncond, guidance_scale, desc="negative-prompt pivot")
+        pivot = ddim_inversion_sequence(
+            backbone, x0, schedule, n, cond, uncond, guidance_scale, desc="negative-prompt pivot"
+        )
         if cond is None:  # an unconditional model: plain DDIM inversion
             return pivot, None
         return pivot, None, {"uncond_embeddings": cond[None].clone()}

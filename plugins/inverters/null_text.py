@@ -53,7 +53,7 @@ class NullTextOptions:
 
 
 def optimise_null_text(
-    backbone,  # noqa: ANN001
+    backbone,
     pivot: Tensor,
     schedule: Schedule,
     cond: Tensor,
@@ -115,7 +115,7 @@ class NullTextInversion(Inverter):
 
     stochastic = False
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):  # noqa: ANN001
+    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """The pivot (DDIM at guidance 1) and the optimised embeddings (deterministic)."""
         o = self.options
         if o.num_inner_steps < 0 or o.learning_rate <= 0 or o.early_stop_epsilon < 0:

@@ -71,7 +71,7 @@ def hub_cached(repo_id: str, filename: str = "config.json") -> bool:
         from huggingface_hub import try_to_load_from_cache
 
         return isinstance(try_to_load_from_cache(repo_id, filename), str)
-    except Exception:  # noqa: BLE001 - an invalid id is simply not cached
+    except Exception:  # an invalid id is simply not cached
         return False
 
 

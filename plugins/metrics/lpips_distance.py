@@ -52,7 +52,7 @@ def _trunk_state(net: str, metric: str, local_files_only: bool) -> dict[str, Ten
         )
     try:
         return weights.get_state_dict(progress=False)
-    except Exception as exc:  # noqa: BLE001 - any download failure means "no weights"
+    except Exception as exc:  # any download failure means "no weights"
         raise WeightsNotFoundError(
             f"metric {metric!r}: could not download the ImageNet {net} trunk of LPIPS from "
             f"{weights.url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. {hint}"
@@ -101,7 +101,7 @@ def load_lpips(net: str, weights: str | None, metric: str, local_files_only: boo
             )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise WeightsNotFoundError(f"metric {metric!r}: could not read weights file {path}: {exc}") from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]

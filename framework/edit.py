@@ -1,13 +1,20 @@
 """One image, one inversion, all its targets: the functions the CLI, the runner and the demo share.
 
-``invert_and_edit`` runs both phases; ``invert_image`` and ``edit_inversion`` run one each, for
-callers that keep an inversion and edit it again (the web demo).
+``invert_and_edit`` runs both phases; ``invert_image`` (or ``invert_latent`` on an encoded image)
+and ``edit_inversion`` run one each, for callers that keep an inversion and edit it again (the web
+demo) or share one inversion among several editors (the runner).
+
+This module is the one place where what an edit costs is measured: :func:`measure_cost` gives
+the wall seconds (after the device's queued work, CUDA being asynchronous) and the network
+evaluations (``backbone.nfe``) of each phase. Encoding the image and decoding the edits are not
+part of either phase.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +50,33 @@ def _sync(device: torch.device) -> None:
 
 
 @dataclass
+class Cost:
+    """What a block of work cost: wall seconds and network evaluations."""
+
+    seconds: float = 0.0
+    nfe: int = 0
+
+
+@contextmanager
+def measure_cost(backbone: Any) -> Iterator[Cost]:
+    """Measure the block's wall time and ``backbone.nfe`` increase into the yielded :class:`Cost`.
+
+    On CUDA the device is synchronized before the clock starts and before it stops, so queued
+    kernels are counted in the phase that launched them. The cost is filled in only when the
+    block finishes without an exception.
+    """
+    device = torch.device(backbone.device)
+    cost = Cost()
+    _sync(device)
+    nfe0 = backbone.nfe
+    start = time.perf_counter()
+    yield cost
+    _sync(device)
+    cost.seconds = time.perf_counter() - start
+    cost.nfe = backbone.nfe - nfe0
+
+
+@dataclass
 class InversionRun:
     """One inversion with what it cost (the first phase of :func:`invert_and_edit`)."""
 
@@ -61,6 +95,25 @@ class EditRun:
     nfe: int
 
 
+def invert_latent(
+    backbone: Any,
+    inverter: Any,
+    x0: Tensor,
+    source_prompt: str,
+    *,
+    num_steps: int,
+    skip: int,
+    seed: int,
+) -> InversionRun:
+    """Invert an encoded image x0 (1, C, h, w) once under ``source_prompt``, measuring its cost."""
+    inv_gen, _ = seeds_for(seed)
+    with measure_cost(backbone) as cost:
+        inversion = inverter.invert(
+            backbone, x0, source_prompt, num_steps=num_steps, skip=skip, generator=inv_gen
+        )
+    return InversionRun(inversion, cost.seconds, cost.nfe)
+
+
 def invert_image(
     backbone: Any,
     inverter: Any,
@@ -71,18 +124,12 @@ def invert_image(
     skip: int,
     seed: int,
 ) -> InversionRun:
-    """Encode ``image`` (1, 3, H, W) and invert it once under ``source_prompt``."""
-    inv_gen, _ = seeds_for(seed)
+    """Encode ``image`` (1, 3, H, W) in [-1, 1] and invert it once under ``source_prompt``."""
     with torch.no_grad():
         x0 = backbone.encode_image(image.to(backbone.device))
-    _sync(backbone.device)
-    start = time.perf_counter()
-    nfe0 = backbone.nfe
-    inversion = inverter.invert(
-        backbone, x0, source_prompt, num_steps=num_steps, skip=skip, generator=inv_gen
+    return invert_latent(
+        backbone, inverter, x0, source_prompt, num_steps=num_steps, skip=skip, seed=seed
     )
-    _sync(backbone.device)
-    return InversionRun(inversion, time.perf_counter() - start, backbone.nfe - nfe0)
 
 
 def edit_inversion(
@@ -97,17 +144,13 @@ def edit_inversion(
 ) -> EditRun:
     """Edit an inversion toward every target and decode: (K, 3, H, W) images in [-1, 1]."""
     _, edit_gen = seeds_for(seed)
-    start = time.perf_counter()
-    nfe0 = backbone.nfe
-    latents = editor.edit(
-        backbone, inversion, source_prompt, list(target_prompts), skip=skip, generator=edit_gen
-    )
-    _sync(backbone.device)
-    seconds = time.perf_counter() - start
-    nfe = backbone.nfe - nfe0
+    with measure_cost(backbone) as cost:
+        latents = editor.edit(
+            backbone, inversion, source_prompt, list(target_prompts), skip=skip, generator=edit_gen
+        )
     with torch.no_grad():
         images = backbone.decode(latents)
-    return EditRun(images, latents, seconds, nfe)
+    return EditRun(images, latents, cost.seconds, cost.nfe)
 
 
 def invert_and_edit(

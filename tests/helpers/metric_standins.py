@@ -13,7 +13,7 @@ metrics' own loading code:
 
 Usage in a runner test::
 
-    from metric_standins import standin_metric_configs
+    from tests.helpers.metric_standins import standin_metric_configs
     cfg["metrics"] = standin_metric_configs(tmp_path / "standins") + ["time"]
 """
 

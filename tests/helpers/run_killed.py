@@ -3,7 +3,7 @@
 ``python tests/run_killed.py CONFIG N`` runs CONFIG as ``editfriendly run CONFIG --no-progress``
 does, with one more Lightning callback: after the N-th item whose rows the ResultsWriter has
 written, the process exits at once with status 17 (``os._exit``: no cleanup, no merge), as a
-killed job would. tests/test_runner.py uses it to test resuming.
+killed job would. tests/test_runner.py uses it to test resuming (run as a script, not imported).
 """
 
 from __future__ import annotations

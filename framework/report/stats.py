@@ -1,0 +1,323 @@
+"""Grouping and statistics of results tables (pandas for the grouping and the tables, scipy for
+Student's t), for the comparison report and for an experiment's ``summary.csv``.
+
+Both statistics add values as Python's ``sum`` does (left to right; compensated from Python
+3.12), applied per group by pandas: so a mean or a standard deviation here is bit-for-bit the
+one the plain-Python code before them computed (``mean = sum / n``, ``var = sum((x - mean)²) /
+(n - 1)``), and ``summary.csv`` files stay byte-identical. pandas' own ``mean``/``std`` use other
+summation orders and differ in the last bit for about half of all groups.
+
+pandas and scipy are imported inside the functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from framework.report.runs import Run, is_ok, parse_float
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: direction of each known metric column in the table header (True: higher is better)
+HIGHER_IS_BETTER = {
+    "clip_score": True,
+    "clip_score_edited": True,
+    "psnr": True,
+    "psnr_bg": True,
+    "ssim": True,
+    "ssim_bg": True,
+    "diversity": True,
+    "reconstruction_psnr": True,
+    "lpips": False,
+    "lpips_bg": False,
+    "mse": False,
+    "mse_bg": False,
+    "structure_distance": False,
+    "shape_iou": True,
+    "color_reached": True,
+    "attr_reached": True,
+    "attr_kept": True,
+    "attr_success": True,
+}
+#: confidence level of the intervals in the report
+CONFIDENCE = 0.95
+
+
+# --------------------------------------------------------------------------- the statistics
+def to_number(value: Any) -> float:
+    """``float(value)``; NaN for what is not a number (None, bool, "", text, NaN)."""
+    if value is None or isinstance(value, bool) or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _python_sum(values: pd.Series) -> float:
+    """The values added as Python's ``sum`` adds floats (see the module docstring)."""
+    return sum(values.tolist())
+
+
+class Moments(NamedTuple):
+    """Per group (rows) and column (columns): count, mean and sample variance (ddof=1) of the
+    non-NaN values; mean NaN where n = 0, variance NaN where n < 2."""
+
+    n: pd.DataFrame
+    mean: pd.DataFrame
+    var: pd.DataFrame
+
+
+def moments(values: pd.DataFrame, groups: Sequence[int], n_groups: int) -> Moments:
+    """Moments of each column of ``values`` (float cells, NaN = missing; shape (rows, columns))
+    per group; ``groups[i]`` in ``range(n_groups)`` is row i's group. Frames are (n_groups, columns)."""
+    import numpy as np
+    import pandas as pd
+
+    ids = pd.Series(np.asarray(groups, dtype=np.int64), index=values.index)
+    index = pd.RangeIndex(n_groups)
+    n, mean, var = {}, {}, {}
+    for col in values.columns:
+        v = values[col].dropna()
+        g = ids.loc[v.index]
+        n[col] = v.groupby(g).count().reindex(index, fill_value=0)
+        mean[col] = v.groupby(g).agg(_python_sum).reindex(index) / n[col]
+        # float_power is C pow(), as Python's ``**`` (numpy's ``**2`` is x*x: another last bit)
+        dev = np.float_power(v - mean[col].to_numpy()[g.to_numpy()], 2)
+        var[col] = dev.groupby(g).agg(_python_sum).reindex(index) / (n[col] - 1).where(n[col] > 1)
+    return Moments(pd.DataFrame(n, index=index), pd.DataFrame(mean, index=index), pd.DataFrame(var, index=index))
+
+
+def ci_halfwidth(n: Any, var: Any, confidence: float = CONFIDENCE) -> Any:
+    """Half-width of the two-sided Student's t confidence interval of a mean of ``n`` values with
+    sample variance ``var`` (arrays or scalars; NaN where n < 2)."""
+    import numpy as np
+    from scipy.stats import t
+
+    n = np.asarray(n, dtype=float)
+    df = np.where(n > 1, n - 1, np.nan)
+    return t.ppf(0.5 + confidence / 2, df) * np.sqrt(np.asarray(var, dtype=float) / n)
+
+
+def _opt(value: Any) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def mean_ci(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, 95% CI half-width, n) of the finite values; half-width None for n < 2."""
+    import pandas as pd
+
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    m = moments(pd.DataFrame({"v": vals}, dtype=float), [0] * len(vals), 1)
+    n = int(m.n.at[0, "v"])
+    return _opt(m.mean.at[0, "v"]), _opt(float(ci_halfwidth(n, m.var.at[0, "v"]))), n
+
+
+# ------------------------------------------------------------------- the report's groups
+@dataclass
+class Group:
+    """The rows of one method setting: one run, one method, one combination of parameter values."""
+
+    run: Run
+    method: str
+    params: tuple[tuple[str, str], ...]
+    rows: list[dict[str, str]] = field(default_factory=list)
+    label: str = ""
+    #: per metric column: (mean, 95% CI half-width, n) over the ok rows' finite values
+    stats: dict[str, tuple[float | None, float | None, int]] = field(default_factory=dict)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(not is_ok(r) for r in self.rows)
+
+    @property
+    def n_ok(self) -> int:
+        return len(self.rows) - self.n_failed
+
+    def param_text(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.params if v != "")
+
+
+def sort_key(value: str) -> tuple[int, float, str]:
+    """Numbers first, by value, then texts."""
+    f = parse_float(value)
+    return (0, f, "") if f is not None else (1, 0.0, value)
+
+
+def group_rows(runs: list[Run], param_cols: list[str], metric_cols: list[str]) -> list[Group]:
+    """Groups in run order, then method order of first appearance, then sorted parameter values;
+    each with its label and the statistics of every metric column."""
+    import numpy as np
+    import pandas as pd
+
+    rows = [(i, row) for i, run in enumerate(runs) for row in run.rows]
+    if not rows:
+        return []
+    # positional column names: a parameter column may be called anything
+    keys = pd.DataFrame(
+        [[i, row.get("method", "") or "(none)", *[(row.get(c) or "").strip() for c in param_cols]] for i, row in rows]
+    )
+    ids = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
+    first = keys.drop_duplicates()  # one row per group, in group id order
+    run_index = first[0].tolist()
+    groups = [
+        Group(run=runs[k[0]], method=k[1], params=tuple(zip(param_cols, k[2:])))
+        for k in first.itertuples(index=False, name=None)
+    ]
+    for gid, (_, row) in zip(ids, rows):
+        groups[gid].rows.append(row)
+
+    ok = np.array([is_ok(row) for _, row in rows], dtype=bool)
+    cells = pd.DataFrame(
+        {m: [parse_float(row.get(m)) for _, row in rows] for m in metric_cols},
+        index=pd.RangeIndex(len(rows)),
+        dtype=float,
+    )
+    finite = cells.where(np.isfinite(cells.to_numpy()) & ok[:, None])
+    stats = moments(finite, ids, len(groups))
+    half = ci_halfwidth(stats.n.to_numpy(), stats.var.to_numpy())
+    for gid, g in enumerate(groups):
+        for j, m in enumerate(metric_cols):
+            g.stats[m] = (_opt(stats.mean.iat[gid, j]), _opt(half[gid, j]), int(stats.n.iat[gid, j]))
+
+    method_order = {k: i for i, k in enumerate(dict.fromkeys(zip(run_index, first[1])))}
+    runs_of_method = keys.groupby(1)[0].nunique()
+    order = sorted(
+        range(len(groups)),
+        key=lambda gid: (run_index[gid], method_order[(run_index[gid], groups[gid].method)],
+                         [sort_key(v) for _, v in groups[gid].params]),
+    )  # fmt: skip
+    ordered = [groups[gid] for gid in order]
+    for g in ordered:
+        name = f"{g.run.label}/{g.method}" if runs_of_method[g.method] > 1 else g.method
+        g.label = f"{name} ({g.param_text()})" if g.param_text() else name
+    return ordered
+
+
+# ----------------------------------------------------------------------------- the tables
+def fmt(value: float | None) -> str:
+    """4 significant digits (inf shown as inf; — for no value)."""
+    if value is None:
+        return "—"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4g}"
+
+
+def cell(stat: tuple[float | None, float | None, int]) -> str:
+    """``mean ± half-width`` (the mean alone when n < 2; — when n = 0)."""
+    mean, half, _ = stat
+    if mean is None:
+        return "—"
+    return f"{fmt(mean)} ± {fmt(half)}" if half is not None else fmt(mean)
+
+
+def metric_header(name: str) -> str:
+    """The column name with ↑ (higher is better) or ↓ when known."""
+    higher = HIGHER_IS_BETTER.get(name)
+    if higher is None and name.endswith(("_seconds", "_nfe")):
+        higher = False
+    return name + ("" if higher is None else (" ↑" if higher else " ↓"))
+
+
+def comparison_table(
+    groups: list[Group], runs: list[Run], param_cols: list[str], metric_cols: list[str]
+) -> tuple[list[str], list[list[str]]]:
+    """The report's table of method settings × metrics: header and rows of display strings."""
+    multi = len(runs) > 1
+    header = (["run"] if multi else []) + ["method"] + param_cols + ["rows", "failed"]
+    header += [metric_header(m) for m in metric_cols]
+    body = []
+    for g in groups:
+        row = ([g.run.label] if multi else []) + [g.method] + [v for _, v in g.params]
+        row += [str(len(g.rows)), str(g.n_failed)] + [cell(g.stats[m]) for m in metric_cols]
+        body.append(row)
+    return header, body
+
+
+def summary_frame(groups: list[Group], param_cols: list[str], metric_cols: list[str]) -> pd.DataFrame:
+    """The report's ``summary.csv``: one row per method setting with counts, then mean, CI
+    half-width and n of each metric (floats as ``repr``, so they read back exactly)."""
+    import pandas as pd
+
+    def num(value: float | None) -> str:
+        return "" if value is None else repr(value)
+
+    records = []
+    for g in groups:
+        rec: dict[str, Any] = {"run": g.run.label, "method": g.method, **dict(g.params), "label": g.label}
+        rec |= {"rows": len(g.rows), "ok": g.n_ok, "failed": g.n_failed}
+        for m in metric_cols:
+            mean, half, n = g.stats[m]
+            rec |= {f"{m}_mean": num(mean), f"{m}_ci95": num(half), f"{m}_n": n}
+        records.append(rec)
+    columns = ["run", "method", *param_cols, "label", "rows", "ok", "failed"]
+    columns += [f"{m}_{s}" for m in metric_cols for s in ("mean", "ci95", "n")]
+    return pd.DataFrame.from_records(records, columns=columns).astype(str)
+
+
+def write_csv(frame: pd.DataFrame, path: Any) -> None:
+    """``frame`` as a CSV file with the csv module's dialect (``\\r\\n`` line ends)."""
+    frame.to_csv(path, index=False, lineterminator="\r\n")
+
+
+# --------------------------------------------------------- an experiment's summary.csv
+def summarize(
+    rows: Sequence[dict[str, Any]], sweep: Sequence[str], metric_columns: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per (method, variant, setting), in order of first appearance: the first row's sweep keys,
+    ``num_steps`` and ``skip``, the counts ``rows``/``ok``/``failed``, and for each metric
+    column ``<col>_mean``, ``<col>_std`` (ddof=1; 0.0 for one value) and ``<col>_n`` over the
+    rows with status ``ok`` whose cell is a number (inf counts; None, "", NaN, bools, text do not).
+
+    ``rows`` are the runner's merged result rows (dicts of JSON values); the entries are what
+    ``summary_columns`` names, with None for no value."""
+    import numpy as np
+    import pandas as pd
+
+    if not rows:
+        return []
+    keys = pd.DataFrame([[r["method"], r["variant"], r["setting"]] for r in rows], dtype=object)
+    ids = keys.groupby([0, 1, 2], sort=False, dropna=False).ngroup().to_numpy()
+    n_groups = int(ids.max()) + 1
+    ok = np.array([r.get("status") == "ok" for r in rows], dtype=bool)
+    values = pd.DataFrame(
+        {c: [to_number(r.get(c)) for r in rows] for c in metric_columns}, index=pd.RangeIndex(len(rows)), dtype=float
+    )
+    stats = moments(values.where(np.broadcast_to(ok[:, None], values.shape)), ids, n_groups)
+    n_rows = np.bincount(ids, minlength=n_groups)
+    n_ok = np.bincount(ids, weights=ok, minlength=n_groups).astype(int)
+    first = [rows[i] for i in np.unique(ids, return_index=True)[1]]
+    out = []
+    for gid, r in enumerate(first):
+        entry: dict[str, Any] = {
+            "method": r["method"],
+            "variant": r["variant"],
+            "setting": r["setting"],
+            **{k: r.get(k) for k in sweep if k in r},
+            "num_steps": r.get("num_steps"),
+            "skip": r.get("skip"),
+            "rows": int(n_rows[gid]),
+            "ok": int(n_ok[gid]),
+            "failed": int(n_rows[gid] - n_ok[gid]),
+        }
+        for col in metric_columns:
+            n = int(stats.n.at[gid, col])
+            entry[f"{col}_mean"] = float(stats.mean.at[gid, col]) if n else None
+            entry[f"{col}_std"] = math.sqrt(stats.var.at[gid, col]) if n > 1 else (0.0 if n == 1 else None)
+            entry[f"{col}_n"] = n
+        out.append(entry)
+    return out
+
+
+def summary_columns(sweep: Sequence[str], metric_columns: Sequence[str]) -> list[str]:
+    """The columns of an experiment's ``summary.csv`` (the keys of ``summarize``'s entries)."""
+    cols = ["method", "variant", "setting"] + [k for k in sweep if k not in ("num_steps", "skip")]
+    cols += ["num_steps", "skip", "rows", "ok", "failed"]
+    for col in metric_columns:
+        cols += [f"{col}_mean", f"{col}_std", f"{col}_n"]
+    return cols
