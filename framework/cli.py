@@ -317,7 +317,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``editfriendly run CONFIG [--no-progress] [--force] [key=value ...]``."""
-    from framework.runner import cmd_run as run_command
+    from framework.experiment.run import cmd_run as run_command
 
     return run_command(args)
 

@@ -181,7 +181,8 @@ def test_engine_modules_load_without_the_cli() -> None:
     leaves framework.cli unloaded."""
     code = (
         "import sys, importlib\n"
-        "for m in ('framework.edit', 'framework.runner', 'framework.report.build', 'framework.demo', 'plugins'):\n"
+        "for m in ('framework.edit', 'framework.experiment.run', 'framework.report.build', 'framework.demo',\n"
+        "          'plugins'):\n"
         "    importlib.import_module(m)\n"
         "print('framework.cli' in sys.modules)\n"
     )

@@ -111,7 +111,7 @@ def test_pie_bench_parses_and_decodes_masks(tmp_path: Path) -> None:
 
 
 def test_fit_mask_follows_the_image_policy() -> None:
-    from framework.runner_data import fit_mask
+    from framework.dataset import fit_mask
 
     m = np.zeros((40, 80), np.uint8)  # a wide image: the square center crop keeps columns 20..59
     m[:, 40:] = 1  # right half of the image
@@ -191,7 +191,7 @@ def test_folder_without_captions_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_item_seed_is_stable_and_distinct() -> None:
-    from framework.runner_data import item_seed
+    from framework.dataset import item_seed
 
     assert item_seed(0, "a") == item_seed(0, "a")
     assert len({item_seed(0, "a"), item_seed(1, "a"), item_seed(0, "b"), item_seed(0, "a", 1)}) == 4
@@ -199,7 +199,7 @@ def test_item_seed_is_stable_and_distinct() -> None:
 
 
 def test_plan_sweeps_and_shared_inversions() -> None:
-    from framework.runner_plan import expand_methods, inversion_groups, sweep_columns
+    from framework.experiment.plan import expand_methods, inversion_groups, sweep_columns
 
     cfg = {
         "inverter": {"name": "ddpm_edit_friendly"},
@@ -245,7 +245,7 @@ def test_plan_sweeps_and_shared_inversions() -> None:
 
 
 def test_results_store_is_append_only_and_deduplicates(tmp_path: Path) -> None:
-    from framework.runner_results import PartWriter, done_keys, merge_rows, read_rows
+    from framework.experiment.results import PartWriter, done_keys, merge_rows, read_rows
 
     def row(item: str, k: int, status: str = "ok") -> dict:
         return {"item_id": item, "variant": "m", "setting": "s", "target_index": k, "seed_index": 0, "status": status}

@@ -432,7 +432,7 @@ def test_root_handler_skips_records_of_loggers_with_their_own_handler() -> None:
     try:
         below = logging.LogRecord("editfriendly_test_lib.sub", logging.INFO, __file__, 1, "x", None, None)
         assert skip_records_handled_below(below) is False  # its parent printed it already
-        plain = logging.LogRecord("framework.runner", logging.WARNING, __file__, 1, "x", None, None)
+        plain = logging.LogRecord("framework.experiment.run", logging.WARNING, __file__, 1, "x", None, None)
         assert skip_records_handled_below(plain) is True
     finally:
         own.removeHandler(handler)
@@ -462,7 +462,7 @@ def test_run_shows_steps_and_compare_reads_an_interrupted_run(items2: Path, tmp_
 def test_threads_pins_the_cpu_threads_of_every_process(items2: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """Float sums depend on the thread count (1 vs 2 threads changed 8 of 9 tiny-model images by
     one grey level at 100 steps), so 1 and N processes agree when ``threads`` pins it."""
-    from framework import runner
+    from framework.experiment import run as runner
 
     seen = []
     real = runner.EditModule.process

@@ -14,7 +14,7 @@ from PIL import Image
 from framework.cli import main
 from framework.config import compose, config_dir, scaled_skip
 from framework.errors import ConfigError
-from framework.runner_plan import expand_methods
+from framework.experiment.plan import expand_methods
 
 EXPERIMENTS = config_dir() / "experiment"
 
@@ -175,7 +175,7 @@ def test_methods_plan_with_their_presets_settings(tmp_path: Path) -> None:
 
 
 def test_method_override_of_steps_keeps_the_proportion() -> None:
-    from framework.runner import apply_method_overrides
+    from framework.experiment.run import apply_method_overrides
 
     cfg = compose(extra_layers=[{"methods": [{"name": "a", "editor": "prompt_to_prompt_ef"}, {"name": "b"}]}])
     apply_method_overrides(cfg, ["methods.a.num_steps=50", "methods.1.num_steps=20"])
@@ -205,8 +205,9 @@ def _pie_bench_slice(root: Path) -> Path:
 
 
 def test_pie_bench_experiment_plans_with_pie_bench_settings(tmp_path: Path) -> None:
+    from framework.experiment.plan import build_metrics, metric_configs
+    from framework.experiment.run import resolve_data_path
     from framework.registry import DATASETS
-    from framework.runner import build_metrics, metric_configs, resolve_data_path
 
     mapping = _pie_bench_slice(tmp_path / "PIE-Bench_v1")
     exp = EXPERIMENTS / "pie_bench.yaml"

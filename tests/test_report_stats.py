@@ -1,6 +1,6 @@
 """The report package's statistics, model and import costs.
 
-``stats.summarize`` is to replace ``runner_results.summarize`` (the experiment's summary.csv):
+``stats.summarize`` is to replace ``experiment.results.summarize`` (the experiment's summary.csv):
 on a results table as the runner merges it (failed rows, sweeps, NaN, None, ints, inf, a group
 without any ok row) both write byte-identical CSV files."""
 
@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from scipy.stats import t as student_t
 
+from framework.experiment.results import PartWriter, merge_rows, read_rows, write_csv
+from framework.experiment.results import summarize as runner_summarize
+from framework.experiment.results import summary_columns as runner_summary_columns
 from framework.report import render, stats
-from framework.runner_results import PartWriter, merge_rows, read_rows, write_csv
-from framework.runner_results import summarize as runner_summarize
-from framework.runner_results import summary_columns as runner_summary_columns
 
 METRICS = ["lpips", "clip_score", "edit_seconds", "edit_nfe", "psnr_bg"]
 SWEEP = ["editor.guidance_scale", "skip"]

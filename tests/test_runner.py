@@ -67,6 +67,15 @@ def run_subprocess(config: Path, *overrides: str, env: dict | None = None) -> su
     )
 
 
+def run_killed(config: Path, items: int) -> subprocess.CompletedProcess:
+    """Run ``config`` in a subprocess that dies (status 17, no cleanup) after ``items`` written items."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "helpers" / "run_killed.py"), str(config), str(items)],
+        cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600,
+    )
+
+
 def without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
@@ -100,10 +109,10 @@ def run1(tiny, dataset5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_run_writes_all_rows_and_images(run1: Path, dataset5: Path, tiny) -> None:
+    from framework.dataset import item_seed
     from framework.edit import invert_and_edit
     from framework.images import load_image_tensor
     from framework.registry import EDITORS, INVERTERS
-    from framework.runner_data import item_seed
 
     rows = read_csv(run1 / "results.csv")
     n_targets = 1 + 2 + 1 + 2 + 1
@@ -175,7 +184,7 @@ def test_two_process_ddp_matches_one_process(run1: Path, dataset5: Path, tmp_pat
 def test_resume_after_a_kill_gives_every_row_once(run1: Path, dataset5: Path, tmp_path: Path) -> None:
     out = tmp_path / "resume"
     cfg = write_experiment(tmp_path / "exp.yaml", f"{{name: yaml_list, path: {dataset5}}}", out)
-    killed = run_subprocess(cfg, env={"EDITFRIENDLY_RUN_CRASH_AFTER": "2"})
+    killed = run_killed(cfg, 2)
     assert killed.returncode == 17, killed.stderr[-3000:]
     assert not (out / "results.csv").exists()  # died before the merge
     part = out / "parts" / "rows-rank0.jsonl"
@@ -330,9 +339,9 @@ def test_offline_wandb_run_holds_the_table(failing_run: tuple[int, Path]) -> Non
 def test_example_config_composes_verbatim() -> None:
     """configs/experiment/example.yaml (the issue's shape) composes, expands and lists its data."""
     from framework.config import compose
-    from framework.runner import find_experiment, metric_configs, resolve_data_path
-    from framework.runner_data import build_dataset
-    from framework.runner_plan import expand_methods, inversion_groups
+    from framework.dataset import build_dataset
+    from framework.experiment.plan import expand_methods, inversion_groups, metric_configs
+    from framework.experiment.run import find_experiment, resolve_data_path
 
     path = find_experiment("example")
     cfg = compose(experiment=path)
@@ -351,7 +360,7 @@ def test_a_folder_named_like_an_experiment_is_not_taken_for_its_config(tmp_path,
     folder ``digits_bench/`` in the working directory must not shadow the named experiment."""
     from framework.config import config_dir
     from framework.errors import ConfigError
-    from framework.runner import find_experiment
+    from framework.experiment.run import find_experiment
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "example").mkdir()

@@ -147,7 +147,7 @@ def read_config(path: Path) -> dict[str, Any] | None:
 def read_part_files(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The rows of an unfinished run, merged from its per-rank part files as the runner's final
     merge would (one row per key, the last ok one winning), as a header and string cells."""
-    from framework.runner_results import _cell, columns_for, merge_rows, read_rows
+    from framework.experiment.results import _cell, columns_for, merge_rows, read_rows
 
     rows = merge_rows(read_rows(path))
     header = columns_for(rows, [], [])

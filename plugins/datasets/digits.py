@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from framework import digits as D
+from framework.dataset import DatasetPlugin, Item, check_unique
 from framework.errors import ConfigError
 from framework.images import tensor_to_pil
 from framework.registry import DATASETS
-from framework.runner_data import DatasetPlugin, Item, check_unique
 
 EDIT_KINDS = ("fg", "bg", "digit")
 

@@ -26,9 +26,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from framework.dataset import DatasetPlugin, Item, as_prompt_list, check_unique
 from framework.errors import ConfigError
 from framework.registry import DATASETS
-from framework.runner_data import DatasetPlugin, Item, as_prompt_list, check_unique
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from framework.dataset import DatasetPlugin, Item, check_unique
 from framework.errors import ConfigError, InputError
 from framework.registry import DATASETS
-from framework.runner_data import DatasetPlugin, Item, check_unique
 
 
 @dataclass

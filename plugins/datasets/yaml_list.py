@@ -27,9 +27,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from framework.dataset import DatasetPlugin, Item, as_prompt_list, check_unique, resolve_path
 from framework.errors import ConfigError
 from framework.registry import DATASETS
-from framework.runner_data import DatasetPlugin, Item, as_prompt_list, check_unique, resolve_path
 
 
 @dataclass

@@ -52,7 +52,13 @@ KEY_COLUMNS = ("item_id", "variant", "setting", "target_index", "seed_index")
 
 def row_key(row: dict[str, Any]) -> tuple:
     """The identity of a row (what resume and de-duplication go by)."""
-    return (str(row["item_id"]), str(row["variant"]), str(row["setting"]), int(row["target_index"]), int(row["seed_index"]))
+    return (
+        str(row["item_id"]),
+        str(row["variant"]),
+        str(row["setting"]),
+        int(row["target_index"]),
+        int(row["seed_index"]),
+    )
 
 
 def parts_dir(output_dir: str | Path) -> Path:

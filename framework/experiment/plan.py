@@ -165,7 +165,9 @@ def expand_methods(cfg: Mapping[str, Any] | DictConfig, context: Mapping[str, An
             if seeds < 1:
                 raise ConfigError(f"method {name!r}: seeds must be >= 1, got {seeds}")
             if not 0 <= skip < num_steps:
-                raise ConfigError(f"method {name!r}: need 0 <= skip < num_steps, got skip={skip}, num_steps={num_steps}")
+                raise ConfigError(
+                    f"method {name!r}: need 0 <= skip < num_steps, got skip={skip}, num_steps={num_steps}"
+                )
             v = Variant(name, dict(zip(keys, point)), inverter, editor, num_steps, skip, seeds, index=len(variants))
             v.setting = setting_hash(v, context or {})
             variants.append(v)
@@ -185,7 +187,13 @@ def _int(value: Any, what: str) -> int:
 def setting_hash(v: Variant, context: Mapping[str, Any]) -> str:
     """12 hex digits over the inverter, editor, steps, skip and the run context."""
     blob = json.dumps(
-        {"inverter": v.inverter, "editor": v.editor, "num_steps": v.num_steps, "skip": v.skip, "context": dict(context)},
+        {
+            "inverter": v.inverter,
+            "editor": v.editor,
+            "num_steps": v.num_steps,
+            "skip": v.skip,
+            "context": dict(context),
+        },
         sort_keys=True,
         default=str,
     )
@@ -214,3 +222,36 @@ def sweep_columns(variants: Sequence[Variant]) -> list[str]:
             if key not in cols:
                 cols.append(key)
     return cols
+
+
+def metric_configs(cfg: Any) -> list[dict[str, Any]]:
+    """``metrics`` entries (a name or ``{name: ..., options...}``) -> mappings."""
+    raw = cfg.get("metrics") or []
+    if OmegaConf.is_config(raw):
+        raw = OmegaConf.to_container(raw, resolve=True)
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    out = []
+    for k, m in enumerate(raw):
+        if isinstance(m, str):
+            out.append({"name": m})
+        elif isinstance(m, dict) and "name" in m:
+            out.append(dict(m))
+        else:
+            raise ConfigError(f"metrics[{k}] must be a metric name or a mapping with 'name', got {m!r}")
+    return out
+
+
+def build_metrics(cfgs: Sequence[dict[str, Any]]) -> list[Any]:
+    from framework.registry import METRICS
+
+    return [METRICS.build(m) for m in cfgs]
+
+
+def item_dir(item_id: str) -> str:
+    """The relative folder of an item id (path components made safe)."""
+    parts = [part for part in item_id.replace("\\", "/").split("/") if part not in ("", ".", "..")]
+    safe = "/".join(safe_name(part) for part in parts) or "item"
+    if safe != item_id:  # keep ids that differ only in unsafe characters apart
+        safe += "-" + hashlib.sha1(item_id.encode()).hexdigest()[:6]
+    return safe

@@ -1,9 +1,12 @@
-"""Datasets for the experiment runner: items, the dataset plugin interface, the DataModule.
+"""The dataset plugin interface: items, the plugin base class, and the helpers plugins share.
 
 A dataset plugin (``plugins/datasets/*``, registered in ``DATASETS``) lists :class:`Item`\\ s.
 Listing reads only the index file (YAML list, ``mapping_file.json``, captions file); images
 and masks are loaded lazily by the runner, so a missing or corrupt image fails that item only.
 Every item has a stable id derived from its relative path or key, never from its position.
+
+Nothing here imports Lightning: ``editfriendly edit``/``list`` and the plugins use this module;
+the runner's DataModule is :class:`framework.experiment.data.EditDataModule`.
 """
 
 from __future__ import annotations
@@ -16,12 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
 from framework.errors import ConfigError, InputError
 
@@ -116,57 +117,6 @@ def fit_mask(mask: np.ndarray, image_size: tuple[int, int], out_size: tuple[int,
         pil = ImageOps.fit(pil, tuple(out_size), method=Image.Resampling.BILINEAR)
     arr = (np.asarray(pil, dtype=np.float32) / 255.0 >= 0.5).astype(np.float32)
     return torch.from_numpy(arr)[None, None]
-
-
-class ItemList(Dataset):
-    """A torch Dataset over items (cheap: nothing is loaded here)."""
-
-    def __init__(self, items: Sequence[Item]) -> None:
-        self.items = list(items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Item:
-        return self.items[index]
-
-
-def _first(batch: list[Item]) -> Item:
-    return batch[0]
-
-
-def shard(items: Sequence[Item], rank: int, world_size: int) -> list[Item | None]:
-    """The items of one rank: every ``world_size``-th from ``rank`` (as DistributedSampler
-    without shuffling or padding), or ``[None]`` for a rank with none.
-
-    The placeholder keeps an idle rank in the predict loop, so it reaches the barriers of the
-    other ranks (Lightning's ``UnrepeatedDistributedSampler`` asserts instead, and a rank with
-    an empty loader would skip the hooks that hold the barrier); ``predict_step(None)`` does
-    nothing and writes nothing.
-    """
-    mine: list[Item | None] = list(items[rank::world_size])
-    return mine or [None]
-
-
-class EditDataModule(pl.LightningDataModule):
-    """One item per batch; the items are sharded over ranks here (the Trainer runs with
-    ``use_distributed_sampler=False``), so any number of devices works, more than items too."""
-
-    def __init__(self, items: Sequence[Item], num_workers: int = 0) -> None:
-        super().__init__()
-        self.items = list(items)
-        self.num_workers = num_workers
-
-    def predict_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return DataLoader(
-            ItemList(shard(self.items, rank, world)),  # type: ignore[arg-type]
-            batch_size=1,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=_first,
-        )
 
 
 def build_dataset(cfg: Any) -> DatasetPlugin:
