@@ -317,16 +317,38 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``editfriendly run CONFIG [--no-progress] [--force] [key=value ...]``."""
-    from framework.experiment.run import cmd_run as run_command
+    from omegaconf import OmegaConf
 
-    return run_command(args)
+    from framework.config import compose
+    from framework.experiment.run import apply_method_overrides, find_experiment, run_experiment
+
+    rest = list(args.overrides)
+    for flag in ("--no-progress", "--force"):  # flags may come after the overrides too
+        if flag in rest:
+            setattr(args, flag[2:].replace("-", "_"), True)
+            rest = [o for o in rest if o != flag]
+    flags = [o for o in rest if o.startswith("-")]
+    if flags:
+        raise ConfigError(
+            f"unknown option {flags[0]!r} for run; accepted: --no-progress, --force, then key=value overrides"
+        )
+    experiment = find_experiment(args.config)
+    overrides = [o for o in rest if not o.startswith("methods.")]
+    method_overrides = [o for o in rest if o.startswith("methods.")]
+    # the file and the overrides against the schema: a misspelt key exits 2 before any work
+    cfg = compose(experiment=experiment, overrides=overrides, kind="run")
+    apply_method_overrides(cfg, method_overrides)
+    if args.no_progress:
+        trainer = OmegaConf.to_container(cfg.trainer) if "trainer" in cfg else {}
+        cfg.trainer = {**trainer, "enable_progress_bar": False}
+    return run_experiment(cfg, experiment, force=bool(getattr(args, "force", False)), progress=not args.no_progress)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``editfriendly compare RUN_DIR ...``: write the report, print the paths of what it wrote."""
     import importlib.util
 
-    missing = [m for m in ("pandas", "scipy", "matplotlib") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("matplotlib",) if importlib.util.find_spec(m) is None]
     if missing:  # before reading anything
         raise ConfigError(
             f"editfriendly compare needs {', '.join(missing)}: pip install 'editfriendly[report]'"

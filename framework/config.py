@@ -296,22 +296,6 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return layer
 
 
-def check_override_keys(overrides: Sequence[str], known: Iterable[str], command: str) -> None:
-    """Reject ``key=value`` overrides whose top-level key is not in ``known``.
-
-    :func:`compose` with ``kind`` checks overrides against the schema (nested keys too); this
-    is for callers with their own list of keys.
-    """
-    known = sorted(set(known))
-    for item in overrides:
-        key = item.split("=", 1)[0].split(".", 1)[0].strip()
-        if "=" in item and key and key not in known:
-            raise ConfigError(
-                f"unknown config key {key!r} in {item!r}{suggest(key, known)} "
-                f"({command} reads: {', '.join(known)})"
-            )
-
-
 #: what each ``compose(kind=...)`` checks a layer with
 CHECKS = {"edit": schema.check_edit, "run": schema.check_experiment}
 

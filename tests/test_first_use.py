@@ -110,12 +110,39 @@ def test_unknown_top_level_override_is_refused_before_anything_runs(items2: Path
     cfg = experiment(tmp_path / "exp.yaml", items2, tmp_path / "out")
     code, err = cli(capsys, "run", cfg, "ouput_dir=elsewhere")
     assert code == 2
-    assert "unknown config key 'ouput_dir'" in err and "did you mean 'output_dir'?" in err
+    assert "unknown key 'ouput_dir'" in err and "did you mean 'output_dir'?" in err
     assert err.count("\n") == 1 and err.startswith("error:")
     assert not (tmp_path / "out").exists() and not (tmp_path / "elsewhere").exists()
     code, err = cli(capsys, "edit", "--image", items2.parent / "p0.png", "--source", SRC, "--target", "x",
                     "--backbone", "tiny", "sed=3")
-    assert code == 2 and "unknown config key 'sed'" in err and "did you mean 'seed'?" in err
+    assert code == 2 and "unknown key 'sed'" in err and "did you mean 'seed'?" in err
+
+
+@pytest.mark.parametrize(
+    "where, change, key, hint",
+    [
+        ("file, top level", {"extra": "ouput_dir: x\n"}, "ouput_dir", "output_dir"),
+        ("file, trainer", {"extra": ""}, "devics", "devices"),
+        ("file, logger", {"logger": "{name: wandb, mode: offline, projet: p}"}, "projet", "project"),
+        ("file, method entry", {"methods": "METHOD_TYPO"}, "num_step", "num_steps"),
+        ("command line, nested", {"args": ["trainer.devics=1"]}, "devics", "devices"),
+        ("command line, method", {"args": ["methods.ef.num_step=3"]}, "num_step", "num_steps"),
+    ],
+)
+def test_misspelt_keys_stop_run_before_any_work(items2, tmp_path, capsys, where, change, key, hint) -> None:
+    """A typo anywhere in a run config is one error line naming it and the closest valid key,
+    exit 2, and nothing written (the model is never loaded)."""
+    kwargs = {k: v for k, v in change.items() if k in ("extra", "logger", "methods")}
+    if kwargs.get("methods") == "METHOD_TYPO":
+        kwargs["methods"] = METHOD.replace("num_steps", "num_step")
+    cfg = experiment(tmp_path / "exp.yaml", items2, tmp_path / "out", **kwargs)
+    if where == "file, trainer":
+        cfg.write_text(cfg.read_text().replace("devices: 1", "devics: 1"))
+    code, err = cli(capsys, "run", cfg, "--no-progress", *change.get("args", []))
+    assert code == 2, err
+    assert err.startswith("error:") and err.count("\n") == 1, err
+    assert f"unknown key {key!r}" in err and f"did you mean {hint!r}?" in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_rerun_never_damages_an_earlier_run(items2: Path, tmp_path: Path, capsys) -> None:

@@ -1,8 +1,9 @@
 """The report package's statistics, model and import costs.
 
-``stats.summarize`` is to replace ``experiment.results.summarize`` (the experiment's summary.csv):
-on a results table as the runner merges it (failed rows, sweeps, NaN, None, ints, inf, a group
-without any ok row) both write byte-identical CSV files."""
+``stats.summarize`` writes the experiment's summary.csv. It replaced the runner's own
+hand-written statistics; that function is kept below as the test's reference
+(``reference_summarize``): on a results table as the runner merges it (failed rows, sweeps, NaN,
+None, ints, inf, a group without any ok row) both write byte-identical CSV files."""
 
 from __future__ import annotations
 
@@ -18,12 +19,53 @@ import pytest
 from scipy.stats import t as student_t
 
 from framework.experiment.results import PartWriter, merge_rows, read_rows, write_csv
-from framework.experiment.results import summarize as runner_summarize
-from framework.experiment.results import summary_columns as runner_summary_columns
 from framework.report import render, stats
 
 METRICS = ["lpips", "clip_score", "edit_seconds", "edit_nfe", "psnr_bg"]
 SWEEP = ["editor.guidance_scale", "skip"]
+
+
+# The runner's summary statistics before they moved to framework.report.stats (plain Python
+# sums in row order, std with ddof=1): the reference the pandas version must match byte for byte.
+def reference_summarize(rows, sweep, metric_columns):
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["variant"], row["setting"]), []).append(row)
+    out = []
+    for (method, variant, setting), members in groups.items():
+        ok = [r for r in members if r.get("status") == "ok"]
+        first = members[0]
+        entry = {
+            "method": method, "variant": variant, "setting": setting,
+            **{k: first.get(k) for k in sweep if k in first},
+            "num_steps": first.get("num_steps"), "skip": first.get("skip"),
+            "rows": len(members), "ok": len(ok), "failed": len(members) - len(ok),
+        }
+        for col in metric_columns:
+            values = [float(r[col]) for r in ok if _is_number(r.get(col))]
+            n = len(values)
+            mean = sum(values) / n if n else None
+            std = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1)) if n > 1 else (0.0 if n == 1 else None)
+            entry[f"{col}_mean"], entry[f"{col}_std"], entry[f"{col}_n"] = mean, std, n
+        out.append(entry)
+    return out
+
+
+def _is_number(value):
+    if value is None or isinstance(value, bool) or value == "":
+        return False
+    try:
+        return not math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def reference_summary_columns(sweep, metric_columns):
+    cols = ["method", "variant", "setting"] + [k for k in sweep if k not in ("num_steps", "skip")]
+    cols += ["num_steps", "skip", "rows", "ok", "failed"]
+    for col in metric_columns:
+        cols += [f"{col}_mean", f"{col}_std", f"{col}_n"]
+    return cols
 
 
 def results_rows(tmp_path: Path) -> list[dict]:
@@ -75,9 +117,9 @@ def results_rows(tmp_path: Path) -> list[dict]:
 
 def test_summarize_writes_the_runners_summary_csv_byte_for_byte(tmp_path: Path) -> None:
     rows = results_rows(tmp_path)
-    assert stats.summary_columns(SWEEP, METRICS) == runner_summary_columns(SWEEP, METRICS)
-    columns = runner_summary_columns(SWEEP, METRICS)
-    old = write_csv(tmp_path / "old.csv", runner_summarize(rows, SWEEP, METRICS), columns).read_bytes()
+    assert stats.summary_columns(SWEEP, METRICS) == reference_summary_columns(SWEEP, METRICS)
+    columns = reference_summary_columns(SWEEP, METRICS)
+    old = write_csv(tmp_path / "old.csv", reference_summarize(rows, SWEEP, METRICS), columns).read_bytes()
     new_entries = stats.summarize(rows, SWEEP, METRICS)
     new = write_csv(tmp_path / "new.csv", new_entries, columns).read_bytes()
     assert new == old
@@ -85,7 +127,7 @@ def test_summarize_writes_the_runners_summary_csv_byte_for_byte(tmp_path: Path) 
     def as_text(entries: list[dict]) -> list[dict[str, str]]:
         return [{k: repr(v) for k, v in e.items()} for e in entries]
 
-    assert as_text(new_entries) == as_text(runner_summarize(rows, SWEEP, METRICS))
+    assert as_text(new_entries) == as_text(reference_summarize(rows, SWEEP, METRICS))
     by_variant = {e["variant"]: e for e in new_entries}
     assert by_variant["ddim"]["ok"] == 0 and by_variant["ddim"]["lpips_mean"] is None
     assert by_variant["one"]["psnr_bg_mean"] == math.inf and by_variant["one"]["clip_score_n"] == 1

@@ -11,11 +11,12 @@ from typing import Any
 from omegaconf import OmegaConf
 from PIL import Image
 
+from framework import schema
 from framework.errors import ConfigError
 from framework.experiment.plan import item_dir
 
 #: the logger of a run whose config has no ``logger`` entry
-LOGGER_DEFAULTS = {"name": "wandb", "mode": "offline", "project": "editfriendly"}
+LOGGER_DEFAULTS = schema.logger_defaults()
 #: logger keys the runner reads itself: how many rows/items get images in wandb, and whether
 #: to compute and save a reconstruction (the edit with the source prompt) of every variant when
 #: no metric needs one

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +26,6 @@ from framework.experiment.plan import InversionGroup, Variant, build_metrics, in
 from framework.experiment.results import done_keys
 
 log = logging.getLogger(__name__)
-
-
-def _timed(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def _error_text(exc: BaseException) -> str:
@@ -219,21 +212,18 @@ class EditModule(pl.LightningModule):
     ) -> tuple[dict[tuple[str, int], Edits], dict[tuple[str, int], str]]:
         """Invert the item once for ``group`` and edit it with each of ``members`` -> the edits
         and the error messages, keyed by (variant label, seed index)."""
-        from framework.edit import seeds_for
+        from framework.edit import invert_latent
 
         edits: dict[tuple[str, int], Edits] = {}
         errors: dict[tuple[str, int], str] = {}
-        backbone = self.backbone
-        device = backbone.device
         s = group.seed_index
-        inv_gen, _ = seeds_for(item_seed(self.run_seed, item.id, s))
         inverter = self.inverters[json.dumps(group.inverter, sort_keys=True)]
         try:
-            nfe0, t0 = backbone.nfe, _timed(device)
-            inversion = inverter.invert(
-                backbone, loaded.x0, item.source_prompt, num_steps=group.num_steps, skip=group.skip, generator=inv_gen
+            run = invert_latent(
+                self.backbone, inverter, loaded.x0, item.source_prompt,
+                num_steps=group.num_steps, skip=group.skip, seed=item_seed(self.run_seed, item.id, s),
             )
-            inv_seconds, inv_nfe = _timed(device) - t0, backbone.nfe - nfe0
+            inversion, inv_seconds, inv_nfe = run.inversion, run.seconds, run.nfe
         except Exception as exc:
             log.warning("inversion of %s failed: %s", item.id, _error_text(exc))
             return edits, {(v.label, s): _error_text(exc) for v in members}
@@ -258,20 +248,19 @@ class EditModule(pl.LightningModule):
         """Edit one inversion with variant ``v`` toward every target -> decoded images
         (K, 3, H, W) on the CPU, the reconstruction (1, 3, H, W) when one is needed, and the
         edit's seconds and network evaluations."""
-        from framework.edit import seeds_for
+        from framework.edit import edit_inversion, seeds_for
 
         backbone = self.backbone
         editor = self.editors[json.dumps(v.editor, sort_keys=True)]
-        _, edit_gen = seeds_for(item_seed(self.run_seed, item.id, s))
-        nfe0, t0 = backbone.nfe, _timed(backbone.device)
-        latents = editor.edit(
-            backbone, inversion, item.source_prompt, list(item.target_prompts), skip=v.skip, generator=edit_gen
+        seed = item_seed(self.run_seed, item.id, s)
+        run = edit_inversion(
+            backbone, editor, inversion, item.source_prompt, item.target_prompts, skip=v.skip, seed=seed
         )
-        edit_seconds, edit_nfe = _timed(backbone.device) - t0, backbone.nfe - nfe0
-        images = backbone.decode(latents).float().cpu()
+        images = run.images.float().cpu()
+        edit_seconds, edit_nfe = run.seconds, run.nfe
         recon = None
         if self.needs_reconstruction:  # the edit with the source prompt, from the same inversion
-            _, rec_gen = seeds_for(item_seed(self.run_seed, item.id, s))
+            _, rec_gen = seeds_for(seed)
             rec = editor.edit(
                 backbone, inversion, item.source_prompt, [item.source_prompt], skip=v.skip, generator=rec_gen
             )

@@ -17,17 +17,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from framework import schema
 from framework.config import full_options, group_node
 from framework.errors import ConfigError
+from framework.naming import slug
 
-METHOD_KEYS = {"name", "inverter", "editor", "num_steps", "skip", "sweep", "seeds"}
+METHOD_KEYS = set(schema.METHOD_KEYS)
 
 
 @dataclass
@@ -83,9 +84,8 @@ def _fmt(value: Any) -> str:
 
 
 def safe_name(text: str) -> str:
-    """A path-safe name (letters, digits, ``._-=``; ``..`` removed)."""
-    s = re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-.")
-    return s.replace("..", ".") or "x"
+    """A path-safe name (letters, digits, ``._-=``; ``..`` removed): :func:`framework.naming.slug`'s path style."""
+    return slug(text, style="path")
 
 
 def _plain(value: Any) -> Any:
@@ -125,8 +125,8 @@ def expand_methods(cfg: Mapping[str, Any] | DictConfig, context: Mapping[str, An
         base = {
             "inverter": method.get("inverter", cfg.get("inverter")),
             "editor": method.get("editor", cfg.get("editor")),
-            "num_steps": method.get("num_steps", cfg.get("num_steps", 100)),
-            "skip": method.get("skip", cfg.get("skip", 36)),
+            "num_steps": method.get("num_steps", cfg.get("num_steps", schema.DEFAULT_NUM_STEPS)),
+            "skip": method.get("skip", cfg.get("skip", schema.DEFAULT_SKIP)),
             "seeds": method.get("seeds", 1),
         }
         for group in ("inverter", "editor"):

@@ -25,7 +25,6 @@ editor that needs gradients can switch them on with ``torch.enable_grad()``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -38,6 +37,7 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
+from framework import schema
 from framework.dataset import Item, build_dataset
 from framework.errors import ConfigError, EditFriendlyError
 from framework.experiment.data import EditDataModule
@@ -50,22 +50,15 @@ from framework.experiment.results import (
     merge_rows,
     parts_dir,
     read_rows,
-    summarize,
-    summary_columns,
     write_csv,
 )
 from framework.experiment.writer import ResultsWriter
+from framework.report.stats import summarize, summary_columns
 
 log = logging.getLogger(__name__)
 
-TRAINER_DEFAULTS = {"accelerator": "auto", "devices": 1, "strategy": "auto", "num_nodes": 1}
-#: top-level keys a run config may have (key=value overrides of other keys are refused)
-RUN_KEYS = (
-    "backbone", "inverter", "editor", "num_steps", "skip", "seed", "data", "methods", "metrics",
-    "trainer", "logger", "output_dir", "image_size", "threads",
-)
-#: keys that may change between runs into one output_dir (they do not change any row)
-RUNTIME_KEYS = ("trainer", "logger", "output_dir", "threads")
+#: the trainer of a run whose config sets none of these (framework.schema.TrainerConfig)
+TRAINER_DEFAULTS = schema.trainer_defaults()
 
 
 # ----------------------------------------------------------------------------- config
@@ -166,7 +159,7 @@ def config_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     into one output_dir: the runtime keys (trainer, logger, output_dir) and methods added or
     left out. A method kept under its name must be unchanged."""
     def strip(cfg: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS and k != "methods"}
+        return {k: v for k, v in cfg.items() if k not in schema.RUNTIME_KEYS and k != "methods"}
 
     diffs = _diff_paths(strip(old), strip(new))
     old_methods = {str(m.get("name")): m for m in old.get("methods") or [] if isinstance(m, dict)}
@@ -340,6 +333,12 @@ def apply_method_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
             index = names.index(which)
         else:
             raise ConfigError(f"{item!r}: no method {which!r}; methods are {', '.join(names)} (or their index)")
+        head = rest.split(".", 1)[0]
+        if head not in schema.METHOD_KEYS:
+            raise ConfigError(
+                f"unknown key {head!r} in {item!r}{schema.suggest(head, schema.METHOD_KEYS)} "
+                f"(a method takes: {', '.join(sorted(schema.METHOD_KEYS))})"
+            )
         parsed_items.append((index, rest, OmegaConf.from_dotlist([f"v={value}"])["v"]))
     skips = {index for index, rest, _ in parsed_items if rest == "skip"}
     for index, rest, parsed in parsed_items:
@@ -355,29 +354,3 @@ def scaled_method_skip(method: Any, num_steps: Any) -> Any:
 
     current = {k: method.get(k) for k in ("num_steps", "skip")}
     return apply_settings(current, {"num_steps": num_steps}).get("skip")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """``editfriendly run CONFIG [--no-progress] [--force] [key=value ...]``."""
-    from framework.config import check_override_keys, compose, load_yaml
-
-    rest = list(args.overrides)
-    for flag in ("--no-progress", "--force"):
-        if flag in rest:
-            setattr(args, flag[2:].replace("-", "_"), True)
-            rest = [o for o in rest if o != flag]
-    flags = [o for o in rest if o.startswith("-")]
-    if flags:
-        raise ConfigError(
-            f"unknown option {flags[0]!r} for run; accepted: --no-progress, --force, then key=value overrides"
-        )
-    experiment = find_experiment(args.config)
-    overrides = [o for o in rest if not o.startswith("methods.")]
-    method_overrides = [o for o in rest if o.startswith("methods.")]
-    check_override_keys(overrides, set(RUN_KEYS) | set(load_yaml(experiment)), "run")
-    cfg = compose(experiment=experiment, overrides=overrides)
-    apply_method_overrides(cfg, method_overrides)
-    if args.no_progress:
-        trainer = OmegaConf.to_container(cfg.trainer) if "trainer" in cfg else {}
-        cfg.trainer = {**trainer, "enable_progress_bar": False}
-    return run_experiment(cfg, experiment, force=bool(getattr(args, "force", False)), progress=not args.no_progress)
