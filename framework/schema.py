@@ -232,10 +232,12 @@ def logger_keys(name: str) -> tuple[str, ...] | None:
 
 
 def check_logger(node: Any, where: str) -> None:
-    """A ``logger`` value: a logger name or a mapping with ``name`` (default wandb) and that
-    logger's keys."""
-    if node is None or node is False or isinstance(node, str):
-        name = "none" if node is None or node is False else node
+    """A ``logger`` value: a logger name, ``false`` (no logger), null (the default logger) or a
+    mapping with ``name`` (default wandb) and that logger's keys."""
+    if node is None:
+        return
+    if node is False or isinstance(node, str):
+        name = "none" if node is False else node
         if logger_keys(name) is None:
             raise ConfigError(f"unknown logger {name!r} in {where}{suggest(name, LOGGER_KEYS)}; "
                               f"accepted: {', '.join(LOGGER_KEYS)}")
