@@ -50,7 +50,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder (diffusers layout)")
     p.add_argument("--resolution", type=int, default=16, choices=[16, 32])
     p.add_argument("--channels", default="32,64,64", help="UNet block_out_channels")
-    p.add_argument("--steps", type=int, default=1600, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=6000, help="optimizer steps (the shipped model: 6000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
