@@ -46,9 +46,11 @@ def scatter_figure(groups: list[Group], x: str, y: str) -> Figure | None:
         return None
     fig = Figure(figsize=(6.4, 4.8), dpi=120)
     ax = fig.subplots()
-    colors = matplotlib.colormaps["tab10"]
+    # one colour per method: tab10 up to 10 methods, tab20 beyond (tab10 would repeat colours)
+    palette = "tab10" if len(by_method) <= 10 else "tab20"
+    colors = matplotlib.colormaps[palette]
     for i, members in enumerate(by_method.values()):
-        color = colors(i % 10)
+        color = colors(i % colors.N)
         xs = [g.stats[x][0] for g in members]
         ys = [g.stats[y][0] for g in members]
         xe = [g.stats[x][1] or 0.0 for g in members]
