@@ -41,7 +41,7 @@ def test_shipped_configs_match_the_package_data_globs() -> None:
 
 
 #: modules whose third-party imports may come from an extra (the command that needs it says so)
-EXTRA_MODULES = {"framework/demo.py": "demo", "framework/compare.py": "report", "framework/report/": "report"}
+EXTRA_MODULES = {"framework/demo.py": "demo", "framework/report/": "report"}
 
 
 def _requirement_name(req: str) -> str:
