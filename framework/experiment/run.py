@@ -149,7 +149,10 @@ def _diff_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
             out += _diff_paths(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
     if old != new:
-        show = lambda v: (json.dumps(v, default=str) if not isinstance(v, str) else v)[:60]  # noqa: E731
+
+        def show(v: Any) -> str:
+            return (json.dumps(v, default=str) if not isinstance(v, str) else v)[:60]
+
         return [f"{prefix.rstrip('.')}: {show(old)} -> {show(new)}"]
     return []
 

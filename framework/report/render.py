@@ -88,7 +88,9 @@ def _md_inline(parts: Sequence[Inline]) -> str:
 
 def markdown_table(header: list[str], body: list[list[str]]) -> str:
     """A pipe table; ``|`` in cells escaped, newlines turned into spaces."""
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    def esc(s: object) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
     return "\n".join(lines)
