@@ -22,7 +22,7 @@ LOGGER_DEFAULTS = schema.logger_defaults()
 #: no metric needs one
 LOGGER_RUNNER_KEYS = ("max_table_images", "reconstructions")
 #: other spellings of ``none``
-LOGGER_ALIASES = {"false": "none", "off": "none", "null": "none"}
+LOGGER_ALIASES = {name: "none" for name in schema.NO_LOGGER if name != "none"}
 WANDB_MODES = ("offline", "online", "disabled")
 
 #: logger name -> builder(options, output_dir, run_name) -> a Lightning logger or None. The

@@ -238,7 +238,7 @@ def run_experiment(
     items = dataset.items()
     if not items:
         raise ConfigError(f"the dataset {plain['data']} has no items")
-    for key in ("callbacks", "logger", "inference_mode", "use_distributed_sampler"):
+    for key in schema.RUNNER_TRAINER_KEYS:  # also checked by compose(kind="run"); run_experiment is public
         if key in trainer_cfg:
             raise ConfigError(f"trainer.{key} is set by the runner; remove it from the config")
 

@@ -20,44 +20,12 @@ table and images are logged to a wandb run (offline by default: ``wandb sync`` u
 
 The package: ``runs`` (run folders, column roles), ``stats`` (grouping and statistics, also an
 experiment's ``summary.csv``), ``figures`` (matplotlib figures), ``render`` (the report model and
-its Markdown, HTML and wandb renderers), ``build`` (the pipeline). Importing this module loads
-none of them, nor pandas, scipy or matplotlib.
+its Markdown, HTML and wandb renderers), ``build`` (the pipeline, and :func:`compare`). They import
+only the standard library at load: pandas, scipy and matplotlib load when a report is computed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from framework.report.build import compare
 
-
-def compare(
-    run_dirs: Sequence[str | Path],
-    out: str | Path | None = None,
-    *,
-    items: Sequence[str] | None = None,
-    sample: int = 4,
-    seed: int = 0,
-    metrics: Sequence[str] | None = None,
-    params: Sequence[str] | None = None,
-    x: str | None = None,
-    y: str | None = None,
-    wandb: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write the comparison report of ``run_dirs`` to ``out`` (default: RUN_DIR/compare, or
-    ``compare_<a>_vs_<b>`` beside the runs).
-
-    ``items`` (checked) or ``sample`` items drawn with ``seed`` get image grids; ``metrics`` and
-    ``params`` name the column roles (default: detected, see ``framework.report.runs``); the
-    scatter's columns are ``x``/``y``, else the first run config's ``compare: {x: ..., y: ...}``,
-    else lpips and clip_score; ``wandb`` (project, mode, entity) also logs the report there.
-
-    Returns {"out", "report_md", "report_html", "summary_csv", "scatter" (None if not drawn),
-    "grids" (item → path), "groups", "metric_columns", "param_columns", "wandb_dir"}.
-    Raises InputError for run folders, columns or items that are not there.
-    """
-    from framework.report.build import compare as build_report
-
-    return build_report(
-        run_dirs, out, items=items, sample=sample, seed=seed, metrics=metrics, params=params, x=x, y=y, wandb=wandb
-    )
+__all__ = ["compare"]

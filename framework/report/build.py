@@ -118,7 +118,18 @@ def compare(
     y: str | None = None,
     wandb: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the report; see ``framework.report.compare``."""
+    """Write the comparison report of ``run_dirs`` to ``out`` (default: RUN_DIR/compare, or
+    ``compare_<a>_vs_<b>`` beside the runs).
+
+    ``items`` (checked) or ``sample`` items drawn with ``seed`` get image grids; ``metrics`` and
+    ``params`` name the column roles (default: detected, see ``framework.report.runs``); the
+    scatter's columns are ``x``/``y``, else the first run config's ``compare: {x: ..., y: ...}``,
+    else lpips and clip_score; ``wandb`` (project, mode, entity) also logs the report there.
+
+    Returns {"out", "report_md", "report_html", "summary_csv", "scatter" (None if not drawn),
+    "grids" (item → path), "groups", "metric_columns", "param_columns", "wandb_dir"}.
+    Raises InputError for run folders, columns or items that are not there.
+    """
     if not run_dirs:
         raise InputError("give at least one RUN_DIR")
     runs = [read_run(d) for d in run_dirs]
