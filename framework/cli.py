@@ -150,7 +150,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     """``editfriendly demo``: the web page (argparse only: Gradio loads in :func:`cmd_demo`)."""
-    from framework.demo import DEFAULT_OUT  # demo.py imports only the standard library at load
+    from framework.demo import DEFAULT_OUT, DEFAULT_TIME_LIMIT_S  # demo.py imports only the standard library
 
     p = sub.add_parser(
         "demo",
@@ -179,6 +179,14 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         help=f"output folder: every file the demo writes goes under it (default {DEFAULT_OUT})",
     )
     p.add_argument("--device", help="cuda, cuda:1, cpu, mps or auto (default)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=DEFAULT_TIME_LIMIT_S,
+        metavar="SECONDS",
+        help=f"stop a request that runs longer than this and tell its user (default {DEFAULT_TIME_LIMIT_S:g}); "
+        "requests run one at a time, so this is also the longest any user waits for another's",
+    )
 
 
 
@@ -396,6 +404,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
+    if not 0 < args.time_limit < float("inf"):
+        raise InputError(f"--time-limit must be a positive number of seconds, got {args.time_limit:g}")
     out = Path(args.out).resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -409,6 +419,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)"
         ) from None
     engine = DemoEngine.load(args.backbone, out, device=args.device)
+    engine.time_limit = args.time_limit
+    for folder in engine.remove_partial_outputs():
+        print(f"removed the unfinished output folder {folder}", flush=True)
     app = build_app(engine)
     print(f"editfriendly demo: backbone {engine.backbone_name}, writing under {out}", flush=True)
     launch(app, engine, host=args.host, port=args.port, share=args.share == "yes")
