@@ -111,12 +111,14 @@ PAGE_OPTIONS: dict[str, dict[str, Bound]] = {
     "zero_shot": {"guidance_scale": EDITOR_GUIDANCE, "cross_attention_guidance": None, "source_latents": None,
                   "targets_per_batch": None, "negative_prompt": None, "attention_guidance": None},
 }  # fmt: skip
-#: Options that name files on the server: never taken from the page (the preset's value stays).
+#: Options that name files on the server: never taken from the page (the preset's value stays);
+#: the editors of STROKES_EDITORS get their ``strokes`` from the page's strokes upload instead.
 SERVER_FILE_OPTIONS: dict[str, tuple[str, ...]] = {
     "color_strokes": ("strokes", "mask", "colors"),
     "sdedit": ("strokes", "mask", "colors"),
     "zero_shot": ("source_sentences", "target_sentences"),
 }
+STROKES_EDITORS = ("color_strokes", "sdedit")
 
 
 def configure_env(out: Path) -> None:
@@ -151,6 +153,8 @@ class EditRequest:
     seed: int
     num_outputs: int = 1
     image_name: str = "image"
+    strokes: str | None = None  # path of an uploaded strokes image (RGBA), for STROKES_EDITORS
+    strokes_name: str = "strokes"
 
 
 @dataclass
@@ -614,6 +618,18 @@ class DemoEngine:
                 _, preset_guidance, _ = self.preset_options(group, preset)
                 if preset_guidance is not None:  # the slider controls it for this preset
                     options["guidance_scale"] = as_float(guidance, label, bound)
+            if group == "editor" and req.strokes:
+                if plugin not in STROKES_EDITORS:
+                    raise InputError(
+                        f"the strokes image is for the {' and '.join(STROKES_EDITORS)} editors, not {plugin}; "
+                        "remove it or choose one of those"
+                    )
+                options["strokes"] = str(req.strokes)  # the upload's copy, never a path the page names
+            elif plugin == "color_strokes" and not any(group_node(group, preset).get(k) for k in ("strokes", "mask")):
+                raise InputError(
+                    "the color_strokes editor needs a strokes image: upload a transparent PNG whose painted "
+                    "pixels mark the region to recolour and its new colours"
+                )
             groups[group] = {"preset": preset, **literal.hide(options)}
         num_steps, skip, seed = as_int(req.num_steps, "steps"), as_int(req.skip, "skip"), as_int(req.seed, "seed")
         check_steps(num_steps, skip)  # the CLI's checks and texts
@@ -702,6 +718,8 @@ class DemoEngine:
             raise InputError("upload an image (PNG, JPEG, WebP, ...) or click one of the examples")
         image_name = str(req.image_name or Path(req.image).name)
         check_image_size(req.image, image_name)
+        if req.strokes:
+            check_image_size(req.strokes, str(req.strokes_name))
         pil = fit_image(load_image(req.image), None, self.backbone.resolution, self.backbone.size_multiple)
         image = pil_to_tensor(pil)  # (1, 3, H, W)
         image_hash = hashlib.sha256(image.numpy().tobytes()).hexdigest()
@@ -718,6 +736,7 @@ class DemoEngine:
             )  # fmt: skip
             record = {
                 **cfg,
+                "editor": {**cfg["editor"], **({"strokes": str(req.strokes_name)} if req.strokes else {})},
                 "image": image_name,
                 "source_prompt": source,
                 "target_prompts": targets,
@@ -898,6 +917,11 @@ def build_app(engine: DemoEngine) -> Any:
                 targets = gr.Textbox(
                     label="target prompts (one per line)", value=first["targets"], lines=3, elem_id="ef-targets"
                 )
+                strokes = gr.Image(
+                    label=f"strokes (optional, for {' and '.join(STROKES_EDITORS)}): a transparent PNG whose "
+                    "painted pixels are the region and its new colours",
+                    type="filepath", image_mode="RGBA", sources=["upload"], elem_id="ef-strokes",
+                )  # fmt: skip
                 if examples:
                     gr.Examples(
                         examples=[[e["image"], e["source"], e["targets"]] for e in examples],
@@ -980,11 +1004,13 @@ def build_app(engine: DemoEngine) -> Any:
             image_payload: Any, source_text: str, targets_text: str, inv: str, inv_opts: str, inv_guid: float,
             ed: str, ed_opts: str, ed_guid: float, n_steps: float, n_skip: float, seed_value: float,
             n_outputs: float,
-            session_cache: InversionCache | None,
+            strokes_payload: Any = None,  # optional in the API: clients written before it keep working
+            session_cache: InversionCache | None = None,
             progress: Any = gr.Progress(track_tqdm=True),
         ) -> tuple[Any, str, list[str], InversionCache]:
             session_cache = session_cache if isinstance(session_cache, InversionCache) else InversionCache()
             path, name = _upload_path(image_payload)
+            strokes_path, strokes_name = _upload_path(strokes_payload, "strokes")
             req = EditRequest(
                 image=path,
                 image_name=name,
@@ -993,6 +1019,7 @@ def build_app(engine: DemoEngine) -> Any:
                 inverter=inv, inverter_options=inv_opts, inverter_guidance=inv_guid,
                 editor=ed, editor_options=ed_opts, editor_guidance=ed_guid,
                 num_steps=n_steps, skip=n_skip, seed=seed_value, num_outputs=n_outputs,
+                strokes=strokes_path, strokes_name=strokes_name,
             )
             try:
                 from framework.progress import progress_bars
@@ -1000,7 +1027,8 @@ def build_app(engine: DemoEngine) -> Any:
                 with progress_bars(True):
                     result = engine.run(req, session_cache, lambda f, d: progress(f, desc=d))
             except EditFriendlyError as exc:
-                raise gr.Error(user_message(exc, path, name), title="error") from None
+                text = user_message(user_message(exc, path, name), strokes_path, strokes_name)
+                raise gr.Error(text, title="error") from None
             except Exception as exc:  # a bug: log it, tell the user (its type, no server data), keep serving
                 log.exception("demo request failed")
                 text = f"internal error ({type(exc).__name__}); the server log has the details"
@@ -1015,7 +1043,7 @@ def build_app(engine: DemoEngine) -> Any:
         run.click(
             edit,
             [image, source, targets, inverter, inverter_options, inverter_guidance, editor, editor_options,
-             editor_guidance, steps, skip, seed, num_outputs, cache],
+             editor_guidance, steps, skip, seed, num_outputs, strokes, cache],
             [gallery, timings, files, cache],
             api_name="edit",
             preprocess=False,  # the raw upload reaches engine.run, which gives the CLI's error texts
@@ -1025,24 +1053,24 @@ def build_app(engine: DemoEngine) -> Any:
     return app
 
 
-def user_message(exc: Exception, path: str | None, name: str) -> str:
+def user_message(exc: Exception | str, path: str | None, name: str) -> str:
     """The error's text (the CLI's), naming the upload by its file name, not the server's copy."""
     text = str(exc)
     return text.replace(path, name) if path else text
 
 
-def _upload_path(payload: Any) -> tuple[str | None, str]:
+def _upload_path(payload: Any, default: str = "image") -> tuple[str | None, str]:
     """(server path, original file name) of an image payload that was not preprocessed."""
     if payload is None:
-        return None, "image"
+        return None, default
     if isinstance(payload, (str, Path)):
         return str(payload), Path(payload).name
     if isinstance(payload, Mapping):
         path = payload.get("path")
-        name = payload.get("orig_name") or (Path(path).name if path else "image")
+        name = payload.get("orig_name") or (Path(path).name if path else default)
         return (str(path) if path else None), str(name)
     path = getattr(payload, "path", None)
-    return (str(path) if path else None), str(getattr(payload, "orig_name", None) or "image")
+    return (str(path) if path else None), str(getattr(payload, "orig_name", None) or default)
 
 
 def launch(app: Any, engine: DemoEngine, *, host: str, port: int, share: bool, block: bool = True) -> Any:

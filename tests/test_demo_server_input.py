@@ -294,16 +294,22 @@ def test_a_failed_request_leaves_nothing_behind(server: Server, tmp_path: Path) 
         return {p.name for p in runs.iterdir()} if runs.exists() else set()
 
     before = listing()
-    # each of these fails after the inversion started: color strokes without strokes fail in the
-    # edit, the last one at the time limit
+    no_alpha, strokes = tmp_path / "no_alpha.png", tmp_path / "strokes.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(no_alpha)
+    rgba = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    rgba.paste((255, 0, 0, 255), (8, 8, 24, 24))
+    rgba.save(strokes)
+    # each of these fails after the inversion, in the edit; the last one at the time limit
     for changes in (
-        {"ed": "color_strokes", "n_skip": 0},
-        {"ed": "color_strokes", "n_skip": 0, "n_outputs": 3, "seed_value": 7},
+        {"ed": "color_strokes", "n_skip": 0, "strokes_payload": gradio_client.handle_file(str(no_alpha))},
+        {"ed": "color_strokes", "n_skip": 0, "n_outputs": 3, "ed_opts": "start_step: 50",
+         "strokes_payload": gradio_client.handle_file(str(strokes))},
         {"ed": "shift", "ed_opts": "border: sideways"},
         {"n_steps": 200, "n_skip": 0, "n_outputs": 4, "targets_text": "\n".join(f"t{k}" for k in range(8))},
-    ):
+    ):  # fmt: skip
         answer = ask(c, **changes)
         assert answer.error is not None, changes
+        assert str(server.out) not in answer.error and "gradio" not in answer.error, answer.error
     assert listing() == before
     # a request that succeeds leaves one complete folder
     answer = ask(c, n_outputs=2)
@@ -313,3 +319,21 @@ def test_a_failed_request_leaves_nothing_behind(server: Server, tmp_path: Path) 
     names = {p.name for p in (runs / new).iterdir()}
     assert {"config.yaml", "results.json", "outputs.zip", "input.png"} <= names, names
     assert len([n for n in names if n.endswith(".png")]) == 1 + 2 * 2  # input, 2 x (reconstruction, edit)
+
+
+def test_strokes_come_as_an_upload_and_are_recorded_by_their_file_name(server: Server, tmp_path: Path) -> None:
+    c = client(server, tmp_path)
+    strokes = tmp_path / "my strokes.png"
+    rgba = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (0, 0, 16, 32))
+    rgba.save(strokes)
+    answer = ask(c, ed="color_strokes", n_skip=0, strokes_payload=gradio_client.handle_file(str(strokes)))
+    assert answer.error is None, answer.error
+    assert answer.config["editor"]["name"] == "color_strokes"
+    assert answer.config["editor"]["strokes"] == "my strokes.png"  # the user's name, not the server's copy
+    # without strokes the page says what to do, before any work
+    answer = ask(c, ed="color_strokes", n_skip=0)
+    assert answer.error is not None and "needs a strokes image: upload a transparent PNG" in answer.error
+    # strokes for an editor that takes none
+    answer = ask(c, ed="text", strokes_payload=gradio_client.handle_file(str(strokes)))
+    assert answer.error is not None and "the strokes image is for the color_strokes and sdedit editors" in answer.error
