@@ -193,6 +193,15 @@ def test_prompts_and_options_are_literal_text_in_what_runs_is_recorded_and_shown
     with zipfile.ZipFile(answer.files["outputs.zip"]) as zf:
         assert yaml.safe_load(zf.read("config.yaml"))["target_prompts"] == targets
 
+    # an uploaded file's name is text from the page too
+    named = tmp_path / "${oc.env:CANARY}.png"
+    named.write_bytes((ROOT / "data" / "example" / "flower.png").read_bytes())
+    answer = ask(c, image_payload=gradio_client.handle_file(str(named)))
+    assert answer.error is None, answer.error
+    # Gradio's upload keeps letters, digits and a few signs of the name: the rest is not resolved
+    assert answer.config["image"] in ("${oc.env:CANARY}.png", "oc.envCANARY.png"), answer.config["image"]
+    assert_no_secret(answer)
+
     # an option's text: recorded as typed, and it is what ran (not the interpolation's value)
     literal = ask(c, ed="plug_and_play", ed_opts="negative_prompt: ${oc.env:NOPE,red}")
     assert literal.error is None, literal.error
