@@ -388,7 +388,7 @@ def test_failed_first_run_leaves_no_folder(items2: Path, tmp_path: Path, capsys)
     )
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "could not load Stable Diffusion weights" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"error: folder not found: {tmp_path / 'no-model'}")
     assert "WeightsNotFoundError" not in err  # no traceback of the error itself
     assert not out.exists()  # was: a folder holding only config.yaml
 

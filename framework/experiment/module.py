@@ -68,6 +68,7 @@ class EditModule(pl.LightningModule):
         save_reconstructions: bool = False,
         show_steps: bool = False,
         threads: int | None = None,
+        prompt_problems: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.backbone_cfg = dict(backbone_cfg)
@@ -80,6 +81,10 @@ class EditModule(pl.LightningModule):
         self.save_reconstructions = bool(save_reconstructions)
         self.show_steps = bool(show_steps)
         self.threads = threads
+        # {item id: error} of the items whose prompts the text encoder cannot take, found at
+        # planning; None: not checked there, so checked here with the loaded model
+        self.prompt_problems = prompt_problems
+        self.prompt_rules: Any = None
         self.backbone: Any = None
 
     # Lightning moves the (parameter-free) module to its device before this hook.
@@ -95,6 +100,16 @@ class EditModule(pl.LightningModule):
         self.backbone = load_backbone(self.backbone_cfg, device=device)
         self.inverters = {json.dumps(v.inverter, sort_keys=True): INVERTERS.build(v.inverter) for v in self.variants}
         self.editors = {json.dumps(v.editor, sort_keys=True): EDITORS.build(v.editor) for v in self.variants}
+        if self.prompt_problems is None:  # before the first item: a bad option fails the run
+            from framework.prompts import check_run_prompts
+
+            self.prompt_rules = self.backbone.prompt_rules()
+            methods = [
+                (v.label, (self.inverters[json.dumps(v.inverter, sort_keys=True)],
+                           self.editors[json.dumps(v.editor, sort_keys=True)]))
+                for v in self.variants
+            ]
+            check_run_prompts(self.prompt_rules, methods, [])
         self.metrics = build_metrics(self.metric_cfgs)
         for m in self.metrics:
             m.setup(device)
@@ -154,6 +169,10 @@ class EditModule(pl.LightningModule):
         todo = self._missing(item)
         if not todo:
             return []
+        bad = self._prompt_problem(item)
+        if bad:
+            log.warning("item %s failed: %s", item.id, bad)
+            return self._failed_rows(item, todo, bad)
         try:
             loaded = self._load(item)
         except Exception as exc:
@@ -179,6 +198,15 @@ class EditModule(pl.LightningModule):
         if rows:
             rows[0]["_input"] = loaded.input_image
         return rows
+
+    def _prompt_problem(self, item: Item) -> str:
+        """Why the text encoder cannot take the item's prompts ("" when it can)."""
+        if self.prompt_problems is not None:
+            return self.prompt_problems.get(item.id, "")
+        from framework.prompts import item_problems
+
+        why = item_problems(self.prompt_rules, item.source_prompt, item.target_prompts)
+        return "InputError: " + "; ".join(why) if why else ""
 
     # -- the steps of one item
     def _load(self, item: Item) -> Loaded:

@@ -199,6 +199,25 @@ def check_earlier_run(output_dir: Path, plain: dict[str, Any], force: bool) -> N
         )
 
 
+def plan_prompt_check(
+    backbone_cfg: dict[str, Any], variants: Sequence[Variant], items: Sequence[Item]
+) -> dict[str, str] | None:
+    """Check every item's prompts and every method's prompt options against the backbone's text
+    encoder before the trainer starts (:func:`framework.prompts.check_run_prompts`): a bad option
+    is a ConfigError, bad items are returned ({item id: error}, recorded as failed). None when
+    the backbone's tokenizer cannot be read without loading the model: each process then checks
+    with the loaded model, before its first item."""
+    from framework.backbone import load_prompt_rules
+    from framework.prompts import check_run_prompts
+    from framework.registry import EDITORS, INVERTERS
+
+    rules = load_prompt_rules(backbone_cfg)
+    if rules is None:
+        return None
+    methods = [(v.label, (INVERTERS.build(v.inverter), EDITORS.build(v.editor))) for v in variants]
+    return check_run_prompts(rules, methods, items)
+
+
 def run_experiment(
     cfg: DictConfig,
     experiment: Path | None = None,
@@ -241,6 +260,8 @@ def run_experiment(
     for key in schema.RUNNER_TRAINER_KEYS:  # also checked by compose(kind="run"); run_experiment is public
         if key in trainer_cfg:
             raise ConfigError(f"trainer.{key} is set by the runner; remove it from the config")
+
+    prompt_problems = plan_prompt_check(backbone_cfg, variants, items)
 
     threads = plain.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -286,7 +307,7 @@ def run_experiment(
         logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
     module = EditModule(
         backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"),
-        save_reconstructions=save_recon, show_steps=show, threads=threads,
+        save_reconstructions=save_recon, show_steps=show, threads=threads, prompt_problems=prompt_problems,
     )
     data = EditDataModule(items)
     try:
