@@ -163,7 +163,8 @@ def test_run_records_an_item_with_a_too_long_prompt_as_failed_and_goes_on(tmp_pa
     }
     failed = {r["item_id"]: r for r in rows if r["status"] == "failed"}
     assert "target prompt" in failed["item1"]["error"] and "source prompt" in failed["item2"]["error"]
-    assert all(r["input_path"] == "" for r in failed.values())  # never loaded, never inverted
+    assert all(r["output_path"] == "" for r in failed.values())  # never inverted nor edited
+    assert all((tmp_path / "out" / r["input_path"]).is_file() for r in failed.values())  # the input is kept
 
 
 def test_run_refuses_a_method_option_no_item_can_take_before_the_trainer_starts(tmp_path, monkeypatch, capsys) -> None:
@@ -190,7 +191,7 @@ def test_run_checks_with_the_loaded_model_where_the_tokenizer_cannot_be_read_alo
     rows = {r["item_id"]: r for r in read_csv(tmp_path / "out" / "results.csv")}
     assert rows["item0"]["status"] == "ok"
     assert rows["item1"]["status"] == "failed" and "82 tokens" in rows["item1"]["error"]
-    assert rows["item1"]["input_path"] == ""
+    assert rows["item1"]["output_path"] == ""
 
 
 def test_the_prompt_check_costs_no_network_evaluation_on_a_fine_edit(digits) -> None:

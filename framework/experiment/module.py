@@ -38,7 +38,7 @@ class Loaded:
     """An item's image, loaded and sized for the backbone."""
 
     source: Tensor  # (1, 3, H, W) in [-1, 1], on the CPU: what the metrics compare with
-    x0: Tensor  # the backbone's encoding of it (latents for latent models), on the device
+    x0: Tensor | None  # the backbone's encoding of it (latents for latent models), on the device
     mask: Tensor | None  # (1, 1, H, W) in {0, 1}, or None
     input_image: Image.Image  # the sized input, saved as input_rel
     idir: str  # the item's folder under images/<variant>/
@@ -170,9 +170,16 @@ class EditModule(pl.LightningModule):
         if not todo:
             return []
         bad = self._prompt_problem(item)
-        if bad:
+        if bad:  # nothing runs; the input image is still saved beside the failed rows
             log.warning("item %s failed: %s", item.id, bad)
-            return self._failed_rows(item, todo, bad)
+            try:
+                loaded = self._load(item, encode=False)
+            except Exception:
+                return self._failed_rows(item, todo, bad)
+            rows = self._failed_rows(item, todo, bad, loaded.input_rel)
+            if rows:
+                rows[0]["_input"] = loaded.input_image
+            return rows
         try:
             loaded = self._load(item)
         except Exception as exc:
@@ -209,8 +216,9 @@ class EditModule(pl.LightningModule):
         return "InputError: " + "; ".join(why) if why else ""
 
     # -- the steps of one item
-    def _load(self, item: Item) -> Loaded:
-        """Read, size and encode the item's image (and its mask), lazily: a bad file fails this item."""
+    def _load(self, item: Item, encode: bool = True) -> Loaded:
+        """Read, size and encode the item's image (and its mask), lazily: a bad file fails this item.
+        ``encode=False``: read and size only (x0 is then None)."""
         from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
 
         backbone = self.backbone
@@ -220,7 +228,7 @@ class EditModule(pl.LightningModule):
         mask = fit_mask(item.mask(), pil.size, fitted.size) if item.mask is not None else None
         if not item.target_prompts:
             raise ConfigError("the item has no target prompts")
-        x0 = backbone.encode_image(image.to(backbone.device))
+        x0 = backbone.encode_image(image.to(backbone.device)) if encode else None
         idir = item_dir(item.id)
         return Loaded(
             source=image.float().cpu(),
