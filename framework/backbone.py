@@ -244,6 +244,12 @@ class Backbone(abc.ABC):
         raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
 
     # ----------------------------------------------------------------- helpers
+    def resolved_options(self) -> dict[str, Any]:
+        """Options left to the model (None in the config) with the values the loaded model
+        resolved them to, e.g. ``{"clip_sample": True}`` from its scheduler config: what the
+        saved config records, so that it says what ran. The default: none."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """A short JSON-able description, for logs and result rows."""
         return {"class": type(self).__name__, "prediction_type": self.prediction_type}

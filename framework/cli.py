@@ -215,7 +215,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from framework.config import backbone_config, compose, save_config_history
     from framework.edit import invert_and_edit
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
-    from framework.progress import progress_bars
+    from framework.progress import interactive, progress_bars
     from framework.prompts import check_edit_prompts
     from framework.random import check_seed
     from framework.registry import BACKBONES, EDITORS, INVERTERS
@@ -253,13 +253,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info("loading backbone %s", dict(cfg.backbone))
     backbone = BACKBONES.build(cfg.backbone)
     image = pil_to_tensor(fit_image(pil, size, backbone.resolution, backbone.size_multiple))
+    for key, value in backbone.resolved_options().items():  # config.yaml records the values used
+        cfg.backbone[key] = value
     cfg.image = str(args.image)
     cfg.source_prompt = args.source
     cfg.target_prompts = targets
     cfg.size = f"{image.shape[-1]}x{image.shape[-2]}"
     cfg.device = str(resolve_device(cfg.backbone.device))
 
-    with progress_bars(not args.no_progress):
+    with progress_bars(not args.no_progress and interactive()):
         result = invert_and_edit(
             backbone,
             inverter,

@@ -465,9 +465,12 @@ def test_root_handler_skips_records_of_loggers_with_their_own_handler() -> None:
         own.removeHandler(handler)
 
 
-def test_run_shows_steps_and_compare_reads_an_interrupted_run(items2: Path, tmp_path: Path, capsys, caplog) -> None:
+def test_run_shows_steps_and_compare_reads_an_interrupted_run(
+    items2: Path, tmp_path: Path, capsys, caplog, monkeypatch
+) -> None:
     out = tmp_path / "out"
     cfg = experiment(tmp_path / "exp.yaml", items2, out)
+    monkeypatch.setattr("framework.progress.interactive", lambda *streams: True)  # as on a terminal
     code, err = cli(capsys, "run", cfg)  # with progress bars
     assert code == 0
     assert "edit:" in err and "step/s" in err  # the steps of the current item, under the items bar

@@ -90,6 +90,9 @@ class EditModule(pl.LightningModule):
     # Lightning moves the (parameter-free) module to its device before this hook.
     def on_predict_start(self) -> None:
         from framework.backbone import load_backbone
+        from framework.experiment.loggers import quiet_libraries
+
+        quiet_libraries()  # also in processes that Lightning spawns rather than starts anew
         from framework.registry import EDITORS, INVERTERS
 
         device = self.device

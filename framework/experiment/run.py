@@ -41,7 +41,7 @@ from framework import schema
 from framework.dataset import Item, build_dataset
 from framework.errors import ConfigError, EditFriendlyError
 from framework.experiment.data import EditDataModule
-from framework.experiment.loggers import LOGGER_DEFAULTS, build_logger, log_results
+from framework.experiment.loggers import LOGGER_DEFAULTS, build_logger, log_results, quiet_libraries
 from framework.experiment.module import EditModule
 from framework.experiment.plan import Variant, build_metrics, expand_methods, metric_configs, sweep_columns
 from framework.experiment.results import (
@@ -233,7 +233,10 @@ def run_experiment(
     """
     from framework.config import save_config_history
     from framework.outputs import check_output_dir, make_output_dir
+    from framework.progress import interactive
     from framework.random import check_seed
+
+    quiet_libraries()
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -281,7 +284,9 @@ def run_experiment(
     logger = build_logger(logger_cfg, output_dir, output_dir.name)
     writer = ResultsWriter(output_dir)
     all_callbacks: list[pl.Callback] = [writer]
+    # progress bars on a terminal only (Lightning's items bar on stdout, the steps bar on stderr)
     show = progress and trainer_cfg.get("enable_progress_bar", True) is not False
+    show = show and interactive(sys.stdout, sys.stderr)
     if show:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -289,7 +294,7 @@ def run_experiment(
     all_callbacks += list(callbacks)
     try:
         trainer = pl.Trainer(
-            **trainer_cfg,
+            **{**trainer_cfg, **({} if show else {"enable_progress_bar": False})},
             logger=logger if logger is not None else False,
             callbacks=all_callbacks,
             inference_mode=False,
