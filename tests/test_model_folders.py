@@ -117,3 +117,13 @@ def test_run_refuses_a_missing_folder_before_the_trainer_starts(tmp_path, monkey
     assert main(["run", str(cfg), "--no-progress"]) == 2
     assert capsys.readouterr().err.startswith(f"error: folder not found: {tmp_path / 'gone'} ")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_owner_name_path_whose_first_folder_exists_is_named_as_a_folder_too(tmp_path, capsys, monkeypatch) -> None:
+    """models/sd15 has the form of a hub id; where models/ is a folder here, the error says that
+    models/sd15 is not (and what the hub look-up gave)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "models").mkdir()
+    err = edit_error(capsys, "models/sd15", tmp_path)
+    assert "there is no folder models/sd15 here, and as a hub id:" in err and "HF_HUB_OFFLINE=1" in err

@@ -188,12 +188,23 @@ class DigitsBackbone(TextPixelBackbone):
 
     def __init__(self, options: TextPixelOptions | None = None) -> None:
         options = options or TextPixelOptions()
-        if not (Path(options.model) / "unet").is_dir() and Path(options.model) == DIGITS_MODEL:
-            raise WeightsNotFoundError(
-                f"the digits model is missing from {DIGITS_MODEL}; it ships with the repository "
-                "(re-create it with: python scripts/train_digits.py --out plugins/backbones/digits_model)"
-            )
+        check_shipped(options)
         super().__init__(options)
+
+    @classmethod
+    def load_prompt_rules(cls, options: Any) -> PromptRules | None:
+        if isinstance(options, TextPixelOptions):
+            check_shipped(options)
+        return super().load_prompt_rules(options)
+
+
+def check_shipped(options: TextPixelOptions) -> None:
+    """The shipped weights are where they belong (else say how to re-create them)."""
+    if not (Path(options.model) / "unet").is_dir() and Path(options.model) == DIGITS_MODEL:
+        raise WeightsNotFoundError(
+            f"the digits model is missing from {DIGITS_MODEL}; it ships with the repository "
+            "(re-create it with: python scripts/train_digits.py --out plugins/backbones/digits_model)"
+        )
 
 
 # --------------------------------------------------------------------- building the model

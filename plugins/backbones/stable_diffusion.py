@@ -101,7 +101,8 @@ class StableDiffusionBackbone(Backbone):
                 why = f"the hub {unreachable} and they are not in the local cache"
             else:
                 why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
-            if not Path(options.model).expanduser().exists():
+            local = Path(options.model).expanduser()
+            if not local.exists() and local.parent.is_dir():  # owner/ is a folder here: a path was meant?
                 why = f"there is no folder {options.model} here, and as a hub id: {why}"
             raise WeightsNotFoundError(
                 f"could not load Stable Diffusion weights from {options.model!r}: {why}. {weights_hint()}"
