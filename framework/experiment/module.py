@@ -91,10 +91,9 @@ class EditModule(pl.LightningModule):
     def on_predict_start(self) -> None:
         from framework.backbone import load_backbone
         from framework.experiment.loggers import quiet_libraries
-
-        quiet_libraries()  # also in processes that Lightning spawns rather than starts anew
         from framework.registry import EDITORS, INVERTERS
 
+        quiet_libraries()  # also in processes that Lightning spawns rather than starts anew
         device = self.device
         if self.threads:
             # after Lightning's own choice (DDP on CPUs: cores // processes): float sums depend
