@@ -34,6 +34,35 @@ SIZE_POLICY = (
 )
 
 
+def preset_names(group: str) -> list[str]:
+    """The preset names of a config group (``configs/<group>/*.yaml``), found where
+    :func:`framework.config.config_dir` finds them, without importing it (it loads OmegaConf)."""
+    import importlib.util
+    import os
+
+    env = os.environ.get("EDITFRIENDLY_CONFIG_DIR")
+    root = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    if not env and not (root / "experiment").is_dir():
+        spec = importlib.util.find_spec("editfriendly_configs")  # the installed copy of configs/
+        if spec is not None and spec.submodule_search_locations:
+            root = Path(next(iter(spec.submodule_search_locations)))
+    folder = root / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def backbone_help() -> str:
+    """The --backbone help: every preset of ``configs/backbone/``, the default marked."""
+    from framework.schema import EditConfig  # the standard library only
+
+    default = str(EditConfig().backbone)
+    names = [f"{n} (default)" if n == default else n for n in preset_names("backbone")]
+    return (
+        f"a preset ({', '.join(names) or default}), a registered backbone, a hub id (owner/name) or a "
+        "local diffusers folder. digits is the trained model that ships with the project (no download); "
+        "tiny is random (its edits are noise: for tests)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``editfriendly`` parser with every subcommand (argparse only: nothing heavy loads)."""
     parser = argparse.ArgumentParser(
@@ -66,11 +95,7 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
     edit.add_argument(
         "--target", action="append", required=True, help="a target prompt (repeat for several)"
     )
-    edit.add_argument(
-        "--backbone",
-        help="a preset (sd14 [default], sd15, sd21, tiny, tiny_v), a registered backbone, a hub "
-        "id or a local diffusers folder",
-    )
+    edit.add_argument("--backbone", help=backbone_help())
     edit.add_argument("--out", default=None, help="output folder (default: outputs/<image name>)")
     edit.add_argument("--seed", type=int, help="random seed (default 0)")
     edit.add_argument(
@@ -194,11 +219,12 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_edit(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from framework.backbone import resolve_device
+    from framework.backbone import load_prompt_rules, resolve_device
     from framework.config import backbone_config, compose, save_config_history
     from framework.edit import invert_and_edit
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
-    from framework.progress import progress_bars
+    from framework.progress import interactive, progress_bars
+    from framework.prompts import check_edit_prompts
     from framework.random import check_seed
     from framework.registry import BACKBONES, EDITORS, INVERTERS
     from framework.schedule import check_steps
@@ -227,16 +253,23 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("outputs") / Path(args.image).stem
     check_output_dir(out)
 
+    # prompts the text encoder cannot take are refused before the model loads, where the
+    # tokenizer can be read alone (invert_and_edit checks them again, and warns about words
+    # the model has never seen)
+    check_edit_prompts(load_prompt_rules(cfg.backbone), args.source, targets, (inverter, editor), warn=False)
+
     logging.getLogger(__name__).info("loading backbone %s", dict(cfg.backbone))
     backbone = BACKBONES.build(cfg.backbone)
     image = pil_to_tensor(fit_image(pil, size, backbone.resolution, backbone.size_multiple))
+    for key, value in backbone.resolved_options().items():  # config.yaml records the values used
+        cfg.backbone[key] = value
     cfg.image = str(args.image)
     cfg.source_prompt = args.source
     cfg.target_prompts = targets
     cfg.size = f"{image.shape[-1]}x{image.shape[-2]}"
     cfg.device = str(resolve_device(cfg.backbone.device))
 
-    with progress_bars(not args.no_progress):
+    with progress_bars(not args.no_progress and interactive()):
         result = invert_and_edit(
             backbone,
             inverter,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -29,6 +30,19 @@ def progress_bars(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _enabled.reset(token)
+
+
+def interactive(*streams: object) -> bool:
+    """Whether every stream (default: stderr) is a terminal: progress bars are drawn only there,
+    since in a log file their redraws are noise (carriage returns, cursor-up escape codes)."""
+    for stream in streams or (sys.stderr,):
+        isatty = getattr(stream, "isatty", None)
+        try:
+            if not (callable(isatty) and isatty()):
+                return False
+        except (OSError, ValueError):  # a closed stream
+            return False
+    return True
 
 
 def steps(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:

@@ -399,6 +399,12 @@ class Editor(abc.ABC):
     ) -> Tensor:
         """Return one latent per target prompt, (K, C, h, w) float32."""
 
+    def prompt_options(self) -> list[Any]:
+        """The options whose values are prompts, as :class:`framework.prompts.PromptOption`\\ s:
+        they are checked against the backbone's text encoder with the source and target prompts,
+        before the inversion. The default: none."""
+        return []
+
     def check_inputs(self, backbone: Any, inversion: Inversion, target_prompts: Sequence[str] | str) -> list[str]:
         """The checks a prompt-driven edit starts with (targets, a conditional backbone, one
         image); returns the targets as a list."""

@@ -38,7 +38,7 @@ class Loaded:
     """An item's image, loaded and sized for the backbone."""
 
     source: Tensor  # (1, 3, H, W) in [-1, 1], on the CPU: what the metrics compare with
-    x0: Tensor  # the backbone's encoding of it (latents for latent models), on the device
+    x0: Tensor | None  # the backbone's encoding of it (latents for latent models), on the device
     mask: Tensor | None  # (1, 1, H, W) in {0, 1}, or None
     input_image: Image.Image  # the sized input, saved as input_rel
     idir: str  # the item's folder under images/<variant>/
@@ -68,6 +68,7 @@ class EditModule(pl.LightningModule):
         save_reconstructions: bool = False,
         show_steps: bool = False,
         threads: int | None = None,
+        prompt_problems: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.backbone_cfg = dict(backbone_cfg)
@@ -80,13 +81,19 @@ class EditModule(pl.LightningModule):
         self.save_reconstructions = bool(save_reconstructions)
         self.show_steps = bool(show_steps)
         self.threads = threads
+        # {item id: error} of the items whose prompts the text encoder cannot take, found at
+        # planning; None: not checked there, so checked here with the loaded model
+        self.prompt_problems = prompt_problems
+        self.prompt_rules: Any = None
         self.backbone: Any = None
 
     # Lightning moves the (parameter-free) module to its device before this hook.
     def on_predict_start(self) -> None:
         from framework.backbone import load_backbone
+        from framework.experiment.loggers import quiet_libraries
         from framework.registry import EDITORS, INVERTERS
 
+        quiet_libraries()  # also in processes that Lightning spawns rather than starts anew
         device = self.device
         if self.threads:
             # after Lightning's own choice (DDP on CPUs: cores // processes): float sums depend
@@ -95,6 +102,16 @@ class EditModule(pl.LightningModule):
         self.backbone = load_backbone(self.backbone_cfg, device=device)
         self.inverters = {json.dumps(v.inverter, sort_keys=True): INVERTERS.build(v.inverter) for v in self.variants}
         self.editors = {json.dumps(v.editor, sort_keys=True): EDITORS.build(v.editor) for v in self.variants}
+        if self.prompt_problems is None:  # before the first item: a bad option fails the run
+            from framework.prompts import check_run_prompts
+
+            self.prompt_rules = self.backbone.prompt_rules()
+            methods = [
+                (v.label, (self.inverters[json.dumps(v.inverter, sort_keys=True)],
+                           self.editors[json.dumps(v.editor, sort_keys=True)]))
+                for v in self.variants
+            ]
+            check_run_prompts(self.prompt_rules, methods, [])
         self.metrics = build_metrics(self.metric_cfgs)
         for m in self.metrics:
             m.setup(device)
@@ -154,6 +171,17 @@ class EditModule(pl.LightningModule):
         todo = self._missing(item)
         if not todo:
             return []
+        bad = self._prompt_problem(item)
+        if bad:  # nothing runs; the input image is still saved beside the failed rows
+            log.warning("item %s failed: %s", item.id, bad)
+            try:
+                loaded = self._load(item, encode=False)
+            except Exception:
+                return self._failed_rows(item, todo, bad)
+            rows = self._failed_rows(item, todo, bad, loaded.input_rel)
+            if rows:
+                rows[0]["_input"] = loaded.input_image
+            return rows
         try:
             loaded = self._load(item)
         except Exception as exc:
@@ -180,9 +208,19 @@ class EditModule(pl.LightningModule):
             rows[0]["_input"] = loaded.input_image
         return rows
 
+    def _prompt_problem(self, item: Item) -> str:
+        """Why the text encoder cannot take the item's prompts ("" when it can)."""
+        if self.prompt_problems is not None:
+            return self.prompt_problems.get(item.id, "")
+        from framework.prompts import item_problems
+
+        why = item_problems(self.prompt_rules, item.source_prompt, item.target_prompts)
+        return "InputError: " + "; ".join(why) if why else ""
+
     # -- the steps of one item
-    def _load(self, item: Item) -> Loaded:
-        """Read, size and encode the item's image (and its mask), lazily: a bad file fails this item."""
+    def _load(self, item: Item, encode: bool = True) -> Loaded:
+        """Read, size and encode the item's image (and its mask), lazily: a bad file fails this item.
+        ``encode=False``: read and size only (x0 is then None)."""
         from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
 
         backbone = self.backbone
@@ -192,7 +230,7 @@ class EditModule(pl.LightningModule):
         mask = fit_mask(item.mask(), pil.size, fitted.size) if item.mask is not None else None
         if not item.target_prompts:
             raise ConfigError("the item has no target prompts")
-        x0 = backbone.encode_image(image.to(backbone.device))
+        x0 = backbone.encode_image(image.to(backbone.device)) if encode else None
         idir = item_dir(item.id)
         return Loaded(
             source=image.float().cpu(),

@@ -41,7 +41,7 @@ from framework import schema
 from framework.dataset import Item, build_dataset
 from framework.errors import ConfigError, EditFriendlyError
 from framework.experiment.data import EditDataModule
-from framework.experiment.loggers import LOGGER_DEFAULTS, build_logger, log_results
+from framework.experiment.loggers import LOGGER_DEFAULTS, build_logger, log_results, quiet_libraries
 from framework.experiment.module import EditModule
 from framework.experiment.plan import Variant, build_metrics, expand_methods, metric_configs, sweep_columns
 from framework.experiment.results import (
@@ -199,6 +199,25 @@ def check_earlier_run(output_dir: Path, plain: dict[str, Any], force: bool) -> N
         )
 
 
+def plan_prompt_check(
+    backbone_cfg: dict[str, Any], variants: Sequence[Variant], items: Sequence[Item]
+) -> dict[str, str] | None:
+    """Check every item's prompts and every method's prompt options against the backbone's text
+    encoder before the trainer starts (:func:`framework.prompts.check_run_prompts`): a bad option
+    is a ConfigError, bad items are returned ({item id: error}, recorded as failed). None when
+    the backbone's tokenizer cannot be read without loading the model: each process then checks
+    with the loaded model, before its first item."""
+    from framework.backbone import load_prompt_rules
+    from framework.prompts import check_run_prompts
+    from framework.registry import EDITORS, INVERTERS
+
+    rules = load_prompt_rules(backbone_cfg)
+    if rules is None:
+        return None
+    methods = [(v.label, (INVERTERS.build(v.inverter), EDITORS.build(v.editor))) for v in variants]
+    return check_run_prompts(rules, methods, items)
+
+
 def run_experiment(
     cfg: DictConfig,
     experiment: Path | None = None,
@@ -214,7 +233,10 @@ def run_experiment(
     """
     from framework.config import save_config_history
     from framework.outputs import check_output_dir, make_output_dir
+    from framework.progress import interactive
     from framework.random import check_seed
+
+    quiet_libraries()
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -242,6 +264,8 @@ def run_experiment(
         if key in trainer_cfg:
             raise ConfigError(f"trainer.{key} is set by the runner; remove it from the config")
 
+    prompt_problems = plan_prompt_check(backbone_cfg, variants, items)
+
     threads = plain.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer (CPU threads per process) or null, got {threads!r}")
@@ -260,7 +284,9 @@ def run_experiment(
     logger = build_logger(logger_cfg, output_dir, output_dir.name)
     writer = ResultsWriter(output_dir)
     all_callbacks: list[pl.Callback] = [writer]
+    # progress bars on a terminal only (Lightning's items bar on stdout, the steps bar on stderr)
     show = progress and trainer_cfg.get("enable_progress_bar", True) is not False
+    show = show and interactive(sys.stdout, sys.stderr)
     if show:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -268,7 +294,7 @@ def run_experiment(
     all_callbacks += list(callbacks)
     try:
         trainer = pl.Trainer(
-            **trainer_cfg,
+            **{**trainer_cfg, **({} if show else {"enable_progress_bar": False})},
             logger=logger if logger is not None else False,
             callbacks=all_callbacks,
             inference_mode=False,
@@ -286,7 +312,7 @@ def run_experiment(
         logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
     module = EditModule(
         backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"),
-        save_reconstructions=save_recon, show_steps=show, threads=threads,
+        save_reconstructions=save_recon, show_steps=show, threads=threads, prompt_problems=prompt_problems,
     )
     data = EditDataModule(items)
     try:

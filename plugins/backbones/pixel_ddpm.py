@@ -167,6 +167,10 @@ class PixelDDPMBackbone(Backbone):
         r = self.clip_sample_range
         return (x_t.float() - a.sqrt() * x0.clamp(-r, r)) / (1 - a).sqrt()
 
+    def resolved_options(self) -> dict[str, Any]:
+        """``clip_sample`` as the scheduler config set it, where the options left it to the model."""
+        return {"clip_sample": self.clip_sample} if getattr(self.options, "clip_sample", False) is None else {}
+
     def describe(self) -> dict[str, Any]:
         return {
             "class": type(self).__name__,
