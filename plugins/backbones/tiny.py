@@ -280,7 +280,15 @@ def tiny_model_path(options: TinyOptions) -> Path:
 
 def check_tiny_model(folder: Path) -> None:
     """Load every component of a tiny model folder (raises when one is missing or unreadable)."""
-    StableDiffusionBackbone(StableDiffusionOptions(model=str(folder), device="cpu", local_files_only=True))
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a check of a 1 MB local model needs no progress bars
+    try:
+        StableDiffusionBackbone(StableDiffusionOptions(model=str(folder), device="cpu", local_files_only=True))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 @BACKBONES.register("tiny")
