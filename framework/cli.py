@@ -220,7 +220,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from framework.backbone import load_prompt_rules, resolve_device
-    from framework.config import backbone_config, compose, save_config_history
+    from framework.config import backbone_config, compose, literal, save_config_history
     from framework.edit import invert_and_edit
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
     from framework.progress import interactive, progress_bars
@@ -235,9 +235,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     for key, value in (("num_steps", args.steps), ("skip", args.skip), ("seed", args.seed)):
         if value is not None:
             layer[key] = value
-    cfg = compose(overrides=args.overrides, extra_layers=[layer], kind="edit")  # typos: exit 2
+    # flags are text as typed (literal); key=value overrides are configuration (interpolated)
+    cfg = compose(overrides=args.overrides, extra_layers=[literal(layer)], kind="edit")  # typos: exit 2
     if args.device:
-        cfg.backbone.device = args.device
+        cfg.backbone.device = literal(args.device)
     check_seed(cfg.seed)
     check_steps(int(cfg.num_steps), int(cfg.skip))
     # Validate everything cheap before the (slow) model load.
@@ -262,10 +263,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
     backbone = BACKBONES.build(cfg.backbone)
     image = pil_to_tensor(fit_image(pil, size, backbone.resolution, backbone.size_multiple))
     for key, value in backbone.resolved_options().items():  # config.yaml records the values used
-        cfg.backbone[key] = value
-    cfg.image = str(args.image)
-    cfg.source_prompt = args.source
-    cfg.target_prompts = targets
+        cfg.backbone[key] = literal(value)
+    # the record holds the prompts and the file name exactly as given (never interpolated)
+    cfg.image = literal(str(args.image))
+    cfg.source_prompt = literal(args.source)
+    cfg.target_prompts = literal(targets)
     cfg.size = f"{image.shape[-1]}x{image.shape[-2]}"
     cfg.device = str(resolve_device(cfg.backbone.device))
 

@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from framework import schema
-from framework.config import full_options, group_node
+from framework.config import full_options, group_node, literal
 from framework.errors import ConfigError
 from framework.naming import slug
 
@@ -152,15 +152,16 @@ def expand_methods(cfg: Mapping[str, Any] | DictConfig, context: Mapping[str, An
                 )
             values.append(vals)
         for point in itertools.product(*values) if keys else [()]:
-            node = OmegaConf.create(json.loads(json.dumps(base)))
+            # base and the sweep values are resolved already: literal() keeps their text as it is
+            node = OmegaConf.create(literal(json.loads(json.dumps(base))))
             for key, value in zip(keys, point):
                 if key in ("inverter", "editor"):
-                    node[key] = group_node(key, value)
+                    node[key] = literal(group_node(key, value))
                 else:
-                    OmegaConf.update(node, key, value, merge=False)
+                    OmegaConf.update(node, key, literal(value), merge=False)
             plain = OmegaConf.to_container(node, resolve=True)
-            inverter = full_options(INVERTERS, plain["inverter"])
-            editor = full_options(EDITORS, plain["editor"])
+            inverter = full_options(INVERTERS, literal(plain["inverter"]))
+            editor = full_options(EDITORS, literal(plain["editor"]))
             num_steps, skip, seeds = (_int(plain[k], f"method {name!r} {k}") for k in ("num_steps", "skip", "seeds"))
             if seeds < 1:
                 raise ConfigError(f"method {name!r}: seeds must be >= 1, got {seeds}")

@@ -38,6 +38,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from framework import schema
+from framework.config import read_yaml_data
 from framework.dataset import Item, build_dataset
 from framework.errors import ConfigError, EditFriendlyError
 from framework.experiment.data import EditDataModule
@@ -186,7 +187,7 @@ def check_earlier_run(output_dir: Path, plain: dict[str, Any], force: bool) -> N
     if force or not has_rows or not config.is_file():
         return
     try:
-        old = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+        old = read_yaml_data(config)  # written resolved: read as it is, nothing interpolated again
     except Exception:
         old = {}
     diffs = config_conflicts(old if isinstance(old, dict) else {}, plain)
@@ -307,7 +308,7 @@ def run_experiment(
         first_line = str(exc).splitlines()[0] if str(exc) else exc
         raise ConfigError(f"bad trainer config {trainer_cfg}: {first_line}") from None
     if trainer.is_global_zero:
-        save_config_history(OmegaConf.create(plain), output_dir)
+        save_config_history(plain, output_dir)  # resolved already: written as it is
     if logger is not None:
         logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
     module = EditModule(
