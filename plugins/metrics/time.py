@@ -32,6 +32,7 @@ class TimeMetric(Metric):
 
     Options = TimeOptions
     columns = ("inversion_seconds", "edit_seconds", "inversion_nfe", "edit_nfe")
+    ranges = dict.fromkeys(columns, (0.0, None))
 
     def compute(self, batch: MetricInput) -> list[dict[str, float | None]]:
         k = int(batch.edited_images.shape[0])
