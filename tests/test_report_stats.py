@@ -335,3 +335,17 @@ def test_scatter_labels_do_not_overlap_and_bars_stay_in_range() -> None:
     for collection in ax.collections:  # the error bars
         for seg in collection.get_segments():
             assert seg.min() >= 0.0 and seg.max() <= 1.0
+
+
+def test_grid_titles_name_what_tells_a_methods_settings_apart() -> None:
+    from framework.report import figures
+    from framework.report.runs import Run
+
+    run = Run(Path("r"), "r", [], [])
+    groups = [
+        _group(run, "ef_text", {"num_steps": "100", "skip": "0", "editor.guidance_scale": "7.5"}, {}),
+        _group(run, "ef_text", {"num_steps": "100", "skip": "36", "editor.guidance_scale": "7.5"}, {}),
+        _group(run, "ddim", {"num_steps": "50", "skip": "0", "editor.guidance_scale": ""}, {}),
+    ]
+    titles = figures.short_titles(groups)
+    assert [titles[id(g)] for g in groups] == ["ef_text (skip=0)", "ef_text (skip=36)", "ddim"]

@@ -168,6 +168,20 @@ def _load(path: Path | None) -> Any:
         return None
 
 
+def short_titles(groups: list[Group]) -> dict[int, str]:
+    """id(group) → its method and the parameters that tell it apart from the method's other
+    settings (``ef_text (skip=0, guidance_scale=7.5)``; the method alone for a single setting)."""
+    by_method: dict[tuple[str, str], list[Group]] = {}
+    for g in groups:
+        by_method.setdefault((g.run.label, g.method), []).append(g)
+    titles = {}
+    for members in by_method.values():
+        for g, text in zip(members, point_labels(members)):
+            name = g.label.split(" (")[0]
+            titles[id(g)] = f"{name} ({text})" if text else name
+    return titles
+
+
 def grid_figure(groups: list[Group], item: str) -> Figure | None:
     """One row per target prompt of ``item``: the input, then each method setting's edit (its
     lowest seed's ok row; "failed"/"missing" placeholders otherwise). None if the item has no rows.
@@ -187,6 +201,7 @@ def grid_figure(groups: list[Group], item: str) -> Figure | None:
     if not targets:
         return None
     cols = [g for g in groups if any(r.get("item_id") == item for r in g.rows)]
+    titles = short_titles(cols)
     source = _load(input_path)
     fig = Figure(figsize=(GRID_CELL * (len(cols) + 1), GRID_CELL * len(targets) + 0.5), dpi=100)
     axes = fig.subplots(len(targets), len(cols) + 1, squeeze=False)
@@ -197,7 +212,7 @@ def grid_figure(groups: list[Group], item: str) -> Figure | None:
             ok = sorted((r for r in rows if is_ok(r)), key=lambda r: sort_key(r.get("seed", "")))
             img = _load(resolve_path(g.run, ok[0].get("output_path"))) if ok else None
             note = "failed" if rows and not ok else "missing"
-            title = "\n".join(textwrap.wrap(g.label, 28, break_long_words=False)) if i == 0 else ""
+            title = "\n".join(textwrap.wrap(titles[id(g)], 28, break_long_words=False)) if i == 0 else ""
             cells.append((img, title, note))
         for j, (img, title, note) in enumerate(cells):
             ax = axes[i][j]
