@@ -173,7 +173,7 @@ def test_one_model_renders_to_markdown_and_html() -> None:
     page = render.to_html(doc)
     assert "<title>Report</title>" in page and "<h1>Report</h1>" in page and "<h3>item</h3>" in page
     assert "<p>a &lt;b&gt; &amp; <code>run|1</code></p>" in page
-    assert "<thead><tr><th>method</th><th>x|y</th></tr></thead>" in page and "<td>1 ± 2</td>" in page
+    assert "<thead><tr><th class='k'>method</th><th>x|y</th></tr></thead>" in page and "<td>1 ± 2</td>" in page
     assert "<img src='grids/a.png' alt='item a'>" in page
     assert "<li><code>two</code> “three”</li>" in page
     assert [b.key for b in doc.walk() if isinstance(b, (render.Table, render.Image))] == ["t", "g"]
@@ -297,10 +297,10 @@ def test_wide_tables_are_split_with_their_key_columns_repeated() -> None:
     parts = render.split_columns(header, body, key_columns=2)
     assert len(parts) > 1 and all(p[:2] == [0, 1] for p in parts)
     assert sorted(j for p in parts for j in p[2:]) == list(range(2, 16))  # every column once
-    widths = render.column_widths(header, body)
+    widths = render.column_widths(header, body, key_columns=2)
     assert all(sum(widths[j] for j in p) <= render.TABLE_WIDTH for p in parts)
     page = render.html_table(header, body, key_columns=2)
-    assert page.count("<table>") == len(parts) and page.count("<th>method</th>") == len(parts)
+    assert page.count("<table>") == len(parts) and page.count("<th class='k'>method</th>") == len(parts)
     assert render.split_columns(header[:5], body, key_columns=2) == [[0, 1, 2, 3, 4]]  # a narrow one is whole
 
 

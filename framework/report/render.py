@@ -128,15 +128,16 @@ def to_markdown(report: Section) -> str:
 TABLE_WIDTH = 1200
 #: text widths at the page's 13 px table font: average character width of cells and headers (px)
 CHAR_PX, HEAD_CHAR_PX = 7.4, 8.0
-#: a cell's padding and border (px), and the widest a wrapped first column gets (characters)
-CELL_PAD_PX, FIRST_COLUMN_CHARS = 14, 30
+#: a cell's padding and border (px), and the widest a key column gets before it wraps (characters;
+#: the style's max-width of 22em, 286 px)
+CELL_PAD_PX, KEY_COLUMN_CHARS = 14, 38
 STYLE = (
     "body{font-family:sans-serif;margin:2em;max-width:1600px}"
     "p,li{overflow-wrap:anywhere;max-width:75em}"
     "table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1em}"
     "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}"
     "th{background:#f3f3f3;white-space:normal;vertical-align:bottom}"
-    "td:first-child,th:first-child{text-align:left;white-space:normal;min-width:8em;max-width:22em}"
+    "td.k,th.k{text-align:left;white-space:normal;min-width:4em;max-width:22em}"
     "tbody tr:nth-child(even){background:#fafafa}img{max-width:100%}"
 )
 
@@ -147,14 +148,14 @@ def _head_width(text: str) -> float:
     return max((len(p) for p in parts), default=0) * HEAD_CHAR_PX + CELL_PAD_PX
 
 
-def column_widths(header: list[str], body: list[list[str]]) -> list[float]:
-    """Estimated px width of each column (cells do not wrap; the first column wraps at its
+def column_widths(header: list[str], body: list[list[str]], key_columns: int = 1) -> list[float]:
+    """Estimated px width of each column (cells do not wrap, but key columns wrap at their
     maximum width; headers wrap at word parts)."""
     widths = []
     for j, h in enumerate(header):
         longest = max((len(row[j]) for row in body if j < len(row)), default=0)
-        if j == 0:
-            longest = min(longest, FIRST_COLUMN_CHARS)
+        if j < key_columns:
+            longest = min(longest, KEY_COLUMN_CHARS)
         widths.append(max(longest * CHAR_PX + CELL_PAD_PX, _head_width(h)))
     return widths
 
@@ -164,7 +165,7 @@ def split_columns(
 ) -> list[list[int]]:
     """Column indices of the parts a table is shown in: all of it when it fits ``width`` px,
     else the key columns followed by as many of the other columns as fit, part after part."""
-    widths = column_widths(header, body)
+    widths = column_widths(header, body, key_columns)
     keys = list(range(min(key_columns, len(header))))
     if sum(widths) <= width or len(keys) == len(header):
         return [list(range(len(header)))]
@@ -196,10 +197,17 @@ def html_table(header: list[str], body: list[list[str]], key_columns: int | None
     """A ``<table>`` with a head row; cells escaped. With ``key_columns``, a table too wide for
     the page (``TABLE_WIDTH``) is shown as several tables, each repeating the key columns."""
     parts = split_columns(header, body, key_columns) if key_columns is not None else [list(range(len(header)))]
+    keys = key_columns or 0
+
+    def tag(name: str, j: int) -> str:  # key columns are left-aligned and wrap
+        return f"<{name} class='k'>" if j < keys else f"<{name}>"
+
     tables = []
     for cols in parts:
-        head = "".join(f"<th>{_head_html(header[j])}</th>" for j in cols)
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(row[j])}</td>" for j in cols) + "</tr>" for row in body)
+        head = "".join(f"{tag('th', j)}{_head_html(header[j])}</th>" for j in cols)
+        rows = "".join(
+            "<tr>" + "".join(f"{tag('td', j)}{html.escape(row[j])}</td>" for j in cols) + "</tr>" for row in body
+        )
         tables.append(f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{rows}</tbody>\n</table>")
     return "\n".join(tables)
 
