@@ -286,7 +286,14 @@ def test_shared_inversions_are_counted_once() -> None:
     assert [g.method for g in found[1].not_needed] == ["sdedit"] and len(found[2].not_needed) == 1
     assert stats.members_text(first.members) == "ef_text, ef_p2p"
     assert stats.members_text([text, text]) == "ef_text ×2"
-    # rows of runs before the inversion_group column: nothing to share
+    # beside a run before the inversion_group column: each of its settings counts as its own inversion
+    old = Run(Path("o"), "o", [], [])
+    both = stats.shared_inversions([text, _group(old, "m", {}, {}, [{"status": "ok", "inversion_nfe": "5"}] * 3)],
+                                   ["inversion_nfe"])  # fmt: skip
+    assert [(inv.group, inv.number, inv.stats["inversion_nfe"][::2]) for inv in both] == [
+        ("g1", 1, (100.5, 2)), ("", 1, (5.0, 1)),
+    ]  # fmt: skip
+    # rows of runs before the inversion_group column alone: nothing to share
     assert stats.shared_inversions([_group(run, "m", {}, {}, [{"status": "ok", "inversion_nfe": "5"}])],
                                    ["inversion_nfe"]) == []  # fmt: skip
 

@@ -161,7 +161,8 @@ def cost_section(
     header += [stats.metric_header(c) for c in cost_cols]
     body = []
     for inv in inversions:
-        row = ([inv.run.label] if multi else []) + [str(inv.number), stats.members_text(inv.members)]
+        members = stats.members_text(inv.members) if inv.group else f"{inv.members[0].label} (sharing not recorded)"
+        row = ([inv.run.label] if multi else []) + [str(inv.number), members]
         row += [stats.members_text(inv.not_needed)] if any_unneeded else []
         row += [str(inv.stats[cost_cols[0]][2])]
         row += [stats.cell(inv.stats[c], ranges.get(c)) for c in cost_cols]
@@ -177,7 +178,7 @@ def cost_section(
     )  # fmt: skip
     for run in runs:
         mine = [inv for inv in inversions if inv.run is run]
-        if "inversion_nfe" not in cost_cols or not mine:
+        if "inversion_nfe" not in cost_cols or not mine or not all(inv.group for inv in mine):
             continue
         once = sum(inv.stats["inversion_nfe"][0] or 0.0 for inv in mine)
         repeated = sum((inv.stats["inversion_nfe"][0] or 0.0) * len(inv.members) for inv in mine)

@@ -449,17 +449,19 @@ def shared_inversions(groups: list[Group], cost_cols: Sequence[str]) -> list[Sha
     """The runs' inversions by ``inversion_group`` (numbered from 1 in each run, in order of
     first appearance): which settings were edited from them, which of those do not need them
     (``inversion_needed`` false), and their cost columns counted once per (item, seed index) —
-    the value of the first ok row with a finite one. Empty when no row has an inversion group."""
+    the value of the first ok row with a finite one. Empty when no row has an inversion group;
+    rows without one (a run written before the column) count as one inversion per setting
+    (``group`` "": whether it was shared is not known)."""
+    if not any((r.get("inversion_group") or "").strip() for g in groups for r in g.rows):
+        return []
     found: dict[tuple[int, str], SharedInversion] = {}
     values: dict[tuple[int, str], dict[str, dict[tuple[str, str], float]]] = {}
     for g in groups:
         for r in g.rows:
-            key = (id(g.run), (r.get("inversion_group") or "").strip())
-            if not key[1]:
-                continue
+            key = (id(g.run), (r.get("inversion_group") or "").strip() or f"setting {id(g)}")
             if key not in found:
                 number = 1 + sum(k[0] == key[0] for k in found)
-                found[key] = SharedInversion(g.run, key[1], number)
+                found[key] = SharedInversion(g.run, (r.get("inversion_group") or "").strip(), number)
                 values[key] = {c: {} for c in cost_cols}
             inv = found[key]
             if not any(m is g for m in inv.members):
