@@ -382,6 +382,9 @@ class Editor(abc.ABC):
     registered_name: str
     #: whether the editor needs a text-conditional backbone
     needs_prompts: bool = True
+    #: False for an editor that starts from the encoded input (x0) alone and uses none of the
+    #: inversion's noise maps or latents: the inversion it is given is computed but not needed
+    needs_inversion: bool = True
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

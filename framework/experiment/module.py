@@ -158,6 +158,10 @@ class EditModule(pl.LightningModule):
             "output_path": "",
         }
         row.update(v.sweep)
+        # which rows share one inversion, and whether the editor uses the inversion at all
+        row["inversion_group"] = v.inversion_group
+        editor = self.editors.get(json.dumps(v.editor, sort_keys=True)) if hasattr(self, "editors") else None
+        row["inversion_needed"] = bool(getattr(editor, "needs_inversion", True))
         for key, value in item.extras.items():
             if isinstance(value, (str, int, float, bool)) or value is None:
                 row[f"data.{key}"] = value

@@ -63,6 +63,12 @@ class Variant:
         """What decides the inversion (besides the seed): inverter config and num_steps."""
         return json.dumps([self.inverter, self.num_steps], sort_keys=True)
 
+    @property
+    def inversion_group(self) -> str:
+        """10 hex digits of :meth:`inversion_key` (the ``inversion_group`` column): in a run, the
+        rows of one item with the same value and seed index were edited from one inversion."""
+        return hashlib.sha1(self.inversion_key().encode()).hexdigest()[:10]
+
 
 @dataclass
 class InversionGroup:
