@@ -20,6 +20,7 @@ Paths in the tables (``input_path``, ``output_path``) are relative to ``output_d
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -43,10 +44,20 @@ BASE_COLUMNS = [
     "error",
     "input_path",
     "output_path",
+    "item_sha256",
+    "image_sha256",
+    "input_sha256",
+    "output_sha256",
 ]
 #: columns some rows have: the variant's reconstruction (the edit with the source prompt),
 #: saved when a metric computes it or ``logger.reconstructions: true``
-OPTIONAL_COLUMNS = ["reconstruction_path"]
+OPTIONAL_COLUMNS = ["reconstruction_path", "reconstruction_sha256"]
+#: each image column of a row and the column holding the sha256 of its file
+FILE_COLUMNS = {
+    "input_path": "input_sha256",
+    "output_path": "output_sha256",
+    "reconstruction_path": "reconstruction_sha256",
+}
 KEY_COLUMNS = ("item_id", "variant", "setting", "target_index", "seed_index")
 
 
@@ -107,10 +118,27 @@ class PartWriter:
         return self.fh
 
     def write(self, row: dict[str, Any]) -> None:
-        fh = self.fh or self._open()
-        fh.write(json.dumps(row, default=_json_default) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+        """Append one row (a failed write raises OutputWriteError naming the part file)."""
+        from framework.outputs import write_error
+
+        try:
+            fh = self.fh or self._open()
+            fh.write(json.dumps(row, default=_json_default) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        except OSError as exc:
+            self.close_quietly()
+            raise write_error(self.path, exc) from None
+
+    def close_quietly(self) -> None:
+        """Close after a failed write: the torn line stays (it is skipped when read, and the
+        next append starts on a fresh line)."""
+        fh, self.fh = self.fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         if self.fh is not None:
@@ -158,17 +186,24 @@ def columns_for(rows: Sequence[dict[str, Any]], sweep: Sequence[str], metric_col
     return cols + rest
 
 
+def current_rows(rows: Iterable[dict[str, Any]], item_digests: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows computed from the items as they are now: the item still exists and the row's
+    ``item_sha256`` is the item's digest (image bytes, prompts, mask, fields). Other rows (of a
+    removed item, of an item since edited, or of a version that did not record the digest) stay
+    in the part files as history and leave results.csv and summary.csv."""
+    return [r for r in rows if r.get("item_sha256") and item_digests.get(str(r["item_id"])) == r["item_sha256"]]
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
-    """Write rows atomically (temporary file + rename); missing values are empty."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: _cell(row.get(c)) for c in columns})
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write rows atomically (a uniquely named temporary file, then a rename); missing values are empty."""
+    from framework.outputs import atomic_write_bytes
+
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row.get(c)) for c in columns})
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
     return path
 
 

@@ -40,18 +40,21 @@ from omegaconf import DictConfig, OmegaConf
 from framework import schema
 from framework.dataset import Item, build_dataset
 from framework.errors import ConfigError, EditFriendlyError
-from framework.experiment.data import EditDataModule
+from framework.experiment.data import EditDataModule, shard
+from framework.experiment.lock import RunLock, join_run
 from framework.experiment.loggers import LOGGER_DEFAULTS, build_logger, log_results
 from framework.experiment.module import EditModule
 from framework.experiment.plan import Variant, build_metrics, expand_methods, metric_configs, sweep_columns
 from framework.experiment.results import (
     OPTIONAL_COLUMNS,
     columns_for,
+    current_rows,
     merge_rows,
     parts_dir,
     read_rows,
     write_csv,
 )
+from framework.experiment.resume import ItemDigest, ResumePlan, item_digests, plan_resume
 from framework.experiment.writer import ResultsWriter
 from framework.report.stats import summarize, summary_columns
 
@@ -116,13 +119,24 @@ class RunOutcome:
 
 
 def finalize(
-    output_dir: Path, variants: Sequence[Variant], metric_cols: Sequence[str], items: Sequence[Item]
+    output_dir: Path,
+    variants: Sequence[Variant],
+    metric_cols: Sequence[str],
+    items: Sequence[Item],
+    digests: dict[str, ItemDigest] | None = None,
 ) -> RunOutcome:
-    """Merge the part files into results.csv and summary.csv (rank 0, after every rank ended)."""
+    """Merge the part files into results.csv and summary.csv (rank 0, after every rank ended).
+
+    Only rows computed from the items as they are now are merged (``digests``: item id ->
+    :class:`~framework.experiment.resume.ItemDigest`, computed here when not given); rows of
+    removed or edited items stay in the part files only."""
     order = {v.label: v.index for v in variants}
     wanted = {v.label: v.setting for v in variants}
     ids = {i.id for i in items}
-    rows = merge_rows(read_rows(output_dir), order)
+    if digests is None:
+        digests = item_digests(items)
+    current = current_rows(read_rows(output_dir), {k: d.item for k, d in digests.items()})
+    rows = merge_rows(current, order)
     sweep = sweep_columns(variants)
     mcols = list(metric_cols)
     known = set(columns_for([], sweep, [])) | set(OPTIONAL_COLUMNS)
@@ -213,7 +227,7 @@ def run_experiment(
     ``on_predict_batch_end`` the item's rows are on disk; the tests kill a run this way).
     """
     from framework.config import save_config_history
-    from framework.outputs import check_output_dir, make_output_dir
+    from framework.outputs import WRITE_ERRNOS, check_output_dir, make_output_dir, remove_temp_files, write_error
     from framework.random import check_seed
 
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -246,7 +260,6 @@ def run_experiment(
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer (CPU threads per process) or null, got {threads!r}")
     check_output_dir(output_dir, "output_dir")
-    check_earlier_run(output_dir, plain, force)
     logger_cfg = plain.get("logger")
     opts = logger_cfg if isinstance(logger_cfg, dict) else {}
     max_images = int(opts.get("max_table_images", 1000))
@@ -255,6 +268,7 @@ def run_experiment(
         raise ConfigError(f"logger.reconstructions must be auto, true or false, got {recon!r}")
     # auto: save (and log) the reconstructions that a metric computes anyway
     save_recon = recon is True or (recon == "auto" and any(m.needs_reconstruction for m in metrics))
+    digests = item_digests(items)  # what each item's rows are computed from (framework.experiment.resume)
     created = not output_dir.exists()
     make_output_dir(output_dir, "output_dir")
     logger = build_logger(logger_cfg, output_dir, output_dir.name)
@@ -280,31 +294,65 @@ def run_experiment(
     except Exception as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else exc
         raise ConfigError(f"bad trainer config {trainer_cfg}: {first_line}") from None
-    if trainer.is_global_zero:
-        save_config_history(OmegaConf.create(plain), output_dir)
-    if logger is not None:
-        logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
-    module = EditModule(
-        backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"),
-        save_reconstructions=save_recon, show_steps=show, threads=threads,
-    )
-    data = EditDataModule(items)
+    # rank 0 holds the folder's lock for the whole run; the processes it starts join its run
+    lock = RunLock(output_dir) if trainer.is_global_zero else None
+    if lock is not None:
+        lock.acquire()
+    else:
+        join_run(output_dir)
     try:
-        trainer.predict(module, datamodule=data, return_predictions=False)
-    except EditFriendlyError:
-        # e.g. weights not found: a folder this invocation made and no rank wrote a row into
-        # is removed, so that a failed first run leaves nothing behind
-        if trainer.is_global_zero and created and not read_rows(output_dir):
-            shutil.rmtree(output_dir, ignore_errors=True)
-        raise
-    if not trainer.is_global_zero:
-        return 0
-    metric_cols = [c for m in metrics for c in getattr(m, "columns", ())]
-    outcome = finalize(output_dir, variants, metric_cols, items)
-    if logger is not None:
-        log_results(logger, plain, outcome.rows, outcome.summary, outcome.columns, output_dir, max_images)
-    total = sum(1 for r in outcome.rows)
-    print(f"wrote {outcome.results_csv} ({total} rows) and {outcome.summary_csv}", file=sys.stderr)
+        if lock is not None:
+            check_earlier_run(output_dir, plain, force)
+            remove_temp_files(output_dir)  # what a killed run left half-written
+            save_config_history(OmegaConf.create(plain), output_dir)
+        # rank 0 checks every item (for the message); another rank only the items it runs
+        mine = items
+        if not trainer.is_global_zero:
+            mine = [i for i in shard(items, trainer.global_rank, trainer.world_size) if i is not None]
+        resume = plan_resume(output_dir, read_rows(output_dir), variants, mine, digests)
+        if logger is not None:
+            logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
+        module = EditModule(
+            backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"),
+            save_reconstructions=save_recon, show_steps=show, threads=threads, done=resume.done, digests=digests,
+        )
+        data = EditDataModule(items)
+        try:
+            trainer.predict(module, datamodule=data, return_predictions=False)
+        except EditFriendlyError:
+            # e.g. weights not found: a folder this invocation made and no rank wrote a row into
+            # is removed, so that a failed first run leaves nothing behind
+            if trainer.is_global_zero and created and not read_rows(output_dir):
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+        if not trainer.is_global_zero:
+            return 0
+        metric_cols = [c for m in metrics for c in getattr(m, "columns", ())]
+        outcome = finalize(output_dir, variants, metric_cols, items, digests)
+        if logger is not None:
+            log_results(logger, plain, outcome.rows, outcome.summary, outcome.columns, output_dir, max_images)
+    except OSError as exc:  # a full disk or an I/O error outside the writer: one line, exit 1
+        if isinstance(exc, EditFriendlyError) or exc.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(output_dir, exc) from None
+    finally:
+        if lock is not None:
+            lock.release()
+    return report(outcome, resume)
+
+
+def report(outcome: RunOutcome, resume: ResumePlan) -> int:
+    """Print what the run wrote, computed and reused (and why it recomputed rows, and which
+    rows failed) to stderr; the exit status (1 when a row of this configuration failed)."""
+    total = len(outcome.rows)
+    kept = total - resume.todo - resume.reused
+    counts = f"{resume.todo} computed, {resume.reused} reused"
+    if kept > 0:
+        counts += f", {kept} of other settings kept"
+    print(f"wrote {outcome.results_csv} ({total} rows: {counts}) and {outcome.summary_csv}", file=sys.stderr)
+    why = resume.describe()
+    if why:
+        print(why, file=sys.stderr)
     if outcome.failed:
         by_item: dict[str, str] = {}
         for r in outcome.failed:

@@ -1,9 +1,11 @@
-"""The Lightning callback that saves each row's images and appends the row to its rank's part file
-(:mod:`framework.experiment.results` describes the crash-safe, resumable scheme)."""
+"""The Lightning callback that saves each row's images and appends the row, with the sha256 of
+each image file, to its rank's part file (:mod:`framework.experiment.results` describes the
+crash-safe, resumable scheme; :mod:`framework.experiment.resume` what a resumed run checks)."""
 
 from __future__ import annotations
 
-import os
+import hashlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,15 +14,20 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
-from framework.experiment.results import PartWriter
+from framework.experiment.results import FILE_COLUMNS, PartWriter
+from framework.experiment.resume import file_sha256
+from framework.outputs import atomic_write_bytes
 
 
-def save_image(img: Image.Image, path: Path) -> None:
-    """Write a PNG atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+def save_image(img: Image.Image, path: Path) -> str:
+    """Write a PNG atomically (a uniquely named temporary file, then a rename) -> its sha256.
+
+    A failed write raises :class:`~framework.outputs.OutputWriteError` naming the file."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 class ResultsWriter(BasePredictionWriter):
@@ -48,17 +55,30 @@ class ResultsWriter(BasePredictionWriter):
         assert self.part is not None
         if not prediction:
             return
+        written: dict[str, str] = {}  # relative path -> sha256 of the file written for this item
+
+        def save(img: Any, rel: str) -> str:
+            if rel not in written:
+                written[rel] = save_image(img, self.output_dir / rel)
+            return written[rel]
+
         for row in prediction:
             row = dict(row)
-            inp = row.pop("_input", None)
-            img = row.pop("_image", None)
-            rec = row.pop("_reconstruction", None)
-            if inp is not None and row.get("input_path"):
-                save_image(inp, self.output_dir / row["input_path"])
-            if rec is not None and row.get("reconstruction_path"):
-                save_image(rec, self.output_dir / row["reconstruction_path"])
-            if img is not None and row.get("output_path"):
-                save_image(img, self.output_dir / row["output_path"])
+            images = {
+                "input_path": row.pop("_input", None),
+                "reconstruction_path": row.pop("_reconstruction", None),
+                "output_path": row.pop("_image", None),
+            }
+            for path_col, sha_col in FILE_COLUMNS.items():
+                rel = row.get(path_col)
+                if not rel:
+                    continue
+                if images.get(path_col) is not None:
+                    row[sha_col] = save(images[path_col], rel)
+                elif rel in written:  # the item's input, saved with its first row
+                    row[sha_col] = written[rel]
+                elif (self.output_dir / rel).is_file():  # written for this item by an earlier run
+                    row[sha_col] = file_sha256(self.output_dir / rel)
             self.part.write(row)
         self.items_written += 1
 
