@@ -68,6 +68,14 @@ class OutputWriteError(EditFriendlyError, OSError):
         reason = exc.strerror or str(exc)
         super().__init__(f"cannot write {self.path}: {reason} ({self.errno_name})")
 
+    @classmethod
+    def from_message(cls, message: str) -> OutputWriteError:
+        """The error another process reported (its message as it printed it)."""
+        err = cls.__new__(cls)
+        Exception.__init__(err, message)
+        err.path, err.errno_name = "", ""
+        return err
+
 
 def write_error(path: str | Path, exc: OSError) -> OutputWriteError:
     """``exc`` (raised while writing ``path``) as an :class:`OutputWriteError` naming the file."""

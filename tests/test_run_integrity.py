@@ -317,3 +317,26 @@ def test_a_full_disk_is_one_line_and_the_resume_is_identical(tiny, tmp_path: Pat
     assert code == 0 and f"({7} rows: {7 - len(written)} computed, {len(written)} reused)" in err
     rows = read_csv(out / "results.csv")
     assert without_timing(rows) == without_timing(read_csv(ref / "results.csv"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_two_processes_is_one_line(tiny, tmp_path: Path, capsys) -> None:
+    """Both ranks write; one or both hit the limit; rank 0 reports one line, exit 1."""
+    data = make_yaml_dataset(tmp_path / "data", n=6)
+    ref = tmp_path / "ref"
+    assert run(experiment(tmp_path, data, ref, name="ref.yaml"), capsys)[0] == 0
+    out = tmp_path / "out"
+    cfg = experiment(tmp_path, data, out)
+    cfg.write_text(cfg.read_text().replace("devices: 1}", "devices: 2, strategy: ddp, num_nodes: 1}"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "framework.cli", "run", str(cfg), "--no-progress"], cwd=ROOT, env=cli_env(),
+        capture_output=True, text=True, timeout=600, preexec_fn=_file_size_limit(3000),
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "EFBIG" in errors[0] and ".jsonl" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    code, _ = run(cfg, capsys, "trainer.devices=1", "trainer.strategy=auto")  # the resume, in one process
+    assert code == 0
+    assert without_timing(read_csv(out / "results.csv")) == without_timing(read_csv(ref / "results.csv"))

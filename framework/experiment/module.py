@@ -109,6 +109,10 @@ class EditModule(pl.LightningModule):
     def predict_step(self, item: Item | None, batch_idx: int = 0) -> list[dict[str, Any]]:
         if item is None:  # an idle rank's placeholder (more devices than items)
             return []
+        from framework.experiment.writer import ResultsWriter
+
+        if ResultsWriter.stopped(self._trainer):  # a write failed (a full disk): compute nothing more
+            return []
         from framework.progress import progress_bars
 
         # rank 0 shows the denoising steps of the current item under the items bar

@@ -2,17 +2,28 @@
 
 Scheme: every process appends its rows to its own part file
 ``<output_dir>/parts/rows-rank<R>.jsonl``, one JSON object per line, flushed and fsynced per
-row, after the row's images were written (to a temporary name, then renamed). Nothing is ever
-rewritten in place, so a killed run loses at most the row it was writing (a torn last line is
-ignored when read, and a newline is added before appending after it).
+row, after the row's images were written (each to a uniquely named temporary file, then
+renamed). Nothing is ever rewritten in place, so a killed run loses at most the row it was
+writing (a torn last line is ignored when read, and a newline is added before appending after
+it). A failed write (full disk, I/O error) stops the process's writing; rank 0 reports it as
+one line.
 
-On start every process reads all part files: a row key ``(item_id, variant, setting,
-target_index, seed_index)`` already present with ``status=ok`` is done and is not redone;
-failed rows are retried. At the end rank 0 merges all parts into ``results.csv`` (one row per
+Identity: a row is keyed by ``(item_id, variant, setting, target_index, seed_index)``, where
+``setting`` hashes the method setting and the run context (backbone, seed, image size), and it
+records what it was computed from: ``item_sha256`` (the item's image bytes, prompts, mask and
+fields) and the sha256 of every file it names (``input_sha256``, ``output_sha256``,
+``reconstruction_sha256``). Image paths hold the setting and the seed, so no two rows name one
+edit.
+
+On start every process reads all part files: an ``ok`` row is reused when its item is unchanged
+and its files are there with the recorded sha256 (:mod:`framework.experiment.resume`); every
+other row of the configuration is computed (failed rows are retried). At the end rank 0 merges
+the rows of the items as they are now (:func:`current_rows`) into ``results.csv`` (one row per
 key: the last ``ok`` one, else the last failed one; sorted by item, method order, target, seed)
 and ``summary.csv`` (mean and standard deviation of every metric per method and sweep point),
-both written to a temporary file and renamed. Part files of earlier runs with other world sizes
-are merged the same way, so 1 and N processes can take turns on one output directory.
+both written to a temporary file and renamed. Rows of removed or edited items stay in the part
+files only. Part files of earlier runs with other world sizes are merged the same way, so 1 and
+N processes can take turns on one output directory (one at a time: :mod:`framework.experiment.lock`).
 
 Paths in the tables (``input_path``, ``output_path``) are relative to ``output_dir``.
 """

@@ -5,8 +5,10 @@
 :class:`~framework.experiment.data.EditDataModule`; each ``predict_step`` takes one item and
 returns its rows; the :class:`~framework.experiment.writer.ResultsWriter` callback saves the
 images and appends the rows (:mod:`framework.experiment.results` describes the crash-safe,
-resumable scheme). Rank 0 then merges ``results.csv`` and ``summary.csv`` (:func:`finalize`) and
-logs them (:mod:`framework.experiment.loggers`).
+resumable scheme, :mod:`framework.experiment.resume` which rows a resumed run reuses). Rank 0
+holds the output folder's lock (:mod:`framework.experiment.lock`) for the whole run, merges
+``results.csv`` and ``summary.csv`` (:func:`finalize`), logs them
+(:mod:`framework.experiment.loggers`) and says how many rows it computed and reused.
 
 Determinism: the seed of an item is a hash of the run seed and the item id (and the seed
 index for ``seeds: S``), so rows and images do not depend on the rank, the number of
@@ -227,7 +229,14 @@ def run_experiment(
     ``on_predict_batch_end`` the item's rows are on disk; the tests kill a run this way).
     """
     from framework.config import save_config_history
-    from framework.outputs import WRITE_ERRNOS, check_output_dir, make_output_dir, remove_temp_files, write_error
+    from framework.outputs import (
+        WRITE_ERRNOS,
+        OutputWriteError,
+        check_output_dir,
+        make_output_dir,
+        remove_temp_files,
+        write_error,
+    )
     from framework.random import check_seed
 
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -326,7 +335,12 @@ def run_experiment(
                 shutil.rmtree(output_dir, ignore_errors=True)
             raise
         if not trainer.is_global_zero:
-            return 0
+            return 0  # rank 0 reports (a process ending with another status would get rank 0 killed)
+        if writer.errors:  # a full disk or an I/O error on some process: one line, exit 1
+            more = len(writer.errors) - 1
+            raise writer.error or OutputWriteError.from_message(
+                writer.errors[0] + (f" (and {more} more processes failed to write)" if more else "")
+            )
         metric_cols = [c for m in metrics for c in getattr(m, "columns", ())]
         outcome = finalize(output_dir, variants, metric_cols, items, digests)
         if logger is not None:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from framework.experiment.results import FILE_COLUMNS, PartWriter
 from framework.experiment.resume import file_sha256
-from framework.outputs import atomic_write_bytes
+from framework.outputs import OutputWriteError, atomic_write_bytes, write_error
 
 
 def save_image(img: Image.Image, path: Path) -> str:
@@ -38,6 +38,8 @@ class ResultsWriter(BasePredictionWriter):
         self.output_dir = Path(output_dir)
         self.part: PartWriter | None = None
         self.items_written = 0  # batches (items) with rows written by this process
+        self.error: OutputWriteError | None = None  # the first failed write of this process
+        self.errors: list[str] = []  # after predict: the failed writes of every process
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.part = PartWriter(self.output_dir, trainer.global_rank)
@@ -53,8 +55,20 @@ class ResultsWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         assert self.part is not None
-        if not prediction:
+        if not prediction or self.error is not None:
             return
+        try:
+            self._write(prediction)
+        except OutputWriteError as exc:
+            # a full disk or an I/O error: this process writes nothing more and computes no more
+            # items (EditModule asks :meth:`stopped`); every process still reaches the end, where
+            # rank 0 reports the first failed write as one line (see on_predict_end)
+            self.error = exc
+            return
+        self.items_written += 1
+
+    def _write(self, prediction: Any) -> None:
+        assert self.part is not None
         written: dict[str, str] = {}  # relative path -> sha256 of the file written for this item
 
         def save(img: Any, rel: str) -> str:
@@ -80,10 +94,30 @@ class ResultsWriter(BasePredictionWriter):
                 elif (self.output_dir / rel).is_file():  # written for this item by an earlier run
                     row[sha_col] = file_sha256(self.output_dir / rel)
             self.part.write(row)
-        self.items_written += 1
+
+    @staticmethod
+    def stopped(trainer: pl.Trainer | None) -> bool:
+        """Whether this process's ResultsWriter failed to write (its items are then skipped)."""
+        callbacks = getattr(trainer, "callbacks", None) or []
+        return any(isinstance(cb, ResultsWriter) and cb.error is not None for cb in callbacks)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.part is not None:
-            self.part.close()
+            try:
+                self.part.close()
+            except OSError as exc:
+                self.error = self.error or write_error(self.part.path, exc)
             self.part = None
         trainer.strategy.barrier("editfriendly-results")
+        self.errors = _gather_messages(trainer, str(self.error) if self.error is not None else None)
+
+
+def _gather_messages(trainer: pl.Trainer, message: str | None) -> list[str]:
+    """The failed-write messages of every process, in rank order (every process gets them all)."""
+    import torch.distributed as dist
+
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * trainer.world_size
+        dist.all_gather_object(gathered, message)
+        return [m for m in gathered if m]
+    return [message] if message else []
