@@ -141,7 +141,7 @@ def join_run(folder: str | Path) -> None:
         return  # started by a cluster launcher: it belongs to whichever run its rank 0 is
     folder = Path(folder)
     holder = read_holder(folder)
-    if holder.get("token") == token:
+    if holder.get("token") == token and holder.get("pid") != os.getpid():  # not the holder itself
         try:
             fd = os.open(folder / LOCK_NAME, os.O_RDWR)
         except OSError:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ from framework import schema
 from framework.dataset import Item, build_dataset
 from framework.errors import ConfigError, EditFriendlyError
 from framework.experiment.data import EditDataModule, shard
-from framework.experiment.lock import RunLock, join_run
+from framework.experiment.lock import TOKEN_ENV, RunLock, join_run
 from framework.experiment.loggers import LOGGER_DEFAULTS, build_logger, log_results
 from framework.experiment.module import EditModule
 from framework.experiment.plan import Variant, build_metrics, expand_methods, metric_configs, sweep_columns
@@ -215,6 +216,43 @@ def check_earlier_run(output_dir: Path, plain: dict[str, Any], force: bool) -> N
         )
 
 
+#: where cluster launchers put a process's global rank (or its node's rank)
+LAUNCHER_RANK_VARIABLES = (
+    "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "JSM_NAMESPACE_RANK", "NODE_RANK", "GROUP_RANK",
+)
+
+
+def claim_folder(output_dir: Path) -> RunLock | None:
+    """Lock ``output_dir`` for this run, unless this process joins a run that holds it: a process
+    the trainer started (it carries the run's token) or a process that a cluster launcher started
+    as another rank than 0. Raises FolderInUseError (exit 2) when another run holds the folder."""
+    if os.environ.get(TOKEN_ENV):
+        join_run(output_dir)
+        return None
+    if launcher_rank() > 0:
+        return None
+    return RunLock(output_dir).acquire()
+
+
+def launcher_rank() -> int:
+    """The global rank that a cluster launcher (torchrun, SLURM, MPI, Lightning's variables)
+    gave this process, 0 when none did."""
+    for name in LAUNCHER_RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.strip().isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
+def take_over(output_dir: Path, plain: dict[str, Any], force: bool) -> None:
+    """Under the lock, before any work: refuse a folder of another configuration (unless
+    ``force``) and remove the temporary files a killed run left."""
+    from framework.outputs import remove_temp_files
+
+    check_earlier_run(output_dir, plain, force)
+    remove_temp_files(output_dir)
+
+
 def run_experiment(
     cfg: DictConfig,
     experiment: Path | None = None,
@@ -234,7 +272,6 @@ def run_experiment(
         OutputWriteError,
         check_output_dir,
         make_output_dir,
-        remove_temp_files,
         write_error,
     )
     from framework.random import check_seed
@@ -280,39 +317,42 @@ def run_experiment(
     digests = item_digests(items)  # what each item's rows are computed from (framework.experiment.resume)
     created = not output_dir.exists()
     make_output_dir(output_dir, "output_dir")
-    logger = build_logger(logger_cfg, output_dir, output_dir.name)
-    writer = ResultsWriter(output_dir)
-    all_callbacks: list[pl.Callback] = [writer]
-    show = progress and trainer_cfg.get("enable_progress_bar", True) is not False
-    if show:
-        from lightning.pytorch.callbacks import TQDMProgressBar
-
-        all_callbacks.append(TQDMProgressBar())  # tqdm, so that the steps bar nests under it
-    all_callbacks += list(callbacks)
-    try:
-        trainer = pl.Trainer(
-            **trainer_cfg,
-            logger=logger if logger is not None else False,
-            callbacks=all_callbacks,
-            inference_mode=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            default_root_dir=str(output_dir),
-            use_distributed_sampler=False,  # EditDataModule shards the items itself
-        )
-    except Exception as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else exc
-        raise ConfigError(f"bad trainer config {trainer_cfg}: {first_line}") from None
-    # rank 0 holds the folder's lock for the whole run; the processes it starts join its run
-    lock = RunLock(output_dir) if trainer.is_global_zero else None
-    if lock is not None:
-        lock.acquire()
-    else:
-        join_run(output_dir)
+    # the process that starts the run holds the folder's lock for the whole run (before the
+    # trainer exists, so that a refused run prints nothing but its error line)
+    lock = claim_folder(output_dir)
     try:
         if lock is not None:
-            check_earlier_run(output_dir, plain, force)
-            remove_temp_files(output_dir)  # what a killed run left half-written
+            take_over(output_dir, plain, force)
+        logger = build_logger(logger_cfg, output_dir, output_dir.name)
+        writer = ResultsWriter(output_dir)
+        all_callbacks: list[pl.Callback] = [writer]
+        show = progress and trainer_cfg.get("enable_progress_bar", True) is not False
+        if show:
+            from lightning.pytorch.callbacks import TQDMProgressBar
+
+            all_callbacks.append(TQDMProgressBar())  # tqdm, so that the steps bar nests under it
+        all_callbacks += list(callbacks)
+        try:
+            trainer = pl.Trainer(
+                **trainer_cfg,
+                logger=logger if logger is not None else False,
+                callbacks=all_callbacks,
+                inference_mode=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                default_root_dir=str(output_dir),
+                use_distributed_sampler=False,  # EditDataModule shards the items itself
+            )
+        except Exception as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else exc
+            raise ConfigError(f"bad trainer config {trainer_cfg}: {first_line}") from None
+        if lock is not None and not trainer.is_global_zero:  # a launcher variable this code does not know
+            lock.release()
+            lock = None
+        elif lock is None and trainer.is_global_zero and not os.environ.get(TOKEN_ENV):
+            lock = RunLock(output_dir).acquire()
+            take_over(output_dir, plain, force)
+        if trainer.is_global_zero:
             save_config_history(OmegaConf.create(plain), output_dir)
         # rank 0 checks every item (for the message); another rank only the items it runs
         mine = items
