@@ -1,7 +1,8 @@
 """One run at a time per output folder.
 
-Rank 0 of a run holds an exclusive lock (``fcntl.flock``) on ``<output_dir>/.run.lock`` from
-before it looks at the folder's earlier run until results.csv and summary.csv are written. The
+The process that starts a run (its rank 0) holds an exclusive lock (``fcntl.flock``) on
+``<output_dir>/.run.lock`` from before it looks at the folder's earlier run (and before the
+trainer exists) until results.csv and summary.csv are written. The
 kernel drops the lock when the process ends, however it ends, so the lock of a killed run never
 needs cleaning: the file stays and the next run locks it again. The lock file holds who holds it
 (pid, host, since when), which a refused run prints.
@@ -9,8 +10,10 @@ needs cleaning: the file stays and the next run locks it again. The lock file ho
 The other processes of the run do not lock: they belong to the run of rank 0. Rank 0 puts a
 random token into the lock file and into its environment (``EDITFRIENDLY_RUN_TOKEN``) before the
 trainer starts the other processes of this machine, which inherit it; such a process joins only a
-folder whose lock is held with its token. Processes started by a cluster launcher on other nodes
-carry no token; they cannot run alone (they wait for rank 0 to start the process group).
+folder whose lock is held with its token by another process (:func:`join_run`). Processes that a
+cluster launcher started as rank > 0 carry no token and take no lock
+(:func:`framework.experiment.run.claim_folder`); they cannot run alone (they wait for rank 0 to
+start the process group).
 
 Where ``fcntl`` or ``flock`` is not available (Windows, some network file systems) the run goes
 on unlocked, with a warning.
