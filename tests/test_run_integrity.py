@@ -206,6 +206,43 @@ def test_a_locked_folder_is_refused_with_its_holder(tiny, data3: Path, tmp_path:
     assert run(cfg, capsys)[0] == 0
 
 
+def test_processes_join_only_the_run_that_started_them(tmp_path: Path, monkeypatch) -> None:
+    """A process carrying a run's token joins a folder locked by another process with that token;
+    any other token, or a lock no one holds any more, is refused; a launcher's rank > 0 takes no lock."""
+    from framework.experiment import lock as L
+    from framework.experiment.run import claim_folder
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from framework.experiment.lock import RunLock; "
+         f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
+        cwd=ROOT, env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        token = L.read_holder(tmp_path)["token"]
+        monkeypatch.setenv(L.TOKEN_ENV, token)
+        L.join_run(tmp_path)  # a process the run started
+        assert claim_folder(tmp_path) is None
+        monkeypatch.setenv(L.TOKEN_ENV, "another-run")
+        with pytest.raises(L.FolderInUseError, match=f"in use by another run \\(pid {holder.pid} "):
+            L.join_run(tmp_path)
+        monkeypatch.delenv(L.TOKEN_ENV)
+        with pytest.raises(L.FolderInUseError, match=f"pid {holder.pid} on host"):
+            claim_folder(tmp_path)
+    finally:
+        holder.communicate("", timeout=30)
+    monkeypatch.setenv(L.TOKEN_ENV, token)
+    with pytest.raises(L.FolderInUseError, match="the run that started this process has ended"):
+        L.join_run(tmp_path)
+    monkeypatch.delenv(L.TOKEN_ENV)
+    monkeypatch.setenv("SLURM_PROCID", "3")  # rank 3 of a cluster job: its rank 0 holds the lock
+    assert claim_folder(tmp_path) is None
+    monkeypatch.delenv("SLURM_PROCID")
+    lock = claim_folder(tmp_path)  # the ended holder's lock needs no cleaning
+    assert lock is not None and L.read_holder(tmp_path)["pid"] == os.getpid()
+    lock.release()
+
+
 @pytest.mark.slow
 def test_two_runs_started_together_into_one_folder(tiny, data3: Path, tmp_path: Path) -> None:
     """Two processes with different seeds into one folder: one runs, the other exits 2 naming it."""
