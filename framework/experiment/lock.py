@@ -66,6 +66,7 @@ def describe_holder(holder: dict[str, Any]) -> str:
 def _try_lock(fd: int, path: Path) -> bool | None:
     """True: locked; False: held by another process; None: locks are not supported here."""
     if fcntl is None:
+        log.warning("cannot lock %s (no fcntl on this system): runs into this folder are not kept apart", path)
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
