@@ -493,7 +493,8 @@ def skip_records_handled_below(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``editfriendly ARGV``; returns the exit status (2 for a user error, 130 interrupted)."""
+    """Run ``editfriendly ARGV``; returns the exit status (2 for a user error, 1 for a failed write,
+    130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -509,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return HANDLERS[args.command](args)
     except EditFriendlyError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_status", 2))  # 1 for a failed write (framework.outputs)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ every target from it, decodes, scores with the configured metrics, and returns r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -23,7 +24,6 @@ from torch import Tensor
 from framework.dataset import Item, fit_mask, item_seed
 from framework.errors import ConfigError
 from framework.experiment.plan import InversionGroup, Variant, build_metrics, inversion_groups, item_dir
-from framework.experiment.results import done_keys
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Loaded:
     mask: Tensor | None  # (1, 1, H, W) in {0, 1}, or None
     input_image: Image.Image  # the sized input, saved as input_rel
     idir: str  # the item's folder under images/<variant>/
-    input_rel: str  # images/inputs/<idir>.png
+    input_rel: str  # images/inputs/<idir>__<hash of the image bytes and the sizing>.png
 
 
 @dataclass
@@ -69,6 +69,8 @@ class EditModule(pl.LightningModule):
         show_steps: bool = False,
         threads: int | None = None,
         prompt_problems: dict[str, str] | None = None,
+        done: set[tuple] | None = None,
+        digests: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone_cfg = dict(backbone_cfg)
@@ -85,6 +87,10 @@ class EditModule(pl.LightningModule):
         # planning; None: not checked there, so checked here with the loaded model
         self.prompt_problems = prompt_problems
         self.prompt_rules: Any = None
+        #: keys of the rows to reuse (framework.experiment.resume.plan_resume), not computed again
+        self.done = set(done or ())
+        #: item id -> ItemDigest (framework.experiment.resume), recorded in every row
+        self.digests = dict(digests or {})
         self.backbone: Any = None
 
     # Lightning moves the (parameter-free) module to its device before this hook.
@@ -116,10 +122,13 @@ class EditModule(pl.LightningModule):
         for m in self.metrics:
             m.setup(device)
         self.needs_reconstruction = self.save_reconstructions or any(m.needs_reconstruction for m in self.metrics)
-        self.done = done_keys(self.output_dir)
 
     def predict_step(self, item: Item | None, batch_idx: int = 0) -> list[dict[str, Any]]:
         if item is None:  # an idle rank's placeholder (more devices than items)
+            return []
+        from framework.experiment.writer import ResultsWriter
+
+        if ResultsWriter.stopped(self._trainer):  # a write failed (a full disk): compute nothing more
             return []
         from framework.progress import progress_bars
 
@@ -157,6 +166,9 @@ class EditModule(pl.LightningModule):
             "input_path": "",
             "output_path": "",
         }
+        digest = self.digests.get(item.id)
+        if digest is not None:
+            row["item_sha256"], row["image_sha256"] = digest.item, digest.image
         row.update(v.sweep)
         # which rows share one inversion, and whether the editor uses the inversion at all
         row["inversion_group"] = v.inversion_group
@@ -236,13 +248,18 @@ class EditModule(pl.LightningModule):
             raise ConfigError("the item has no target prompts")
         x0 = backbone.encode_image(image.to(backbone.device)) if encode else None
         idir = item_dir(item.id)
+        # the sized input depends on the image and on the sizing (backbone, image_size): runs of
+        # other sizes into one folder keep their own inputs
+        digest = self.digests.get(item.id)
+        sizing = json.dumps([digest.image if digest else item.image_path, self.backbone_cfg, self.image_size],
+                            sort_keys=True, default=str)
         return Loaded(
             source=image.float().cpu(),
             x0=x0,
             mask=mask,
             input_image=tensor_to_pil(image)[0],
             idir=idir,
-            input_rel=f"images/inputs/{idir}.png",
+            input_rel=f"images/inputs/{idir}__{hashlib.sha256(sizing.encode()).hexdigest()[:12]}.png",
         )
 
     def _invert_and_edit(
@@ -365,7 +382,9 @@ class EditModule(pl.LightningModule):
         rows = []
         for s in range(v.seeds):
             pils = tensor_to_pil(outs[s].images)
-            suffix = f"_s{s}" if v.seeds > 1 else ""
+            # unique per item, method setting and seed (and target): no run into this folder,
+            # --force with another seed or setting included, writes over a file a row names
+            suffix = f"__{v.setting}_seed{item_seed(self.run_seed, item.id, s)}"
             recon_rel, recon_pil = "", None
             if outs[s].recon is not None and self.save_reconstructions:
                 recon_rel = f"images/{v.dirname}/{loaded.idir}/reconstruction{suffix}.png"

@@ -182,6 +182,15 @@ def expand_methods(cfg: Mapping[str, Any] | DictConfig, context: Mapping[str, An
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
         raise ConfigError(f"sweep points repeat: {sorted(dup)}")
+    folders: dict[str, Variant] = {}
+    for v in variants:  # names that differ only in characters a file name cannot hold
+        other = folders.setdefault(v.dirname, v)
+        if other.label != v.label:
+            a, b = (other.method, v.method) if other.method != v.method else (other.label, v.label)
+            raise ConfigError(
+                f"methods {a!r} and {b!r} would write their images to one folder (images/{v.dirname}/); "
+                "rename one of them"
+            )
     return variants
 
 
