@@ -1,6 +1,6 @@
-"""Issue 16: first use and failure, on the tiny backbone and the CPU.
+"""First use and failure, on the tiny backbone and the CPU.
 
-One test (or a few) per point of the issue:
+One test (or a few) per point:
 
 1. a run never damages an earlier one (refused reruns, --force, every config kept, the summary of
    every row, unknown top-level override keys refused);
