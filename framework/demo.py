@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.errors import ConfigError, EditFriendlyError, InputError
+from framework.prompts import check_edit_prompts
 
 log = logging.getLogger(__name__)
 
@@ -714,6 +715,8 @@ class DemoEngine:
         editor = self.build_plugin(EDITORS, cfg["editor"], literal)
         check_conditional(editor, self.backbone)
         source, targets = self.check_prompts(req, editor)
+        # what the text encoder cannot take is refused before the inversion, as by `edit`
+        check_edit_prompts(self.backbone.prompt_rules(), source, targets, (inverter, editor), warn=False)
         if not req.image:
             raise InputError("upload an image (PNG, JPEG, WebP, ...) or click one of the examples")
         image_name = str(req.image_name or Path(req.image).name)
