@@ -71,17 +71,19 @@ def test_edit_resolved_config_carries_the_references_settings_of_the_three_newes
     cfg = edit_config(tmp_path, "inverter=negative_prompt")
     assert (cfg["num_steps"], cfg["skip"]) == (50, 0)
     assert cfg["editor"] == {"name": "text", "guidance_scale": 7.5}
-    assert cfg["inverter"] == {"name": "negative_prompt", "guidance_scale": 1.0}
+    assert cfg["inverter"] == {"name": "negative_prompt", "guidance_scale": 1.0, "steps_offset": 0}
     cfg = edit_config(tmp_path, "inverter=negative_prompt", "editor=prompt_to_prompt")
     p2p = cfg["editor"]
     assert (p2p["guidance_scale"], p2p["cross_replace_steps"], p2p["self_replace_steps"]) == (7.5, 0.4, 0.6)
     cfg = edit_config(tmp_path, "inverter=edict")
     assert (cfg["num_steps"], cfg["skip"]) == (50, 10)
     assert cfg["inverter"]["guidance_scale"] == 3.0 and cfg["editor"]["guidance_scale"] == 3.0
+    assert cfg["inverter"]["steps_offset"] == 0  # EDICT's scheduler: 980 ... 0
     # one optimisation iteration per step keeps the run short; the settings checked are the preset's
     cfg = edit_config(tmp_path, "inverter=null_text", "editor=prompt_to_prompt", "inverter.num_inner_steps=1")
     p2p = cfg["editor"]
     assert (cfg["num_steps"], cfg["skip"]) == (50, 0) and cfg["inverter"]["guidance_scale"] == 7.5
+    assert cfg["inverter"]["steps_offset"] is None  # the notebook's scheduler sets steps_offset=1, as ours
     assert (p2p["guidance_scale"], p2p["cross_replace_steps"], p2p["self_replace_steps"]) == (7.5, 0.8, 0.5)
     assert "editor" not in cfg["inverter"] and "_from_preset" not in cfg["editor"]
 
