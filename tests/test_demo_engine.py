@@ -260,7 +260,7 @@ def test_unfinished_output_folders_of_a_stopped_server_are_removed(tmp_path: Pat
 
 
 def test_prompts_the_text_encoder_cannot_take_are_refused_before_the_inversion(tmp_path: Path) -> None:
-    """On digits (16 tokens), a too-long target and Plug-and-Play's default negative prompt are
+    """On digits (16 tokens), a too-long target and Plug-and-Play's reference negative prompt are
     refused with the CLI's message before any network evaluation."""
     from framework.backbone import load_backbone
     from framework.demo import InversionCache
@@ -272,8 +272,9 @@ def test_prompts_the_text_encoder_cannot_take_are_refused_before_the_inversion(t
     long_target = "a blue seven on a black background " * 3
     cases = [
         (_request(image=str(image), source_prompt=source, target_prompts=long_target, editor="text"), InputError),
-        (_request(image=str(image), source_prompt=source, target_prompts="a blue seven on a black background"),
-         ConfigError),  # plug_and_play's reference negative prompt is 30 tokens
+        (_request(image=str(image), source_prompt=source, target_prompts="a blue seven on a black background",
+                  editor_options="negative_prompt: ugly, blurry, black, low res, unrealistic"),
+         ConfigError),  # pnp-diffusers' negative prompt is 30 tokens
     ]
     for req, error in cases:
         backbone.nfe = 0
