@@ -100,8 +100,6 @@ def test_every_preset_edits_the_seven_or_names_the_setting(overrides, tmp_path: 
     assert rc == 0, err
     (edited,) = out.glob("*blue-seven*.png")
     measured = shape_and_colour(edited)
-    with capsys.disabled():
-        print(overrides, measured)
     assert measured["color_reached"] == 1.0, measured
     assert measured["shape_iou"] >= MIN_SHAPE_IOU, measured
 
