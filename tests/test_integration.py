@@ -105,5 +105,8 @@ def test_compare_reports_the_numbers_of_both_runs(two_runs, tmp_path) -> None:
                 for line in summary
             ), (run, method)
     # the runner's bookkeeping columns are neither parameters nor metrics
-    assert "| run | method | num_steps | skip | rows | failed | lpips ↓ | clip_score ↑ |" in md
+    assert "| run | method | skip | inversion | lpips ↓ | clip_score ↑ |" in md
+    # what every setting shares (steps, rows, failed) is stated once under the table
+    assert "not shown as columns): num_steps = 4, rows = 3, failed = 0." in md
+    assert "sha256" not in md and "inversion_group" not in md and "inversion_needed" not in md
     assert "target_index" not in md and "seed_index" not in md

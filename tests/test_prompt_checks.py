@@ -126,9 +126,14 @@ def test_edit_command_refuses_a_long_prompt_before_loading_the_model(monkeypatch
     assert main([*args, "--target", LONG]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: target prompt") and "takes 16" in err[0], err
-    assert main([*args, "--target", TARGET, "editor=plug_and_play"]) == 2
+    # pnp-diffusers' negative prompt (30 tokens; the digits preset carries an empty one instead)
+    assert main([*args, "--target", TARGET, "editor=plug_and_play", f"editor.negative_prompt={PNP_NEGATIVE}"]) == 2
     assert "plug_and_play.negative_prompt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+#: pnp-diffusers' negative prompt (config_pnp.yaml), 30 tokens for digits' 16-token encoder
+PNP_NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 
 
 def _experiment(tmp_path: Path, backbone: str, editor: str, items: list[tuple[str, list[str]]]) -> Path:
@@ -174,7 +179,8 @@ def test_run_refuses_a_method_option_no_item_can_take_before_the_trainer_starts(
         raise AssertionError("the trainer started")
 
     monkeypatch.setattr(run_module.pl, "Trainer", no_trainer)
-    cfg = _experiment(tmp_path, "digits", "plug_and_play", [(SOURCE, [TARGET])])
+    cfg = _experiment(tmp_path, "digits", f"{{name: plug_and_play, negative_prompt: '{PNP_NEGATIVE}'}}",
+                      [(SOURCE, [TARGET])])
     assert run_inprocess(cfg) == 2
     err = capsys.readouterr().err
     assert "error: method 'm': plug_and_play.negative_prompt" in err
