@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from framework.errors import EditFriendlyError, InputError
-from framework.schedule import Schedule, make_schedule
+from framework.process import DDPMProcess, NoiseProcess, ProcessSchedule
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -134,11 +134,15 @@ class Backbone(abc.ABC):
         """(N,) int64 model timesteps in paper order: ``timesteps(N)[i-1]`` is step i's."""
         return self.scheduler_timesteps(num_steps).to("cpu", torch.int64).flip(0)
 
-    def schedule(self, num_steps: int, eta: float) -> Schedule:
-        """Per-step float32 coefficients for ``num_steps`` steps and stochasticity ``eta``."""
-        return make_schedule(
-            self.alphas_cumprod, self.scheduler_timesteps(num_steps), self.final_alpha_cumprod, eta
-        )
+    @property
+    def process(self) -> NoiseProcess:
+        """The model's noise process (DDPM/DDIM from ``alphas_cumprod``, ``final_alpha_cumprod``
+        and ``prediction_type``); a family with another process overrides this."""
+        return DDPMProcess(self.alphas_cumprod, self.final_alpha_cumprod, self.prediction_type)
+
+    def schedule(self, num_steps: int, eta: float) -> ProcessSchedule:
+        """The noise process at ``num_steps`` steps and stochasticity ``eta`` (float32)."""
+        return self.process.discretize(self.scheduler_timesteps(num_steps), eta)
 
     # ----------------------------------------------------------------- images and prompts
     @abc.abstractmethod
@@ -208,24 +212,10 @@ class Backbone(abc.ABC):
         self.nfe += 1
         return self.to_epsilon(out, x_t, t)
 
-    def abar_at(self, t: int | Tensor, like: Tensor) -> Tensor:
-        """ᾱ_t as float32 on ``like``'s device: 0-d for an int t, (B, 1, ..., 1) for (B,) rows."""
-        if isinstance(t, Tensor) and t.dim() > 0:
-            a = self.alphas_cumprod[t.to("cpu", torch.int64)]
-            return a.to(like.device, torch.float32).reshape(-1, *([1] * (like.dim() - 1)))
-        return self.alphas_cumprod[int(t)].to(like.device, torch.float32)
-
     def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
-        """Convert the network's output at timestep(s) t to the noise prediction ε (float32)."""
-        out = out.float()
-        if self.prediction_type == "epsilon":
-            return out
-        a = self.abar_at(t, out)
-        if self.prediction_type == "v_prediction":
-            return a.sqrt() * out + (1 - a).sqrt() * x_t
-        if self.prediction_type == "sample":
-            return (x_t - a.sqrt() * out) / (1 - a).sqrt()
-        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        """Convert the network's output at timestep(s) t to the noise prediction ε (float32):
+        the process' conversion (:meth:`framework.process.NoiseProcess.to_epsilon`)."""
+        return self.process.to_epsilon(out, x_t, t)
 
     # ----------------------------------------------------------------- helpers
     def describe(self) -> dict[str, Any]:

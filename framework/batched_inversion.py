@@ -53,7 +53,7 @@ from torch import Tensor
 
 from framework import progress
 from framework.errors import ConfigError
-from framework.schedule import Schedule
+from framework.process import ProcessSchedule
 
 #: doubling stops when the next size improves seconds/step by less than this fraction
 AUTO_MIN_GAIN = 0.05
@@ -79,7 +79,7 @@ def evaluate_steps(
     backbone: Any,
     xts: Tensor,
     steps: list[int],
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     cond: Tensor | None,
     uncond: Tensor | None,
     guidance_scale: float,
@@ -105,24 +105,10 @@ def _tile(c: Tensor | None, s: int, b: int) -> Tensor | None:
     return c.repeat(s, *([1] * (c.dim() - 1)))
 
 
-def noise_map_step(xts: Tensor, zs: Tensor, i: int, eps: Tensor, schedule: Schedule, zero_last_noise: bool) -> None:
-    """Eq. 5 at step i, in place: z_i = (x_{i-1} - μ̂_i(x_i)) / σ_i into ``zs[i-1]`` (0 where σ_i = 0,
-    or at i = 1 with ``zero_last_noise``), then x_{i-1} := μ̂_i + σ_i z_i (i > 1) so that the
-    reverse pass reproduces the sequence to float precision."""
-    mu = schedule.mu(xts[i], eps, i)
-    sigma = float(schedule.sigma[i - 1])
-    if sigma == 0 or (i == 1 and zero_last_noise):
-        zs[i - 1] = 0
-    else:
-        zs[i - 1] = (xts[i - 1] - mu) / sigma
-    if i > 1:
-        xts[i - 1] = mu + sigma * zs[i - 1]
-
-
 def extract_noise_maps_batched(
     backbone: Any,
     xts: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     cond: Tensor | None,
     uncond: Tensor | None,
     guidance_scale: float,
@@ -151,7 +137,7 @@ def extract_noise_maps_batched(
             eps = evaluate_steps(backbone, xts, steps, schedule, cond, uncond, guidance_scale)
             sizes.feedback(size, _now(backbone) - start if sizes.timed else 0.0)
             for j, i in enumerate(steps):  # the sequential loop's sweep, in its order
-                noise_map_step(xts, zs, i, eps[j], schedule, zero_last_noise)
+                schedule.noise_map_step(xts, zs, i, eps[j], zero_last_noise)
             if bar_update is not None:
                 bar_update(size)
             top -= size

@@ -32,8 +32,8 @@ from torch import Tensor
 from framework import progress
 from framework.errors import InputError
 from framework.inversion import Inversion
+from framework.process import ProcessSchedule
 from framework.random import randn
-from framework.schedule import Schedule
 from framework.schema import DEFAULT_SKIP
 
 #: ``noise_fn(i, x_i, eps, z) -> z``: may change the noise of step i before it is added.
@@ -112,7 +112,7 @@ class StepRule(abc.ABC):
     """How one reverse step is taken; holds the loop's state (one or more latent sequences,
     each (B, C, h, w) float32). Built by ``Inversion.regeneration`` (or directly)."""
 
-    schedule: Schedule
+    schedule: ProcessSchedule
 
     @abc.abstractmethod
     def sequences(self) -> list[Tensor]:
@@ -157,7 +157,7 @@ class DDPMRule(StepRule):
 
     def __init__(
         self,
-        schedule: Schedule,
+        schedule: ProcessSchedule,
         x: Tensor,
         zs: Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -188,7 +188,7 @@ class DDPMRule(StepRule):
         x = self.x
         eps = eps_fn(x)
         mu = self.schedule.mu(x, eps, i)
-        sigma = float(self.schedule.sigma[i - 1])
+        sigma = self.schedule.sigma_at(i)
         if sigma == 0:
             self.x = mu
             return
@@ -352,7 +352,7 @@ def denoise(
 def reverse_process(
     backbone: Any,
     x_start: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     start_step: int,
     cond: Tensor | None,
     uncond: Tensor | None,

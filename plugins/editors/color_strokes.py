@@ -6,7 +6,7 @@ replaced during regeneration by
 
     z_i ← z_i + s · B ⊙ (M − P(f_i(x_i)))
 
-where P(f_i(x_i)) is the clean image predicted at step i (eq. 4, ``Schedule.predict_x0``) and
+where P(f_i(x_i)) is the clean image predicted at step i (eq. 4, ``ProcessSchedule.predict_x0``) and
 s the strength. The difference between the wanted colors and the current prediction is pushed
 into the noise of that step, so the region drifts toward M while the texture the noise maps
 imprint is kept. Outside [start_step, end_step] and outside the mask the maps are unchanged, so
@@ -34,6 +34,7 @@ from torch import Tensor
 
 from framework.errors import InputError
 from framework.inversion import Inversion
+from framework.process import ProcessSchedule
 from framework.registry import EDITORS
 from framework.sampling import (
     Editor,
@@ -44,7 +45,6 @@ from framework.sampling import (
     inversion_guidance,
     prompt_free_conditioning,
 )
-from framework.schedule import Schedule
 from framework.schema import DEFAULT_SKIP
 
 
@@ -219,7 +219,7 @@ class ColorStrokesEditor(StrokesEditor):
         return o.start_step, min(o.end_step, first_step)
 
     def noise_function(
-        self, schedule: Schedule, mask: Tensor, colors: Tensor, lo: int, hi: int, clip: bool = False
+        self, schedule: ProcessSchedule, mask: Tensor, colors: Tensor, lo: int, hi: int, clip: bool = False
     ) -> NoiseFn:
         """noise_fn(i, x_i, eps, z) -> z + s·B⊙(M − x̂0(x_i, eps)) for lo <= i <= hi, else z.
 

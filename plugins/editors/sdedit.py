@@ -113,9 +113,8 @@ class SDEditEditor(StrokesEditor):
         g = inversion.guidance_scale if self.options.guidance_scale is None else self.options.guidance_scale
         k, cond, uncond = prompt_free_conditioning(backbone, target_prompts, g)
         x0 = self.edited_x0(backbone, inversion.x0.to(backbone.device))
-        a, b = schedule.noise_level(start)
         x0 = expand_rows(x0, k)
-        x_start = a * x0 + b * randn(x0.shape, generator, x0.device)
+        x_start = schedule.add_noise(x0, randn(x0.shape, generator, x0.device), start)
         # SDEdit uses only x0 of the inversion: its own fresh-noise DDPM rule and the null text
         rule = DDPMRule(schedule, x_start.float(), None, generator)
         return denoise(backbone, rule, start, Guidance(cond, uncond, g), desc="sdedit")

@@ -48,8 +48,8 @@ from torch import Tensor
 from framework import progress
 from framework.errors import ConfigError
 from framework.inversion import Inverter
+from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
-from framework.schedule import Schedule
 
 
 @dataclass
@@ -137,7 +137,7 @@ def regularize_noise(eps: Tensor, reg: NoiseRegularization, generator: torch.Gen
 def ddim_inversion_sequence(
     backbone,
     x0: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     n: int,
     cond: Tensor | None,
     uncond: Tensor | None,
@@ -153,14 +153,11 @@ def ddim_inversion_sequence(
     xts[0] = x0
     x = x0
     for i in progress.steps(range(1, n + 1), desc=desc, total=n):
-        a = float(schedule.abar[i - 1])
-        a_prev = float(schedule.abar_prev[i - 1])
         t = int(schedule.timesteps[i - 1])
         eps = backbone.predict_noise(x, t, cond, uncond, guidance_scale)
         if reg is not None:
             eps = regularize_noise(eps, reg, generator)
-        x0_pred = (x - (1 - a_prev) ** 0.5 * eps) / a_prev**0.5
-        x = a**0.5 * x0_pred + (1 - a) ** 0.5 * eps
+        x = schedule.inverse_step(x, eps, i)
         xts[i] = x
     return xts
 

@@ -23,11 +23,11 @@ from torch import Tensor
 
 from framework import progress
 from framework.backbone import check_finite
-from framework.batched_inversion import check_timestep_batch, extract_noise_maps_batched, noise_map_step
+from framework.batched_inversion import check_timestep_batch, extract_noise_maps_batched
 from framework.inversion import Inverter
+from framework.process import ProcessSchedule
 from framework.random import randn
 from framework.registry import INVERTERS
-from framework.schedule import Schedule
 
 
 @dataclass
@@ -42,21 +42,20 @@ class DDPMEditFriendlyOptions:
 
 
 def auxiliary_sequence(
-    x0: Tensor, schedule: Schedule, n: int, generator: torch.Generator | None
+    x0: Tensor, schedule: ProcessSchedule, n: int, generator: torch.Generator | None
 ) -> Tensor:
     """Eq. 6: (n+1, B, C, h, w) with xts[0] = x0 and independent noise at every step."""
     xts = torch.empty((n + 1, *x0.shape), dtype=torch.float32, device=x0.device)
     xts[0] = x0
     for i in range(1, n + 1):
-        a, b = schedule.noise_level(i)
-        xts[i] = a * x0 + b * randn(x0.shape, generator, x0.device)
+        xts[i] = schedule.add_noise(x0, randn(x0.shape, generator, x0.device), i)
     return xts
 
 
 def extract_noise_maps(
     backbone,
     xts: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     cond: Tensor | None,
     uncond: Tensor | None,
     guidance_scale: float,
@@ -73,7 +72,7 @@ def extract_noise_maps(
     for i in progress.steps(range(n, 0, -1), desc=desc, total=n):
         t = int(schedule.timesteps[i - 1])
         eps = backbone.predict_noise(xts[i], t, cond, uncond, guidance_scale)
-        noise_map_step(xts, zs, i, eps, schedule, zero_last_noise)
+        schedule.noise_map_step(xts, zs, i, eps, zero_last_noise)
     return zs
 
 
@@ -100,7 +99,7 @@ class DDPMEditFriendly(Inverter):
 def noise_maps(
     backbone: Any,
     xts: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     cond: Tensor | None,
     uncond: Tensor | None,
     guidance_scale: float,

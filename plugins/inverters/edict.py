@@ -38,9 +38,9 @@ from torch import Tensor
 from framework import progress
 from framework.errors import ConfigError
 from framework.inversion import Inversion, Inverter
+from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
 from framework.sampling import STEP_RULES, NoiseFn, StepRule, expand_rows
-from framework.schedule import Schedule
 
 
 @dataclass
@@ -51,22 +51,14 @@ class EDICTOptions:
     mix_weight: float = 0.93  # p of the mixing layers, in (0.5, 1]
 
 
-def _coefficients(schedule: Schedule, i: int) -> tuple[float, float, float]:
-    """(q = sqrt(ᾱ_i/ᾱ_prev), sqrt(1-ᾱ_i), sqrt(1-ᾱ_prev)) of step i."""
-    a, a_prev = float(schedule.abar[i - 1]), float(schedule.abar_prev[i - 1])
-    return (a / a_prev) ** 0.5, (1 - a) ** 0.5, (1 - a_prev) ** 0.5
+def denoise_step(schedule: ProcessSchedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
+    """D: the deterministic step i (x_i -> x_{i-1}) of ``z`` with the noise prediction ``eps``."""
+    return schedule.deterministic_step(z, eps, i)
 
 
-def denoise_step(schedule: Schedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
-    """D: DDIM's step i (x_i -> x_{i-1}) of ``z`` with the noise prediction ``eps``."""
-    q, b, b_prev = _coefficients(schedule, i)
-    return z / q - b * eps / q + b_prev * eps
-
-
-def noise_step(schedule: Schedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
+def noise_step(schedule: ProcessSchedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
     """R = D⁻¹ for the same ``eps``: x_{i-1} -> x_i."""
-    q, b, b_prev = _coefficients(schedule, i)
-    return q * z + b * eps - q * b_prev * eps
+    return schedule.deterministic_inverse(z, eps, i)
 
 
 def x_first(k: int) -> bool:
@@ -80,7 +72,7 @@ class EDICTRule(StepRule):
 
     def __init__(
         self,
-        schedule: Schedule,
+        schedule: ProcessSchedule,
         x: Tensor,
         y: Tensor,
         mix_weight: float,

@@ -37,8 +37,8 @@ from torch import Tensor
 from framework import progress
 from framework.errors import ConfigError
 from framework.inversion import Inverter
+from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
-from framework.schedule import Schedule
 from plugins.inverters.ddim import ddim_inversion_sequence
 
 
@@ -55,7 +55,7 @@ class NullTextOptions:
 def optimise_null_text(
     backbone,
     pivot: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     cond: Tensor,
     null: Tensor,
     guidance_scale: float,
