@@ -192,11 +192,9 @@ class Backbone(abc.ABC):
         t = timestep_rows(t, b)
         x_t = x_t.float()
         if isinstance(guidance_scale, Tensor):
-            scale = guidance_scale.to(x_t.device, torch.float32).reshape(-1, *([1] * (x_t.dim() - 1)))
-            use_cfg = bool((scale != 1).any())
+            use_cfg = bool((guidance_scale.to(torch.float32) != 1).any())
         else:
-            scale = float(guidance_scale)
-            use_cfg = scale != 1.0
+            use_cfg = float(guidance_scale) != 1.0
         use_cfg = use_cfg and self.conditional and uncond is not None
         if use_cfg:
             assert cond is not None and uncond is not None
@@ -206,7 +204,7 @@ class Backbone(abc.ABC):
             out = self.to_epsilon(self.model_output(x_in, t_in, emb), x_in, t_in)
             self.nfe += 1
             eps_u, eps_c = out.chunk(2)
-            return eps_u + scale * (eps_c - eps_u)
+            return guide(eps_u, eps_c, guidance_scale)
         emb = _rows(cond, b) if (self.conditional and cond is not None) else cond
         out = self.model_output(x_t, t, emb)
         self.nfe += 1
@@ -221,6 +219,18 @@ class Backbone(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """A short JSON-able description, for logs and result rows."""
         return {"class": type(self).__name__, "prediction_type": self.prediction_type}
+
+
+def guide(eps_u: Tensor, eps_c: Tensor, scale: float | Tensor) -> Tensor:
+    """Classifier-free guidance, the one place it is written: ε̂ = ε_u + w (ε_c - ε_u).
+
+    ``scale`` w is a number, or a (B,) tensor with one scale per row of the (B, ...) predictions.
+    """
+    if isinstance(scale, Tensor):
+        w: float | Tensor = scale.to(eps_u.device, torch.float32).reshape(-1, *([1] * (eps_u.dim() - 1)))
+    else:
+        w = float(scale)
+    return eps_u + w * (eps_c - eps_u)
 
 
 def timestep_rows(t: int | Tensor, b: int) -> int | Tensor:

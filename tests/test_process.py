@@ -156,3 +156,39 @@ def test_only_the_process_module_does_alpha_bar_arithmetic() -> None:
         if names:
             offenders.append(f"{path.relative_to(ROOT)}: {sorted(names)}")
     assert not offenders, offenders
+
+
+def test_guidance_is_written_once() -> None:
+    """ε̂ = ε_u + w (ε_c - ε_u) lives in ``framework.backbone.guide``; no other module of the
+    framework or its plugins writes it (its (ε_c - ε_u) difference)."""
+    from framework.backbone import guide
+
+    eps_u, eps_c = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(guide(eps_u, eps_c, 1.0), eps_c)
+    assert torch.equal(guide(eps_u, eps_c, 2.5), eps_u + 2.5 * (eps_c - eps_u))
+    per_row = guide(eps_u, eps_c, torch.tensor([1.0, 3.0]))
+    torch.testing.assert_close(per_row[0], eps_c[0])
+    assert torch.equal(per_row[1], eps_u[1] + 3.0 * (eps_c[1] - eps_u[1]))
+    writers = []
+    for path in sorted([*ROOT.glob("framework/**/*.py"), *ROOT.glob("plugins/**/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            # a subtraction whose right side is a name ending in _u, multiplied by something
+            if (
+                isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult)
+                and any(
+                    isinstance(side, ast.BinOp) and isinstance(side.op, ast.Sub)
+                    and isinstance(side.right, ast.Name) and side.right.id.endswith("_u")
+                    for side in (node.left, node.right)
+                )
+            ):
+                writers.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert writers == [f"framework/backbone.py:{_guide_line()}"], writers
+
+
+def _guide_line() -> int:
+    import inspect
+
+    from framework import backbone
+
+    lines, start = inspect.getsourcelines(backbone.guide)
+    return start + next(k for k, line in enumerate(lines) if "return eps_u + w" in line)

@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from framework.backbone import guide
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
@@ -242,19 +243,12 @@ class _EmptyPromptGuidance:
             else:
                 e_src_u, pos = out[pos : pos + 1], pos + 1
             e_src_c = e_empty if self.source_cond_shared else out[pos : pos + 1]
-            e_src = e_src_c if e_src_u is None else e_src_u + _scale(self.source.scale) * (e_src_c - e_src_u)
+            e_src = e_src_c if e_src_u is None else guide(e_src_u, e_src_c, self.source.scale)
         e_t = out[n_src:]
         if u_t is not None:
             e_u, e_c = e_t[: self.k], e_t[self.k :]
-            e_t = e_u + _scale(self.targets.scale) * (e_c - e_u)
+            e_t = guide(e_u, e_c, self.targets.scale)
         return torch.cat([e_src, e_t])
-
-
-def _scale(s: float | Tensor) -> float | Tensor:
-    """A guidance scale as a multiplier of (B, C, h, w) predictions."""
-    if isinstance(s, Tensor):
-        return s.to(torch.float32).reshape(-1, 1, 1, 1)
-    return float(s)
 
 
 def copy_row_over(x: Tensor, row: int, first: int) -> Tensor:

@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from framework.backbone import guide
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
@@ -228,10 +229,7 @@ class _ZeroShotStep(StepHook):
         out = backbone.to_epsilon(backbone.model_output(x_in, t, emb), x_in, t)
         backbone.nfe += 1
         eps_u, eps_c = out.chunk(2)
-        scale = g.scale
-        if isinstance(scale, Tensor):
-            scale = scale.to(x.device, torch.float32).reshape(-1, *([1] * (x.dim() - 1)))
-        return eps_u + scale * (eps_c - eps_u)
+        return guide(eps_u, eps_c, g.scale)
 
 
 def _rows(x: Tensor | None, b: int) -> Tensor:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from framework import progress
+from framework.backbone import guide
 from framework.errors import ConfigError
 from framework.inversion import Inverter
 from framework.process import ProcessSchedule
@@ -86,7 +87,7 @@ def optimise_null_text(
             done, loss_value = 0, float("nan")
             for _ in range(options.num_inner_steps):
                 eps_u = backbone.predict_noise(latent, t, u)
-                eps = eps_u + w * (eps_c - eps_u)
+                eps = guide(eps_u, eps_c, w)
                 loss = F.mse_loss(schedule.mu(latent, eps, i), target)
                 optimizer.zero_grad()
                 loss.backward()
@@ -103,7 +104,7 @@ def optimise_null_text(
             losses.append(loss_value)
             with torch.no_grad():
                 eps_u = backbone.predict_noise(latent, t, u)
-                latent = schedule.mu(latent, eps_u + w * (eps_c - eps_u), i)
+                latent = schedule.mu(latent, guide(eps_u, eps_c, w), i)
     return embeddings.detach(), iterations, first, losses
 
 
