@@ -168,11 +168,9 @@ def classifier(resolution: int = 16) -> DigitClassifier:
 def edit_cases(n: int, kind: str = "fg", seed: int = 0, resolution: int = 16) -> list[tuple[Tensor, str, str]]:
     """``n`` held-out edit cases (image (1, 3, R, R) in [-1, 1], source prompt, target prompt) that
     change ``kind`` (fg, bg or digit), round-robin over the digits as the ``digits`` dataset."""
-    from plugins.datasets.digits import item_spec, pick_indices
-
     out = []
-    for index in pick_indices(0)[:n]:
-        digit, fg, bg, targets, _ = item_spec(index, seed, [kind])
+    for index in D.pick_indices(0)[:n]:
+        digit, fg, bg, targets, _ = D.item_spec(index, seed, [kind])
         out.append((D.render_indices([index], [fg], [bg], resolution), D.prompt(digit, fg, bg), targets[0]))
     return out
 
@@ -200,10 +198,9 @@ def run_edits(
 def edit_rates(cases: Sequence[tuple[Tensor, str, str]], edited: Tensor) -> dict[str, float]:
     """Means over the cases of the ``digit_attributes`` and ``shape_iou`` columns (None skipped)."""
     from framework.metrics import MetricInput
-    from plugins.metrics.digit_attributes import DigitAttributesMetric
-    from plugins.metrics.shape_iou import ShapeIoUMetric
+    from framework.registry import METRICS
 
-    attrs, shape = DigitAttributesMetric(), ShapeIoUMetric()
+    attrs, shape = METRICS.build("digit_attributes"), METRICS.build("shape_iou")
     sums: dict[str, list[float]] = {}
     for (image, source, target), edit in zip(cases, edited):
         batch = MetricInput(source_image=image, edited_images=edit[None], source_prompt=source,

@@ -234,10 +234,6 @@ def ddpm_regeneration(
     )
 
 
-#: step-rule factories by the name an Inversion carries in ``rule`` (plugins add theirs):
-#: ``factory(inversion, backbone, start, rows, *, generator, n_source, transform, zs, shared_noise)``
-STEP_RULES: dict[str, Callable[..., StepRule]] = {"ddpm": ddpm_regeneration}
-
 
 # ----------------------------------------------------------------------------- hooks
 class StepHook:

@@ -22,8 +22,8 @@ source prompt when inverting, the target prompts when editing) at every network 
 two evaluations per step, 2n per inversion and 2·(N - skip) per edit. Regeneration with the
 source prompt and the inversion's guidance reproduces x0 to float precision at any guidance
 scale. The inversion stores x_i in ``xts`` and y_i in ``coupled``; its ``rule`` is ``edict``
-(registered here), which every editor's loop then uses. The edit's result is the x sequence
-(the reference's first image).
+and its ``rule_factory`` ``edict_regeneration``, which every editor's loop then uses. The
+edit's result is the x sequence (the reference's first image).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from framework.errors import ConfigError
 from framework.inversion import Inversion, Inverter
 from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
-from framework.sampling import STEP_RULES, NoiseFn, StepRule, expand_rows
+from framework.sampling import NoiseFn, StepRule, expand_rows
 
 
 @dataclass
@@ -156,8 +156,6 @@ def edict_regeneration(
     )
 
 
-STEP_RULES["edict"] = edict_regeneration
-
 
 @INVERTERS.register("edict")
 class EDICT(Inverter):
@@ -191,4 +189,6 @@ class EDICT(Inverter):
                 x = noise_step(schedule, i, x, eps(y))
                 y = noise_step(schedule, i, y, eps(x))
             xts[i], ys[i] = x, y
-        return xts, None, {"rule": "edict", "rule_options": {"mix_weight": p}, "coupled": ys}
+        return xts, None, {
+            "rule": "edict", "rule_factory": edict_regeneration, "rule_options": {"mix_weight": p}, "coupled": ys,
+        }
