@@ -176,6 +176,7 @@ class Backbone(abc.ABC):
         cond: Tensor | None,
         uncond: Tensor | None = None,
         guidance_scale: float | Tensor = 1.0,
+        x_cond: Tensor | None = None,
     ) -> Tensor:
         """ε̂(x_t, t) with classifier-free guidance, (B, C, h, w) float32.
 
@@ -186,7 +187,9 @@ class Backbone(abc.ABC):
         conditional branches run as one batched forward pass (2B rows, the timesteps repeated):
         ε̂ = ε_u + w (ε_c - ε_u). ``guidance_scale`` may be a (B,) tensor, one scale per row
         (e.g. the source row of Prompt-to-Prompt keeps the inversion's scale). v- and
-        sample-prediction outputs are converted to epsilon here.
+        sample-prediction outputs are converted to epsilon here. ``x_cond`` (B, C, h, w), if
+        given, is what the conditional branch sees instead of x_t (Zero-Shot's cross-attention
+        guidance moves the conditional branch's latent); the pass is still one evaluation.
         """
         b = x_t.shape[0]
         t = timestep_rows(t, b)
@@ -199,13 +202,15 @@ class Backbone(abc.ABC):
         if use_cfg:
             assert cond is not None and uncond is not None
             emb = torch.cat([_rows(uncond, b), _rows(cond, b)])
-            x_in = torch.cat([x_t, x_t])
+            x_in = torch.cat([x_t, x_t if x_cond is None else x_cond.float()])
             t_in = t if isinstance(t, int) else torch.cat([t, t])
             out = self.to_epsilon(self.model_output(x_in, t_in, emb), x_in, t_in)
             self.nfe += 1
             eps_u, eps_c = out.chunk(2)
             return guide(eps_u, eps_c, guidance_scale)
         emb = _rows(cond, b) if (self.conditional and cond is not None) else cond
+        if x_cond is not None:
+            x_t = x_cond.float()
         out = self.model_output(x_t, t, emb)
         self.nfe += 1
         return self.to_epsilon(out, x_t, t)

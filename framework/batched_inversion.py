@@ -46,7 +46,7 @@ import math
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -54,6 +54,9 @@ from torch import Tensor
 from framework import progress
 from framework.errors import ConfigError
 from framework.process import ProcessSchedule
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 #: doubling stops when the next size improves seconds/step by less than this fraction
 AUTO_MIN_GAIN = 0.05
@@ -76,7 +79,7 @@ def check_timestep_batch(value: Any, what: str = "ddpm_edit_friendly timestep_ba
 
 
 def evaluate_steps(
-    backbone: Any,
+    backbone: Backbone,
     xts: Tensor,
     steps: list[int],
     schedule: ProcessSchedule,
@@ -106,7 +109,7 @@ def _tile(c: Tensor | None, s: int, b: int) -> Tensor | None:
 
 
 def extract_noise_maps_batched(
-    backbone: Any,
+    backbone: Backbone,
     xts: Tensor,
     schedule: ProcessSchedule,
     cond: Tensor | None,
@@ -147,7 +150,7 @@ def extract_noise_maps_batched(
     return zs
 
 
-def _now(backbone: Any) -> float:
+def _now(backbone: Backbone) -> float:
     """perf_counter after the device has finished its queued work (CUDA is asynchronous)."""
     device = torch.device(getattr(backbone, "device", "cpu"))
     if device.type == "cuda":
@@ -174,12 +177,12 @@ class _FixedSizes(_Sizes):
         return self.batch
 
 
-def _auto_key(backbone: Any, xts: Tensor, uncond: Tensor | None, guidance_scale: float) -> tuple:
+def _auto_key(backbone: Backbone, xts: Tensor, uncond: Tensor | None, guidance_scale: float) -> tuple:
     cfg = uncond is not None and float(guidance_scale) != 1 and getattr(backbone, "conditional", True)
     return (str(getattr(backbone, "device", "cpu")), str(getattr(backbone, "dtype", "")), tuple(xts.shape[1:]), cfg)
 
 
-def _auto_sizes(backbone: Any, xts: Tensor, uncond: Tensor | None, guidance_scale: float) -> _Sizes:
+def _auto_sizes(backbone: Backbone, xts: Tensor, uncond: Tensor | None, guidance_scale: float) -> _Sizes:
     cache = _AUTO_CACHE.setdefault(backbone, {})
     key = _auto_key(backbone, xts, uncond, guidance_scale)
     n = xts.shape[0] - 1
@@ -272,7 +275,7 @@ class _CudaMemorySizes(_Sizes):
             self.chosen = self._fit(max(torch.cuda.max_memory_allocated(self.device) - self.base, 1))
 
 
-def auto_choice(backbone: Any) -> dict[tuple, Any]:
+def auto_choice(backbone: Backbone) -> dict[tuple, Any]:
     """What ``auto`` has settled on for ``backbone``: {(device, dtype, (B, C, h, w), cfg):
     steps per pass} (on CUDA the last inversion's; ``"measuring"`` while the CPU measurement
     has not finished). For reports and the benchmark."""
@@ -285,7 +288,7 @@ def auto_choice(backbone: Any) -> dict[tuple, Any]:
     return out
 
 
-def auto_measurements(backbone: Any) -> dict[tuple, Any]:
+def auto_measurements(backbone: Backbone) -> dict[tuple, Any]:
     """What ``auto`` measured: {key: {steps per pass: seconds per step}} on the CPU,
     {key: {"bytes_per_step": ..., "steps_per_pass": ...}} on CUDA."""
     out: dict[tuple, Any] = {k: dict(m.per_step) for k, m in _MEASURED.get(backbone, {}).items()}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,10 +27,13 @@ from torch import Tensor
 from framework import digits as D
 from framework.schema import DEFAULT_NUM_STEPS, DEFAULT_SKIP
 
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
+
 
 @torch.no_grad()
 def generate(
-    backbone: Any,
+    backbone: Backbone,
     prompts: Sequence[str],
     seed: int = 0,
     guidance_scale: float = 3.0,
@@ -176,7 +179,7 @@ def edit_cases(n: int, kind: str = "fg", seed: int = 0, resolution: int = 16) ->
 
 
 def run_edits(
-    backbone: Any,
+    backbone: Backbone,
     inverter: Any,
     editor: Any,
     cases: Sequence[tuple[Tensor, str, str]],
@@ -212,7 +215,7 @@ def edit_rates(cases: Sequence[tuple[Tensor, str, str]], edited: Tensor) -> dict
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
-def prompt_following(backbone: Any, n: int = 50, seed: int = 0, guidance_scale: float = 3.0,
+def prompt_following(backbone: Backbone, n: int = 50, seed: int = 0, guidance_scale: float = 3.0,
                      num_steps: int = 50) -> dict[str, float]:
     """Generate from the prompts of ``n`` held-out digits (their digit, random colourings) and
     read them back: the rates of digit, fg, bg and all three matching the prompt."""

@@ -20,13 +20,17 @@ import abc
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from framework.errors import InputError
 from framework.schema import DEFAULT_NUM_STEPS
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
+    from framework.process import ProcessSchedule
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Inversion:
 
     def regeneration(
         self,
-        backbone: Any,
+        backbone: Backbone,
         start: int,
         rows: int,
         *,
@@ -160,7 +164,7 @@ class Inverter(abc.ABC):
 
     def invert(
         self,
-        backbone: Any,
+        backbone: Backbone,
         x0: Tensor,
         source_prompt: str | Sequence[str],
         *,
@@ -207,9 +211,9 @@ class Inverter(abc.ABC):
     @abc.abstractmethod
     def trajectory(
         self,
-        backbone: Any,
+        backbone: Backbone,
         x0: Tensor,
-        schedule: Any,
+        schedule: ProcessSchedule,
         n: int,
         cond: Tensor | None,
         uncond: Tensor | None,

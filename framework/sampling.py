@@ -24,7 +24,7 @@ import abc
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -35,6 +35,9 @@ from framework.inversion import Inversion
 from framework.process import ProcessSchedule
 from framework.random import randn
 from framework.schema import DEFAULT_SKIP
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 #: ``noise_fn(i, x_i, eps, z) -> z``: may change the noise of step i before it is added.
 NoiseFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -71,13 +74,13 @@ class Guidance:
         out[self.per_step_rows] = u
         return out
 
-    def eps(self, backbone: Any, x: Tensor, t: int, i: int) -> Tensor:
+    def eps(self, backbone: Backbone, x: Tensor, t: int, i: int) -> Tensor:
         """ε̂(x_i, t) of every row, (B, C, h, w) float32: one batched forward pass."""
         return backbone.predict_noise(x, t, self.cond, self.uncond_at(i, x.shape[0]), self.scale)
 
 
 def inversion_guidance(
-    backbone: Any,
+    backbone: Backbone,
     inversion: Inversion,
     cond: Tensor | None,
     scale: float | Tensor,
@@ -103,7 +106,7 @@ class _EpsOverride:
     def __init__(self, fn: EpsFn) -> None:
         self.fn = fn
 
-    def eps(self, backbone: Any, x: Tensor, t: int, i: int) -> Tensor:
+    def eps(self, backbone: Backbone, x: Tensor, t: int, i: int) -> Tensor:
         return self.fn(i, x)
 
 
@@ -209,7 +212,7 @@ class DDPMRule(StepRule):
 
 def ddpm_regeneration(
     inversion: Inversion,
-    backbone: Any,
+    backbone: Backbone,
     start: int,
     rows: int,
     *,
@@ -298,7 +301,7 @@ class NoiseHook(StepHook):
 
 # ----------------------------------------------------------------------------- the loop
 def denoise(
-    backbone: Any,
+    backbone: Backbone,
     rule: StepRule,
     start_step: int,
     guidance: Any,
@@ -346,7 +349,7 @@ def denoise(
 
 
 def reverse_process(
-    backbone: Any,
+    backbone: Backbone,
     x_start: Tensor,
     schedule: ProcessSchedule,
     start_step: int,
@@ -385,7 +388,7 @@ class Editor(abc.ABC):
     @abc.abstractmethod
     def edit(
         self,
-        backbone: Any,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -395,7 +398,7 @@ class Editor(abc.ABC):
     ) -> Tensor:
         """Return one latent per target prompt, (K, C, h, w) float32."""
 
-    def check_inputs(self, backbone: Any, inversion: Inversion, target_prompts: Sequence[str] | str) -> list[str]:
+    def check_inputs(self, backbone: Backbone, inversion: Inversion, target_prompts: Sequence[str] | str) -> list[str]:
         """The checks a prompt-driven edit starts with (targets, a conditional backbone, one
         image); returns the targets as a list."""
         targets = check_targets(target_prompts)
@@ -417,7 +420,7 @@ def check_targets(target_prompts: Sequence[str] | str) -> list[str]:
     return targets
 
 
-def check_conditional(editor: Editor, backbone: Any) -> None:
+def check_conditional(editor: Editor, backbone: Backbone) -> None:
     """Prompt-driven editors need a text-conditional backbone."""
     if getattr(editor, "needs_prompts", True) and not getattr(backbone, "conditional", True):
         raise InputError(
@@ -442,7 +445,7 @@ def expand_rows(x: Tensor, k: int) -> Tensor:
 
 
 def prompt_free_conditioning(
-    backbone: Any, target_prompts: Sequence[str] | str | None, guidance_scale: float
+    backbone: Backbone, target_prompts: Sequence[str] | str | None, guidance_scale: float
 ) -> tuple[int, Tensor | None, Tensor | None]:
     """(K, cond, uncond) for editors that do not need prompts (shift, color strokes, SDEdit).
 

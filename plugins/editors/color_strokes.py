@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from framework.sampling import (
     prompt_free_conditioning,
 )
 from framework.schema import DEFAULT_SKIP
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -131,18 +134,18 @@ def check_stroke_tensors(mask: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
     return (mask > 0.5).float(), colors.float()
 
 
-def is_pixel_space(backbone: Any) -> bool:
+def is_pixel_space(backbone: Backbone) -> bool:
     """Whether the backbone's x0 is the image itself (``pixel_space`` attribute of pixel models)."""
     return bool(getattr(backbone, "pixel_space", False))
 
 
-def image_size(backbone: Any, x0: Tensor) -> tuple[int, int]:
+def image_size(backbone: Backbone, x0: Tensor) -> tuple[int, int]:
     """(W, H) of the image whose x0 (…, h, w) is given (latents are 1/vae_scale of it)."""
     f = int(getattr(backbone, "vae_scale", 1))
     return int(x0.shape[-1]) * f, int(x0.shape[-2]) * f
 
 
-def to_model_space(backbone: Any, x0: Tensor, mask: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
+def to_model_space(backbone: Backbone, x0: Tensor, mask: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
     """Image-space strokes -> (B, M) on x0's grid, (1, 1, h, w) and (1, C, h, w), float32.
 
     Pixel models: as given (a 1-channel model takes the RGB mean). Latent models: the mask is
@@ -240,7 +243,7 @@ class ColorStrokesEditor(StrokesEditor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],

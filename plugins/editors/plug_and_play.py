@@ -66,6 +66,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -92,6 +93,9 @@ from plugins.editors.unet_hooks import (
     resolve_layers,
     unet_of,
 )
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 #: PnP's feature layer for Stable Diffusion (decoder layer 4)
 PNP_FEATURE_LAYERS = ("up_blocks.1.resnets.1",)
@@ -216,7 +220,7 @@ class _EmptyPromptGuidance:
             rows.append(self.source.cond)
         return rows
 
-    def eps(self, backbone, x: Tensor, t: int, i: int) -> Tensor:
+    def eps(self, backbone: Backbone, x: Tensor, t: int, i: int) -> Tensor:
         src, tgt = x[:1], x[1:]
         extra = self._source_rows(i)
         n_src = 1 + len(extra)
@@ -289,7 +293,7 @@ class PlugAndPlay(Editor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -318,7 +322,7 @@ class PlugAndPlay(Editor):
 
     def _edit_batch(
         self,
-        backbone,
+        backbone: Backbone,
         unet: torch.nn.Module,
         inversion: Inversion,
         source: str,
@@ -374,7 +378,7 @@ class PlugAndPlay(Editor):
 
     def _guided(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         src_cond: Tensor,
         tgt_cond: Tensor,

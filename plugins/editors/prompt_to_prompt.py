@@ -45,7 +45,7 @@ import math
 import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,9 @@ from framework.inversion import Inversion
 from framework.registry import EDITORS
 from framework.sampling import Editor, StepHook, denoise, inversion_guidance
 from framework.schema import DEFAULT_SKIP
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 #: (cross_replace_steps, self_replace_steps) defaults by kind of inversion (reference code)
 DEFAULT_STEPS = {"noise_maps": (0.6, 0.2), "ddim": (0.8, 0.4)}
@@ -604,7 +607,7 @@ class PromptToPrompt(Editor):
 
     def edit(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -618,7 +621,7 @@ class PromptToPrompt(Editor):
     @torch.no_grad()
     def run(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str | None,
         target_prompts: Sequence[str],

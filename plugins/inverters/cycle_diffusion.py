@@ -24,6 +24,7 @@ inversion); CycleDiffusion's own paper uses η = 0.1 (``configs/inverter/cycle_d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -34,6 +35,9 @@ from framework.process import ProcessSchedule
 from framework.random import randn
 from framework.registry import INVERTERS
 from plugins.inverters.ddpm_edit_friendly import noise_maps
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -70,7 +74,7 @@ class CycleDiffusion(Inverter):
         super().__init__(options)
         check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """The posterior chain, then eq. 5 along it."""
         xts = posterior_chain(x0, schedule, n, generator)
         zs = noise_maps(

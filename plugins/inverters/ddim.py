@@ -40,6 +40,7 @@ reproducible.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,9 @@ from framework.errors import ConfigError
 from framework.inversion import Inverter
 from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -135,7 +139,7 @@ def regularize_noise(eps: Tensor, reg: NoiseRegularization, generator: torch.Gen
 
 
 def ddim_inversion_sequence(
-    backbone,
+    backbone: Backbone,
     x0: Tensor,
     schedule: ProcessSchedule,
     n: int,
@@ -188,7 +192,7 @@ class DDIMInversion(Inverter):
             int(o.autocorrelation_rolls), bool(o.random_shift),
         )
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """DDIM steps 1..n backwards; no noise maps. ``generator`` only draws the
         regulariser's random shifts (seed 0 when None); plain DDIM does not use it."""
         reg = self.regularization()

@@ -16,7 +16,7 @@ tolerance (the network sees rounding-different inputs), not bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -28,6 +28,9 @@ from framework.inversion import Inverter
 from framework.process import ProcessSchedule
 from framework.random import randn
 from framework.registry import INVERTERS
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -53,7 +56,7 @@ def auxiliary_sequence(
 
 
 def extract_noise_maps(
-    backbone,
+    backbone: Backbone,
     xts: Tensor,
     schedule: ProcessSchedule,
     cond: Tensor | None,
@@ -86,7 +89,7 @@ class DDPMEditFriendly(Inverter):
         super().__init__(options)
         check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """Eq. 6 then eq. 5: the independent-noise sequence and its noise maps."""
         xts = auxiliary_sequence(x0, schedule, n, generator)
         zs = noise_maps(
@@ -97,7 +100,7 @@ class DDPMEditFriendly(Inverter):
 
 
 def noise_maps(
-    backbone: Any,
+    backbone: Backbone,
     xts: Tensor,
     schedule: ProcessSchedule,
     cond: Tensor | None,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -41,6 +41,9 @@ from framework.inversion import Inversion, Inverter
 from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
 from framework.sampling import NoiseFn, StepRule, expand_rows
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -125,7 +128,7 @@ class EDICTRule(StepRule):
 
 def edict_regeneration(
     inversion: Inversion,
-    backbone: Any,
+    backbone: Backbone,
     start: int,
     rows: int,
     *,
@@ -165,7 +168,7 @@ class EDICT(Inverter):
 
     stochastic = False
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """Steps 1..n backwards from (x0, x0): (xts, None, {rule, coupled})."""
         p = float(self.options.mix_weight)
         if not 0.5 < p <= 1.0:

@@ -29,6 +29,7 @@ caller's) no-grad or inference mode; only the embedding receives gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,9 @@ from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
 from plugins.inverters.ddim import ddim_inversion_sequence
 
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
+
 
 @dataclass
 class NullTextOptions:
@@ -54,7 +58,7 @@ class NullTextOptions:
 
 
 def optimise_null_text(
-    backbone,
+    backbone: Backbone,
     pivot: Tensor,
     schedule: ProcessSchedule,
     cond: Tensor,
@@ -116,7 +120,7 @@ class NullTextInversion(Inverter):
 
     stochastic = False
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """The pivot (DDIM at guidance 1) and the optimised embeddings (deterministic)."""
         o = self.options
         if o.num_inner_steps < 0 or o.learning_rate <= 0 or o.early_stop_epsilon < 0:
