@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from framework.conditioning import Cond, broadcast_rows, cat_rows
 from framework.errors import EditFriendlyError, InputError
 from framework.process import DDPMProcess, NoiseProcess, ProcessSchedule
 
@@ -154,16 +155,16 @@ class Backbone(abc.ABC):
         """x0 (B, C, h, w) -> images in [-1, 1], (B, 3, H, W) float32."""
 
     @abc.abstractmethod
-    def encode_prompt(self, prompts: Sequence[str]) -> Tensor | None:
+    def encode_prompt(self, prompts: Sequence[str]) -> Cond:
         """Prompts (K,) -> conditioning (K, ...), or None for an unconditional model."""
 
-    def null_condition(self) -> Tensor | None:
+    def null_condition(self) -> Cond:
         """The unconditional ("") conditioning used as classifier-free guidance's other branch."""
         return self.encode_prompt([""])
 
     # ----------------------------------------------------------------- the network
     @abc.abstractmethod
-    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Cond) -> Tensor:
         """One batched forward pass of the raw network (its own prediction type), float32.
 
         ``t`` is one timestep for every row (an int), or a (B,) int64 tensor with one timestep
@@ -173,8 +174,8 @@ class Backbone(abc.ABC):
         self,
         x_t: Tensor,
         t: int | Tensor,
-        cond: Tensor | None,
-        uncond: Tensor | None = None,
+        cond: Cond,
+        uncond: Cond = None,
         guidance_scale: float | Tensor = 1.0,
         x_cond: Tensor | None = None,
     ) -> Tensor:
@@ -201,14 +202,14 @@ class Backbone(abc.ABC):
         use_cfg = use_cfg and self.conditional and uncond is not None
         if use_cfg:
             assert cond is not None and uncond is not None
-            emb = torch.cat([_rows(uncond, b), _rows(cond, b)])
+            emb = cat_rows([broadcast_rows(uncond, b), broadcast_rows(cond, b)])
             x_in = torch.cat([x_t, x_t if x_cond is None else x_cond.float()])
             t_in = t if isinstance(t, int) else torch.cat([t, t])
             out = self.to_epsilon(self.model_output(x_in, t_in, emb), x_in, t_in)
             self.nfe += 1
             eps_u, eps_c = out.chunk(2)
             return guide(eps_u, eps_c, guidance_scale)
-        emb = _rows(cond, b) if (self.conditional and cond is not None) else cond
+        emb = broadcast_rows(cond, b) if (self.conditional and cond is not None) else cond
         if x_cond is not None:
             x_t = x_cond.float()
         out = self.model_output(x_t, t, emb)
@@ -258,15 +259,6 @@ def check_finite(x: Tensor, what: str, dtype: torch.dtype, option: str) -> None:
             f"set {option}=float32" + (" or bfloat16" if dtype == torch.float16 else "")
         )
     raise PrecisionError(f"{what} has NaN/inf in float32: the model's weights or inputs are broken")
-
-
-def _rows(x: Tensor | None, b: int) -> Tensor | None:
-    """Broadcast a (1, ...) conditioning to b rows; leave a (b, ...) one as it is."""
-    if x is None or x.shape[0] == b:
-        return x
-    if x.shape[0] == 1:
-        return x.expand(b, *x.shape[1:])
-    raise InputError(f"conditioning has {x.shape[0]} rows for a batch of {b}")
 
 
 #: seconds to wait for the model hub before calling it unreachable

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from framework import progress
+from framework.conditioning import tile
 from framework.errors import ConfigError
 from framework.process import ProcessSchedule
 
@@ -97,15 +98,8 @@ def evaluate_steps(
         t: int | Tensor = int(schedule.timesteps[steps[0] - 1])
     else:
         t = schedule.timesteps[[i - 1 for i in steps]].repeat_interleave(b).to(x.device)
-    eps = backbone.predict_noise(x, t, _tile(cond, s, b), _tile(uncond, s, b), guidance_scale)
+    eps = backbone.predict_noise(x, t, tile(cond, s, b), tile(uncond, s, b), guidance_scale)
     return eps.reshape(s, b, *xts.shape[2:])
-
-
-def _tile(c: Tensor | None, s: int, b: int) -> Tensor | None:
-    """Conditioning for s steps of b images: (1, ...) stays (broadcast), (b, ...) -> (s·b, ...)."""
-    if c is None or c.shape[0] == 1 or s == 1:
-        return c
-    return c.repeat(s, *([1] * (c.dim() - 1)))
 
 
 def extract_noise_maps_batched(

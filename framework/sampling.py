@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from framework import progress
+from framework.conditioning import replace_rows
 from framework.errors import InputError
 from framework.inversion import Inversion
 from framework.process import ProcessSchedule
@@ -69,10 +70,7 @@ class Guidance:
         u = self.per_step[min(i - 1, self.per_step.shape[0] - 1)].to(self.uncond.device, self.uncond.dtype)
         if self.per_step_rows is None:
             return u
-        base = self.uncond if self.uncond.shape[0] == batch else self.uncond.expand(batch, *self.uncond.shape[1:])
-        out = base.clone()
-        out[self.per_step_rows] = u
-        return out
+        return replace_rows(self.uncond, self.per_step_rows, u, batch)
 
     def eps(self, backbone: Backbone, x: Tensor, t: int, i: int) -> Tensor:
         """ε̂(x_i, t) of every row, (B, C, h, w) float32: one batched forward pass."""

@@ -72,6 +72,7 @@ import torch
 from torch import Tensor
 
 from framework.backbone import guide
+from framework.conditioning import broadcast_rows, cat_rows
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
@@ -228,13 +229,13 @@ class _EmptyPromptGuidance:
         emb = [self.empty, *extra]
         xs = [src] * n_src
         if u_t is not None:
-            emb.append(u_t.expand(self.k, *u_t.shape[1:]) if u_t.shape[0] == 1 else u_t)
+            emb.append(broadcast_rows(u_t, self.k))
             xs.append(tgt)
         emb.append(self.targets.cond)
         xs.append(tgt)
         self.injection.n_source = n_src
         # one pass, each row with its own conditioning (guidance combined below)
-        out = backbone.predict_noise(torch.cat(xs), t, torch.cat(emb))
+        out = backbone.predict_noise(torch.cat(xs), t, cat_rows(emb))
         e_empty = out[:1]
         if self.source is None:
             e_src = e_empty
@@ -389,11 +390,11 @@ class PlugAndPlay(Editor):
         o = self.options
         k = tgt_cond.shape[0]
         null = backbone.null_condition()
-        uncond = null if negative is None else torch.cat([null, negative.expand(k, -1, -1)])
+        uncond = null if negative is None else cat_rows([null, broadcast_rows(negative, k)])
         scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)
         # the inversion's own unconditional embedding: every row, or the source row where the
         # targets have a negative prompt
         return inversion_guidance(
-            backbone, inversion, torch.cat([src_cond, tgt_cond]), scale, uncond,
+            backbone, inversion, cat_rows([src_cond, tgt_cond]), scale, uncond,
             slice(0, 1) if negative is not None else None,
         )
