@@ -162,6 +162,24 @@ class Backbone(abc.ABC):
         """The unconditional ("") conditioning used as classifier-free guidance's other branch."""
         return self.encode_prompt([""])
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt the text encoder reads, in tokens (start and end included): the
+        length of the token axis of the conditioning and of the cross-attention maps."""
+        return int(getattr(self, "max_tokens", 77))
+
+    @property
+    def prompt_tokenizer(self) -> Any:
+        """The tokenizer whose token positions the cross-attention maps index (a transformers
+        tokenizer: ``tokenizer(text, add_special_tokens=...).input_ids``), or None."""
+        return getattr(self, "tokenizer", None)
+
+    def attention_network(self) -> torch.nn.Module | None:
+        """The denoising network whose attention modules editors may hook (a diffusers UNet:
+        ``attn_processors``, ``attn1``/``attn2`` modules), or None."""
+        net = getattr(self, "unet", None)
+        return net if isinstance(net, torch.nn.Module) else None
+
     # ----------------------------------------------------------------- the network
     @abc.abstractmethod
     def model_output(self, x_t: Tensor, t: int | Tensor, cond: Cond) -> Tensor:

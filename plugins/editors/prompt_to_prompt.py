@@ -632,7 +632,8 @@ class PromptToPrompt(Editor):
         """The edit with its source row, masks and bookkeeping (see :class:`PromptToPromptResult`)."""
         o = self.options
         targets = self.check_inputs(backbone, inversion, target_prompts)
-        if getattr(backbone, "unet", None) is None or getattr(backbone, "tokenizer", None) is None:
+        unet, tokenizer = backbone.attention_network(), backbone.prompt_tokenizer
+        if unet is None or tokenizer is None:
             raise InputError(
                 "prompt_to_prompt controls the attention of a diffusers UNet with a tokenizer; "
                 f"{type(backbone).__name__} has none (use stable_diffusion or tiny)"
@@ -645,17 +646,17 @@ class PromptToPrompt(Editor):
         n_steps = inversion.num_steps
         prompts = [source_prompt, *targets]
         k = len(targets)
-        length = int(getattr(backbone, "max_tokens", 77))
+        length = backbone.max_prompt_tokens
 
         # token maps of each target (replace or refine)
         maps = torch.empty(k, length, length)
         alpha = torch.empty(k, length)
         modes = []
         for j, tgt in enumerate(targets):
-            maps[j], alpha[j], mode = token_mapping(backbone.tokenizer, source_prompt, tgt, o.mode, length)
+            maps[j], alpha[j], mode = token_mapping(tokenizer, source_prompt, tgt, o.mode, length)
             modes.append(mode)
-        equalizer = self._equalizer(backbone.tokenizer, targets, length)
-        blend = self._blend_weights(backbone.tokenizer, prompts, length)
+        equalizer = self._equalizer(tokenizer, targets, length)
+        blend = self._blend_weights(tokenizer, prompts, length)
 
         cross_w, self_w = self.windows(inversion)
         cross_steps, self_steps = step_range(cross_w, n_steps), step_range(self_w, n_steps)
@@ -668,7 +669,7 @@ class PromptToPrompt(Editor):
             backbone, start, len(prompts), generator=generator, n_source=1, shared_noise=True
         )
         h, w = rule.output().shape[-2:]
-        layers = unet_layers(backbone.unet, h, w)
+        layers = unet_layers(unet, h, w)
         self_limit = (o.max_self_resolution * h) * (o.max_self_resolution * w)
         self_on = self_steps[1] > self_steps[0]
         blend_grid = None
@@ -684,12 +685,12 @@ class PromptToPrompt(Editor):
             elif self_on and layer.positions <= self_limit + 1e-6:
                 layer.controls_self = True
                 chosen.append(layer)
-        before = backbone.unet.attn_processors
+        before = unet.attn_processors
         processors = {ly.name: ControlledAttnProcessor(controller, ly, before[ly.name]) for ly in chosen}
 
         cond = backbone.encode_prompt(prompts)
         scales = torch.tensor([float(inversion.guidance_scale)] + [float(o.guidance_scale)] * k)
-        hook = _P2PHook(backbone.unet, processors, controller, start, blend_grid, (h, w), o.threshold)
+        hook = _P2PHook(unet, processors, controller, start, blend_grid, (h, w), o.threshold)
         x = denoise(
             backbone, rule, start, inversion_guidance(backbone, inversion, cond, scales), [hook], "prompt_to_prompt"
         )

@@ -39,7 +39,7 @@ Hook = Callable[[nn.Module, Any, Any], Any]
 
 def unet_of(backbone: Backbone, editor: str) -> nn.Module:
     """The backbone's diffusers UNet; editors that control layers need one."""
-    unet = getattr(backbone, "unet", None)
+    unet = backbone.attention_network()
     if not isinstance(unet, nn.Module):
         raise InputError(
             f"the {editor} editor controls UNet layers, but the backbone {type(backbone).__name__} "
