@@ -8,8 +8,11 @@ Stable Diffusion, on the tiny random model of the tests, and on the analytic Gau
 from __future__ import annotations
 
 import abc
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +21,7 @@ from torch import Tensor
 from framework.conditioning import Cond, broadcast_rows, cat_rows
 from framework.errors import EditFriendlyError, InputError
 from framework.process import DDPMProcess, NoiseProcess, ProcessSchedule
+from framework.prompts import PromptRules, short_prompt  # noqa: F401 (short_prompt: for the backbones)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -76,10 +80,6 @@ def prompt_list(prompts: Sequence[str] | str) -> list[str]:
         raise InputError(f"prompts must be a non-empty list of strings, got {prompts!r}")
     return prompts
 
-
-def short_prompt(text: str, limit: int = 60) -> str:
-    """A long prompt shortened for messages: its start, an ellipsis and its character count."""
-    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
 
 class Backbone(abc.ABC):
     """A diffusion model seen through the operations the methods need.
@@ -180,6 +180,22 @@ class Backbone(abc.ABC):
         net = getattr(self, "unet", None)
         return net if isinstance(net, torch.nn.Module) else None
 
+    def prompt_rules(self) -> PromptRules:
+        """What this model's text encoder accepts (token limit, closed vocabulary). The default
+        accepts every prompt; text-conditional backbones override it."""
+        return PromptRules()
+
+    def check_prompts(self, prompts: Sequence[str] | str) -> list[str]:
+        """One message per prompt this model's text encoder cannot take (empty: all fine)."""
+        return self.prompt_rules().problems(prompt_list(prompts))
+
+    @classmethod
+    def load_prompt_rules(cls, options: Any) -> PromptRules | None:
+        """:meth:`prompt_rules` without loading the networks (the tokenizer and the text
+        encoder's config only), so that a run checks its prompts before it starts; None when
+        they are known only once the model is loaded. An unconditional model takes any prompt."""
+        return None if cls.conditional else PromptRules()
+
     # ----------------------------------------------------------------- the network
     @abc.abstractmethod
     def model_output(self, x_t: Tensor, t: int | Tensor, cond: Cond) -> Tensor:
@@ -240,6 +256,12 @@ class Backbone(abc.ABC):
         return self.process.to_epsilon(out, x_t, t)
 
     # ----------------------------------------------------------------- helpers
+    def resolved_options(self) -> dict[str, Any]:
+        """Options left to the model (None in the config) with the values the loaded model
+        resolved them to, e.g. ``{"clip_sample": True}`` from its scheduler config: what the
+        saved config records, so that it says what ran. The default: none."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """A short JSON-able description, for logs and result rows."""
         return {"class": type(self).__name__, "prediction_type": self.prediction_type}
@@ -319,8 +341,64 @@ def weights_hint(option: str = "--backbone PATH, or backbone.model=PATH in a run
     )
     return (
         f"{first}; give a local diffusers folder ({option}); let the hub download the weights once "
-        "(network access); or use --backbone tiny for a run that needs no download"
+        "(network access); or use --backbone digits, the trained model that ships with the project "
+        "(no download)"
     )
+
+
+#: an id on the model hub: owner/name
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+
+
+def looks_like_hub_id(model: str) -> bool:
+    """Whether ``model`` has the form of a hub id (``owner/name``) rather than of a path."""
+    return bool(HUB_ID_RE.match(model)) and ".." not in model and not model.startswith(".")
+
+
+def check_model_folder(model: str, components: Sequence[str], what: str) -> None:
+    """Refuse a ``model`` that is meant as a local folder but cannot be one, naming what is wrong:
+    a folder that does not exist (anything that is not an ``owner/name`` hub id), a file, an
+    empty folder, or a folder without some of ``components`` (the sub-folders the model is
+    loaded from; of those, the ones its ``model_index.json`` lists, where it lists any). A hub
+    id that is not a folder here is left to the loader. Raises :class:`~framework.errors.WeightsNotFoundError`."""
+    from framework.errors import WeightsNotFoundError
+
+    layout = "model_index.json and " + ", ".join(f"{c}/" for c in components)
+    path = Path(model).expanduser()
+    if path.is_file():
+        raise WeightsNotFoundError(f"{model} is a file, not a model folder (a {what} folder holds {layout})")
+    if not path.exists():
+        if looks_like_hub_id(model):
+            return
+        from framework.config import preset_names
+
+        raise WeightsNotFoundError(
+            f"folder not found: {model} (--backbone takes a preset ({', '.join(preset_names('backbone'))}), "
+            "a hub id owner/name, or a local diffusers folder)"
+        )
+    if not path.is_dir():
+        return
+    if not any(path.iterdir()):
+        raise WeightsNotFoundError(f"the model folder {model} is empty (a {what} folder holds {layout})")
+    index = path / "model_index.json"
+    listed: list[str] = []
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict):
+            listed = [k for k, v in data.items() if isinstance(v, list) and len(v) == 2 and None not in v]
+    # the components the folder itself lists, where it lists any of those the model is loaded from
+    wanted = [c for c in components if c in listed] or list(components)
+    missing = [c for c in wanted if not (path / c).is_dir() or not any((path / c).iterdir())]
+    if missing:
+        names = " and ".join(", ".join(f"{c}/" for c in missing).rsplit(", ", 1))
+        why = f"model_index.json lists {', '.join(listed)}" if listed else f"a {what} folder holds {layout}"
+        raise WeightsNotFoundError(
+            f"the model folder {model} is incomplete: {names} {'is' if len(missing) == 1 else 'are'} "
+            f"missing or empty ({why})"
+        )
 
 
 def load_backbone(
@@ -344,3 +422,14 @@ def load_backbone(
     if dtype is not None and hasattr(opts, "dtype"):
         opts.dtype = str(dtype).replace("torch.", "")
     return cls(opts)
+
+
+def load_prompt_rules(name_or_path: str | Mapping[str, Any]) -> PromptRules | None:
+    """The :class:`PromptRules` of a backbone config without loading its networks (see
+    :meth:`Backbone.load_prompt_rules`), or None when only the loaded model can tell."""
+    from framework.config import backbone_config
+    from framework.registry import BACKBONES
+
+    cfg = dict(backbone_config(name_or_path)) if not isinstance(name_or_path, Mapping) else dict(name_or_path)
+    cls, opts = BACKBONES.options(cfg)
+    return cls.load_prompt_rules(opts)

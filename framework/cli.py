@@ -34,6 +34,35 @@ SIZE_POLICY = (
 )
 
 
+def preset_names(group: str) -> list[str]:
+    """The preset names of a config group (``configs/<group>/*.yaml``), found where
+    :func:`framework.config.config_dir` finds them, without importing it (it loads OmegaConf)."""
+    import importlib.util
+    import os
+
+    env = os.environ.get("EDITFRIENDLY_CONFIG_DIR")
+    root = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    if not env and not (root / "experiment").is_dir():
+        spec = importlib.util.find_spec("editfriendly_configs")  # the installed copy of configs/
+        if spec is not None and spec.submodule_search_locations:
+            root = Path(next(iter(spec.submodule_search_locations)))
+    folder = root / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def backbone_help() -> str:
+    """The --backbone help: every preset of ``configs/backbone/``, the default marked."""
+    from framework.schema import EditConfig  # the standard library only
+
+    default = str(EditConfig().backbone)
+    names = [f"{n} (default)" if n == default else n for n in preset_names("backbone")]
+    return (
+        f"a preset ({', '.join(names) or default}), a registered backbone, a hub id (owner/name) or a "
+        "local diffusers folder. digits is the trained model that ships with the project (no download); "
+        "tiny is random (its edits are noise: for tests)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``editfriendly`` parser with every subcommand (argparse only: nothing heavy loads)."""
     parser = argparse.ArgumentParser(
@@ -66,11 +95,7 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
     edit.add_argument(
         "--target", action="append", required=True, help="a target prompt (repeat for several)"
     )
-    edit.add_argument(
-        "--backbone",
-        help="a preset (sd14 [default], sd15, sd21, tiny, tiny_v), a registered backbone, a hub "
-        "id or a local diffusers folder",
-    )
+    edit.add_argument("--backbone", help=backbone_help())
     edit.add_argument("--out", default=None, help="output folder (default: outputs/<image name>)")
     edit.add_argument("--seed", type=int, help="random seed (default 0)")
     edit.add_argument(
@@ -150,7 +175,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     """``editfriendly demo``: the web page (argparse only: Gradio loads in :func:`cmd_demo`)."""
-    from framework.demo import DEFAULT_OUT  # demo.py imports only the standard library at load
+    from framework.demo import DEFAULT_OUT, DEFAULT_TIME_LIMIT_S  # demo.py imports only the standard library
 
     p = sub.add_parser(
         "demo",
@@ -179,6 +204,14 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         help=f"output folder: every file the demo writes goes under it (default {DEFAULT_OUT})",
     )
     p.add_argument("--device", help="cuda, cuda:1, cpu, mps or auto (default)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=DEFAULT_TIME_LIMIT_S,
+        metavar="SECONDS",
+        help=f"stop a request that runs longer than this and tell its user (default {DEFAULT_TIME_LIMIT_S:g}); "
+        "requests run one at a time, so this is also the longest any user waits for another's",
+    )
 
 
 
@@ -186,11 +219,12 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_edit(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from framework.backbone import resolve_device
-    from framework.config import backbone_config, compose, save_config_history
+    from framework.backbone import load_prompt_rules, resolve_device
+    from framework.config import backbone_config, compose, literal, save_config_history
     from framework.edit import invert_and_edit
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
-    from framework.progress import progress_bars
+    from framework.progress import interactive, progress_bars
+    from framework.prompts import check_edit_prompts
     from framework.random import check_seed
     from framework.registry import BACKBONES, EDITORS, INVERTERS
     from framework.schedule import check_steps
@@ -201,9 +235,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     for key, value in (("num_steps", args.steps), ("skip", args.skip), ("seed", args.seed)):
         if value is not None:
             layer[key] = value
-    cfg = compose(overrides=args.overrides, extra_layers=[layer], kind="edit")  # typos: exit 2
+    # flags are text as typed (literal); key=value overrides are configuration (interpolated)
+    cfg = compose(overrides=args.overrides, extra_layers=[literal(layer)], kind="edit")  # typos: exit 2
     if args.device:
-        cfg.backbone.device = args.device
+        cfg.backbone.device = literal(args.device)
     check_seed(cfg.seed)
     check_steps(int(cfg.num_steps), int(cfg.skip))
     # Validate everything cheap before the (slow) model load.
@@ -219,16 +254,24 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("outputs") / Path(args.image).stem
     check_output_dir(out)
 
+    # prompts the text encoder cannot take are refused before the model loads, where the
+    # tokenizer can be read alone (invert_and_edit checks them again, and warns about words
+    # the model has never seen)
+    check_edit_prompts(load_prompt_rules(cfg.backbone), args.source, targets, (inverter, editor), warn=False)
+
     logging.getLogger(__name__).info("loading backbone %s", dict(cfg.backbone))
     backbone = BACKBONES.build(cfg.backbone)
     image = pil_to_tensor(fit_image(pil, size, backbone.resolution, backbone.size_multiple))
-    cfg.image = str(args.image)
-    cfg.source_prompt = args.source
-    cfg.target_prompts = targets
+    for key, value in backbone.resolved_options().items():  # config.yaml records the values used
+        cfg.backbone[key] = literal(value)
+    # the record holds the prompts and the file name exactly as given (never interpolated)
+    cfg.image = literal(str(args.image))
+    cfg.source_prompt = literal(args.source)
+    cfg.target_prompts = literal(targets)
     cfg.size = f"{image.shape[-1]}x{image.shape[-2]}"
     cfg.device = str(resolve_device(cfg.backbone.device))
 
-    with progress_bars(not args.no_progress):
+    with progress_bars(not args.no_progress and interactive()):
         result = invert_and_edit(
             backbone,
             inverter,
@@ -396,6 +439,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
+    if not 0 < args.time_limit < float("inf"):
+        raise InputError(f"--time-limit must be a positive number of seconds, got {args.time_limit:g}")
     out = Path(args.out).resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -409,6 +454,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "editfriendly demo needs Gradio: pip install 'editfriendly[demo]' (or pip install gradio)"
         ) from None
     engine = DemoEngine.load(args.backbone, out, device=args.device)
+    engine.time_limit = args.time_limit
+    for folder in engine.remove_partial_outputs():
+        print(f"removed the unfinished output folder {folder}", flush=True)
     app = build_app(engine)
     print(f"editfriendly demo: backbone {engine.backbone_name}, writing under {out}", flush=True)
     launch(app, engine, host=args.host, port=args.port, share=args.share == "yes")
@@ -445,7 +493,8 @@ def skip_records_handled_below(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``editfriendly ARGV``; returns the exit status (2 for a user error, 130 interrupted)."""
+    """Run ``editfriendly ARGV``; returns the exit status (2 for a user error, 1 for a failed write,
+    130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -461,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return HANDLERS[args.command](args)
     except EditFriendlyError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_status", 2))  # 1 for a failed write (framework.outputs)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -28,11 +28,13 @@ config is fully resolved.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -373,16 +375,17 @@ def resolve(cfg: Mapping[str, Any]) -> DictConfig:
 
     registries = {"backbone": BACKBONES, "inverter": INVERTERS, "editor": EDITORS}
     out = dict(cfg)
+    # full_options resolves each group's interpolations; literal() keeps the results as they are
     for group, registry in registries.items():
         if group in out:
-            out[group] = full_options(registry, out[group])
+            out[group] = literal(full_options(registry, out[group]))
     if "methods" in out:
         methods = []
         for m in out["methods"]:
             m = dict(m)
             for group in ("inverter", "editor"):
                 if group in m:
-                    m[group] = full_options(registries[group], m[group])
+                    m[group] = literal(full_options(registries[group], m[group]))
             methods.append(m)
         out["methods"] = methods
     try:
@@ -392,11 +395,18 @@ def resolve(cfg: Mapping[str, Any]) -> DictConfig:
 
 
 def full_options(registry: Any, node: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"name": ..., **every option with its default}`` after validating ``node``."""
+    """``{"name": ..., **every option with its default}`` after validating ``node``, a group
+    of configuration: its interpolations are resolved (pass text that must be kept as it is
+    through :func:`literal`). The result is plain data."""
     import dataclasses
 
     # a preset's settings (num_steps/skip) are no plugin option; compose applies them
-    _, options = registry.options({k: v for k, v in node.items() if k != SETTINGS})
+    node = {k: v for k, v in node.items() if k != SETTINGS}
+    try:  # configuration: its interpolations (e.g. ${oc.env:...}) resolve here, once
+        node = OmegaConf.to_container(OmegaConf.create(node), resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"bad value in the {registry.kind} config {node}: {str(exc).splitlines()[0]}") from None
+    _, options = registry.options(node)
     return {"name": node["name"], **dataclasses.asdict(options)}
 
 
@@ -454,13 +464,72 @@ def is_pixel_model_folder(path: str | Path) -> bool:
     return False
 
 
+def literal(value: Any) -> Any:
+    """``value`` (a string, or lists and mappings holding strings) escaped so that OmegaConf keeps
+    it as written: ``${`` becomes ``\\${`` (with the backslashes before it doubled), which OmegaConf
+    resolves back to ``${``. User text (prompts, captions, file names, whatever a page receives)
+    goes into a config through this, so it is never interpolated; configuration the user writes
+    (experiment files, ``key=value`` overrides) keeps interpolation."""
+    if isinstance(value, str):
+        return _INTERPOLATION_START.sub(lambda m: "\\" * (2 * len(m.group(1)) + 1) + "${", value)
+    if isinstance(value, Mapping):
+        return {k: literal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [literal(v) for v in value]
+    return value
+
+
+_INTERPOLATION_START = re.compile(r"(\\*)\$\{")
+
+
+def read_yaml_data(path: str | Path) -> Any:
+    """A YAML file as plain data, every string as written (no interpolation): dataset files,
+    captions and the ``config.yaml`` records (written resolved). Raises OSError, or ValueError
+    naming the place of a syntax error."""
+    with open(path, encoding="utf-8") as fh:
+        try:
+            return yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class _RecordDumper(yaml.SafeDumper):
+    """Writes strings that would read back as another type quoted, as OmegaConf does."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    quoted = data in _YAML_BOOLS or _looks_numeric(data)
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'" if quoted else None)
+
+
+_YAML_BOOLS = {w for b in ("y", "yes", "n", "no", "true", "false", "on", "off") for w in (b, b.capitalize(), b.upper())}
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text.replace("_", ""))
+    except ValueError:
+        return False
+    return True
+
+
+_RecordDumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: Any) -> str:
+    """Plain data as block-style YAML, keys in their order, strings exactly as they are."""
+    return yaml.dump(data, Dumper=_RecordDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+
+
 def save_config(cfg: DictConfig | Mapping[str, Any], path: str | Path) -> Path:
-    """Write the resolved config as YAML (the record kept beside every output)."""
+    """Write a config as YAML (the record kept beside every output).
+
+    A ``DictConfig`` is written resolved (its interpolations were configuration); a plain mapping
+    is taken as already resolved and written as it is, so no text in it is interpreted again."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else dict(cfg)
+    path.write_text(dump_yaml(data), encoding="utf-8")
     return path
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from framework.inversion import Inversion
+from framework.prompts import check_edit_prompts
 from framework.random import make_generator
 from framework.sampling import check_conditional
 
@@ -165,8 +166,15 @@ def invert_and_edit(
     skip: int,
     seed: int,
 ) -> EditResult:
-    """Encode ``image`` (1, 3, H, W), invert it once, edit it toward every target, decode."""
+    """Encode ``image`` (1, 3, H, W), invert it once, edit it toward every target, decode.
+
+    Before anything runs, every prompt (the source, the targets, the plugin options that are
+    prompts) is checked against the backbone's text encoder: one it cannot take is refused
+    (:class:`~framework.errors.InputError`, or :class:`~framework.errors.ConfigError` for an
+    option), and words a closed vocabulary has never seen are named in a warning."""
     check_conditional(editor, backbone)  # before the inversion, not after it
+    rules = backbone.prompt_rules() if hasattr(backbone, "prompt_rules") else None
+    check_edit_prompts(rules, source_prompt, target_prompts, (inverter, editor))
     inv = invert_image(backbone, inverter, image, source_prompt, num_steps=num_steps, skip=skip, seed=seed)
     edit = edit_inversion(
         backbone, editor, inv.inversion, source_prompt, target_prompts, skip=skip, seed=seed

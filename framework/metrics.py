@@ -37,6 +37,9 @@ class Metric(abc.ABC):
     registered_name: str
     #: the result columns this metric fills (after ``setup``; may depend on options)
     columns: tuple[str, ...] = ()
+    #: the values a column can take, as (low, high) with None for no bound (e.g. (0.0, 1.0) for
+    #: a rate or an IoU); reports clip confidence intervals to it. Columns not named: unbounded.
+    ranges: dict[str, tuple[float | None, float | None]] = {}
     #: the runner then also edits with the source prompt and fills ``MetricInput.reconstruction``
     needs_reconstruction: bool = False
     #: the runner then fills ``MetricInput.samples`` (methods with ``seeds: S``)

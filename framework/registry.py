@@ -95,14 +95,18 @@ class Registry:
 
 
 def validate_options(options_cls: type, values: Mapping[str, Any], what: str) -> Any:
-    """Merge ``values`` into ``options_cls``'s defaults, rejecting unknown keys and bad types."""
+    """Merge ``values`` into ``options_cls``'s defaults, rejecting unknown keys and bad types.
+    ``values`` are taken as data: a string holding ``${...}`` is kept as it is, not interpolated."""
     fields = {f.name for f in dataclasses.fields(options_cls)}
     for key in values:
         if key not in fields:
             accepted = ", ".join(sorted(fields)) or "(no options)"
             raise ConfigError(f"unknown option {key!r} for {what}; accepted options: {accepted}")
+    from framework.config import literal
+
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(options_cls), dict(values))
+        # values are data: text that looks like an interpolation stays text
+        merged = OmegaConf.merge(OmegaConf.structured(options_cls), literal(dict(values)))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None)

@@ -379,6 +379,9 @@ class Editor(abc.ABC):
     registered_name: str
     #: whether the editor needs a text-conditional backbone
     needs_prompts: bool = True
+    #: False for an editor that starts from the encoded input (x0) alone and uses none of the
+    #: inversion's noise maps or latents: the inversion it is given is computed but not needed
+    needs_inversion: bool = True
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -395,6 +398,12 @@ class Editor(abc.ABC):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Return one latent per target prompt, (K, C, h, w) float32."""
+
+    def prompt_options(self) -> list[Any]:
+        """The options whose values are prompts, as :class:`framework.prompts.PromptOption`\\ s:
+        they are checked against the backbone's text encoder with the source and target prompts,
+        before the inversion. The default: none."""
+        return []
 
     def check_inputs(self, backbone: Backbone, inversion: Inversion, target_prompts: Sequence[str] | str) -> list[str]:
         """The checks a prompt-driven edit starts with (targets, a conditional backbone, one

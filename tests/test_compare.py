@@ -159,7 +159,11 @@ def test_compare_two_runs_writes_report_scatter_and_grids(runs, tmp_path):
             assert f"{mean:.4g} ± {half:.4g}" in md
         assert line["rows"] == "6" and line["failed"] == ("2" if line["method"] == "ef_text_cfg" else "0")
         assert int(line["lpips_n"]) == (4 if line["method"] == "ef_text_cfg" else 6)
-    assert "corrupt image file" in md and "| run | method | skip | editor.guidance_scale | rows | failed |" in md
+    assert "corrupt image file" in md
+    # each run has its own parameter: both go beside the method; rows (6 for every setting) is stated once
+    assert "| run | method | failed | lpips ↓ |" in md
+    assert "| run_b | ef_text_cfg (editor.guidance_scale=3.0) | 2 |" in md
+    assert "(not shown as columns): rows = 6." in md
     assert "lpips ↓" in md and "clip_score ↑" in md
     assert "left out): lpips_bg, clip_score_edited" in md and "lpips_bg ↓" not in md  # no masks here
     # a failed item's cells are marked in its grid
@@ -185,7 +189,7 @@ def test_compare_one_run_sampled_items_and_wandb(runs, tmp_path, monkeypatch, ca
     tables = list(wandb_dir.rglob("comparison_*.table.json"))
     assert tables, list(wandb_dir.rglob("*"))
     logged = json.loads(tables[0].read_text())
-    assert logged["columns"][:3] == ["method", "skip", "rows"]
+    assert logged["columns"][:3] == ["method", "skip", "lpips ↓"]  # rows and failed: the same everywhere
     lp = logged["columns"].index("lpips ↓")
     mean, half, _ = expected(runs[0], "ef_text", "skip", "2", "lpips")
     assert logged["data"][0][lp] == f"{mean:.4g} ± {half:.4g}"

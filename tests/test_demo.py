@@ -1,9 +1,10 @@
 """``editfriendly demo``: the page in a real headless Chromium, its API through ``gradio_client``,
 errors, the per-session inversion cache, two concurrent users, and where it writes.
 
-One server (``python -m framework.cli demo --backbone tiny``) is started for the module on
-127.0.0.1 and a free port, in a subprocess whose working directory, HOME and TMPDIR are empty
-folders, so that the test can check that it writes nothing outside its ``--out`` folder.
+One server (``python -m framework.cli demo --backbone tiny``, :mod:`tests.helpers.demo_server`) is
+started for the module on 127.0.0.1 and a free port, in a subprocess whose working directory, HOME
+and TMPDIR are empty folders, so that the test can check that it writes nothing outside its
+``--out`` folder.
 Requests use 10 steps on the tiny model (about a second each on 2 CPU cores).
 """
 
@@ -11,14 +12,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -30,8 +26,9 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]'")
 gradio_client = pytest.importorskip("gradio_client", reason="the demo tests need gradio_client (installed with Gradio)")
 
+from tests.helpers.demo_server import FLOWER, RESOLUTION, SKIP, STEPS, Server, client, request, unpack  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-FLOWER = ROOT / "data" / "example" / "flower.png"
 CHROMIUM = "/usr/bin/chromium"
 # no GPU, no sandbox (CI runs as root), and nothing a browser fetches by itself
 CHROMIUM_ARGS = [
@@ -44,81 +41,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-RESOLUTION = 32  # the tiny backbone's image side
-STEPS, SKIP = 10, 3
-
-
-# The server's main: the CLI, with an audit hook logging every socket connection it opens.
-SERVER_MAIN = """
-import sys
-log = open(sys.argv[1], "a")
-def hook(event, args):
-    if event == "socket.connect":
-        log.write(repr(args[1]) + "\\n")
-        log.flush()
-sys.addaudithook(hook)
-from framework.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """The demo in a subprocess; ``folders`` are the places it must leave untouched."""
-
-    def __init__(self, root: Path) -> None:
-        self.out = root / "out"
-        self.folders = {name: root / name for name in ("cwd", "home", "tmp")}
-        for folder in self.folders.values():
-            folder.mkdir()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = root / "server.log"
-        env = dict(os.environ)
-        env.update(
-            PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-            HOME=str(self.folders["home"]),
-            TMPDIR=str(self.folders["tmp"]),
-            OMP_NUM_THREADS="1",
-            HF_HUB_OFFLINE="1",
-            # the tiny model is built once per test session into this cache (tests/conftest.py)
-            EDITFRIENDLY_CACHE=os.environ["EDITFRIENDLY_CACHE"],
-        )
-        env.pop("GRADIO_TEMP_DIR", None)
-        self.connects = root / "connects.log"  # every network connection the server opens
-        cmd = [
-            sys.executable, "-c", SERVER_MAIN, str(self.connects), "demo", "--backbone", "tiny", "--device", "cpu",
-            "--host", "127.0.0.1", "--port", str(self.port), "--out", str(self.out),
-        ]  # fmt: skip
-        self._log = open(self.log, "w")  # closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=self.folders["cwd"], env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the demo server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:  # local
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"the demo server did not answer in {timeout}s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -129,43 +51,6 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield srv
     finally:
         srv.stop()
-
-
-def client(server: Server, folder: Path):
-    """A new browser-like session (its own inversion cache); downloads go to ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return gradio_client.Client(server.url, verbose=False, download_files=str(folder))
-
-
-def request(**changes):
-    """Arguments of the ``/edit`` endpoint: the flower, one target, 10 steps."""
-    args = dict(
-        image_payload=gradio_client.handle_file(str(FLOWER)),
-        source_text="a pink flower with green leaves",
-        targets_text="a yellow flower with green leaves",
-        inv="ddpm_edit_friendly",
-        inv_opts="eta: 1.0\nzero_last_noise: false\n",
-        inv_guid=3.5,
-        ed="text",
-        ed_opts="",
-        ed_guid=15.0,
-        n_steps=STEPS,
-        n_skip=SKIP,
-        seed_value=0,
-        n_outputs=1,
-    )
-    args.update(changes)
-    return args
-
-
-def unpack(result):
-    """(gallery [(path, caption)], timings markdown, {file name: path})."""
-    gallery, timings, files = result
-    items = gallery["value"] if isinstance(gallery, dict) else gallery
-    pairs = [
-        (item["image"]["path"] if isinstance(item["image"], dict) else item["image"], item["caption"]) for item in items
-    ]
-    return pairs, timings, {Path(f).name: Path(f) for f in files}
 
 
 def pixels(path: str | Path) -> np.ndarray:

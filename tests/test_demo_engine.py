@@ -8,9 +8,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
-from framework.demo import DemoEngine, EditRequest, InversionCache, inversion_key, load_examples, parse_options
+from framework.demo import (
+    PAGE_OPTIONS,
+    PARTIAL_PREFIX,
+    SERVER_FILE_OPTIONS,
+    DemoEngine,
+    EditRequest,
+    InversionCache,
+    LiteralText,
+    as_int,
+    inversion_key,
+    load_examples,
+    parse_options,
+)
 from framework.errors import ConfigError, InputError, WeightsNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,11 +97,11 @@ def test_compose_applies_presets_boxes_and_sliders(tmp_path: Path) -> None:
         editor_options="", editor_guidance=7.0, num_steps=20.0, skip=4.0, seed=3.0,
     )  # fmt: skip
     cfg = engine.compose(req)
-    assert dict(cfg.inverter) == {
+    assert cfg["inverter"] == {
         "name": "cycle_diffusion", "eta": 0.1, "guidance_scale": 2.0, "zero_last_noise": True, "timestep_batch": 1
     }
-    assert cfg.editor.name == "prompt_to_prompt" and cfg.editor.guidance_scale == 7.0
-    assert (cfg.num_steps, cfg.skip, cfg.seed) == (20, 4, 3)
+    assert cfg["editor"]["name"] == "prompt_to_prompt" and cfg["editor"]["guidance_scale"] == 7.0
+    assert (cfg["num_steps"], cfg["skip"], cfg["seed"]) == (20, 4, 3)
     with pytest.raises(InputError, match="seed must be a whole number"):
         engine.compose(EditRequest(**{**req.__dict__, "seed": 1.5}))
     with pytest.raises(ConfigError, match="unknown option 'etta'"):
@@ -128,3 +141,119 @@ def test_examples_come_from_the_shipped_data_lists(tmp_path: Path) -> None:
         Image.new("RGB", (8, 8)).save(tmp_path / name)
     found = [(Path(e["image"]).name, e["source"]) for e in load_examples(tmp_path)]
     assert found == [("a.png", "b"), ("b.png", "")]
+
+
+def _request(**changes) -> EditRequest:
+    fields = dict(
+        image=None, source_prompt="a", target_prompts="b", inverter="ddpm_edit_friendly", inverter_options="",
+        inverter_guidance=3.5, editor="plug_and_play", editor_options="", editor_guidance=7.5, num_steps=10,
+        skip=3, seed=0,
+    )  # fmt: skip
+    fields.update(changes)
+    return EditRequest(**fields)
+
+
+def test_every_plugin_option_is_either_taken_from_the_page_or_a_server_file() -> None:
+    """A new plugin option must be classified here before the page offers it."""
+    import dataclasses
+
+    from framework.registry import EDITORS, INVERTERS
+
+    for registry in (INVERTERS, EDITORS):
+        for name in registry.names():
+            fields = {f.name for f in dataclasses.fields(registry.get(name).Options)}
+            page, files = set(PAGE_OPTIONS.get(name, {})), set(SERVER_FILE_OPTIONS.get(name, ()))
+            assert not page & files, name
+            assert fields == page | files, (name, fields ^ (page | files))
+    # the boxes show only what the page takes
+    text, _, _ = DemoEngine.preset_options("editor", "color_strokes")
+    shown = set(parse_options(text, "editor"))
+    assert shown == {"strength", "start_step", "end_step", "clip_prediction", "guidance_scale"}
+    text, _, _ = DemoEngine.preset_options("editor", "zero_shot")
+    assert not {"source_sentences", "target_sentences"} & set(parse_options(text, "editor"))
+
+
+def test_options_naming_files_presets_outside_the_list_and_plugin_switches_are_refused(tmp_path: Path) -> None:
+    engine = DemoEngine(backbone=None, backbone_cfg={"name": "tiny"}, backbone_name="tiny", out=tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the first line\n")
+    messages = set()
+    for path in (secret, tmp_path / "missing.txt"):
+        with pytest.raises(ConfigError, match="'source_sentences' names a file and is not accepted") as info:
+            engine.compose(_request(editor="zero_shot", editor_options=f"source_sentences: {path}"))
+        messages.add(str(info.value))
+    assert len(messages) == 1  # nothing depends on the file
+    with pytest.raises(ConfigError, match="unknown inverter preset '../../x'; choose one of: "):
+        engine.compose(_request(inverter="../../x"))
+    with pytest.raises(ConfigError, match="choose the editor in its menu"):
+        engine.compose(_request(editor_options="name: text"))
+    with pytest.raises(ConfigError, match="'num_inner_steps' must be a number in 0..50 in the demo"):
+        engine.compose(_request(inverter="null_text", inverter_options="num_inner_steps: 1000"))
+
+
+def test_page_text_is_never_interpolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EF_DEMO_SECRET", "s3cret")
+    engine = DemoEngine(backbone=None, backbone_cfg={"name": "tiny"}, backbone_name="tiny", out=tmp_path)
+    tricky = ["${oc.env:EF_DEMO_SECRET}", "${oc.env:NOPE,red}", "???", "\\${x}", "${", "a ${num_steps} b"]
+    for text in tricky:
+        literal = LiteralText()
+        cfg = engine.compose(_request(editor_options=yaml.safe_dump({"negative_prompt": text})), literal)
+        assert cfg["editor"]["negative_prompt"] == text
+        from framework.registry import EDITORS
+
+        editor = engine.build_plugin(EDITORS, cfg["editor"], literal)
+        assert editor.options.negative_prompt == text
+    with pytest.raises(ConfigError) as info:
+        engine.compose(_request(inverter_options="eta: ${oc.env:EF_DEMO_SECRET}"))
+    assert "${oc.env:EF_DEMO_SECRET}" in str(info.value) and "s3cret" not in str(info.value)
+    # nested values come back as typed
+    literal = LiteralText()
+    value = {"a": ["${x}", {"${k}": "???"}], "b": ("plain", 1)}
+    assert literal.show(literal.hide(value)) == {"a": ["${x}", {"${k}": "???"}], "b": ["plain", 1]}
+
+
+def test_numbers_from_the_page() -> None:
+    assert as_int(2**70, "seed") == 2**70  # exact, not through a float
+    assert as_int(3.0, "seed") == 3 and as_int(" 7 ", "seed") == 7
+    for bad in (1.5, float("inf"), float("nan"), "x", None, True, [1]):
+        with pytest.raises(InputError, match="seed must be a whole number"):
+            as_int(bad, "seed")
+    with pytest.raises(ConfigError, match="too large"):  # aliases count each time they are used
+        parse_options(
+            "a: &a [1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: [*b, *b, *b, *b, *b, *b, *b, *b]",
+            "editor",
+        )
+
+
+def test_time_limit_stops_the_loops_at_their_next_step() -> None:
+    from framework import progress
+
+    with progress.time_limit(None):
+        assert list(progress.steps(range(3), desc="x")) == [0, 1, 2]
+    with progress.time_limit(3600):
+        assert list(progress.steps(range(3), desc="x")) == [0, 1, 2]
+    with progress.time_limit(0), pytest.raises(progress.TimeLimitExceeded, match="time limit of 0 s"):
+        for _ in progress.steps(range(3), desc="x"):
+            pass
+    with progress.time_limit(0), progress.progress_bars(True):
+        bar = progress.steps(range(3), desc="x", total=3)  # advanced by hand, as the batched inversion does
+        with pytest.raises(progress.TimeLimitExceeded):
+            bar.update(1)
+        bar.close()
+    assert list(progress.steps(range(2), desc="x")) == [0, 1]  # outside the block: no limit
+
+
+def test_unfinished_output_folders_of_a_stopped_server_are_removed(tmp_path: Path) -> None:
+    import os
+    import time
+
+    engine = DemoEngine(backbone=None, backbone_cfg={"name": "tiny"}, backbone_name="tiny", out=tmp_path, time_limit=60)
+    runs = tmp_path / "runs"
+    old, fresh, done = runs / f"{PARTIAL_PREFIX}old", runs / f"{PARTIAL_PREFIX}fresh", runs / "20260101-000000-done"
+    for folder in (old, fresh, done):
+        folder.mkdir(parents=True)
+        (folder / "input.png").write_bytes(b"x")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert engine.remove_partial_outputs() == [old]
+    assert not old.exists() and fresh.exists() and done.exists()

@@ -74,7 +74,7 @@ def test_ddim_matches_diffusers_inverse_scheduler(request, backbone_name, guidan
             assert torch.allclose(inv.xts[k + 1], x, atol=1e-5, rtol=1e-5), f"step {k + 1}"
 
 
-def test_ddim_reconstruction_error_shrinks_with_steps(tiny, photo_x0, capsys):
+def test_ddim_reconstruction_error_shrinks_with_steps(tiny, photo_x0):
     """Invert then regenerate with the text editor (source prompt, η = 0): error at 10/50/100 steps."""
     inverter = INVERTERS.build({"name": "ddim"})
     editor = EDITORS.build({"name": "text", "guidance_scale": 1.0})
@@ -84,11 +84,11 @@ def test_ddim_reconstruction_error_shrinks_with_steps(tiny, photo_x0, capsys):
         rec = editor.edit(tiny, inv, PROMPT, [PROMPT], skip=0)
         err = rec - photo_x0
         rows.append((n, float(err.abs().max()), float(err.pow(2).mean()), float(err.abs().mean())))
-    with capsys.disabled():
-        print("\nDDIM inversion + DDIM sampling on the tiny backbone (reconstruction of x0):")
-        print(f"{'steps':>6} {'max abs':>10} {'MSE':>12} {'mean abs':>10}")
-        for n, mx, mse, mae in rows:
-            print(f"{n:>6} {mx:>10.4f} {mse:>12.6f} {mae:>10.4f}")
+    # the table shows with the test's report (pytest -rP, or when it fails)
+    print("DDIM inversion + DDIM sampling on the tiny backbone (reconstruction of x0):")
+    print(f"{'steps':>6} {'max abs':>10} {'MSE':>12} {'mean abs':>10}")
+    for n, mx, mse, mae in rows:
+        print(f"{n:>6} {mx:>10.4f} {mse:>12.6f} {mae:>10.4f}")
     mses = [r[2] for r in rows]
     maes = [r[3] for r in rows]
     assert mses[0] > mses[1] > mses[2], rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -72,6 +73,34 @@ def logger_options(cfg: Any) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+#: library messages a run does not pass on to the user: (logger name, text the message holds)
+QUIET_RECORDS = (("lightning.pytorch.utilities.rank_zero", "litlogger"),)  # Lightning's advert for its cloud logger
+#: library warnings a run does not pass on: (category, start of the message as a regex)
+QUIET_WARNINGS = (
+    # Lightning's own pytree helper (2.6) builds LeafSpec, which torch (2.14) deprecates: once per predict loop
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+)
+
+
+def _drop_quiet_record(record: logging.LogRecord) -> bool:
+    text = str(record.msg)
+    return not any(record.name == name and part in text for name, part in QUIET_RECORDS)
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' tips and deprecation notices about their own code (:data:`QUIET_RECORDS`,
+    :data:`QUIET_WARNINGS`) out of a run's output; everything else still shows. Idempotent; each
+    process of a run calls it."""
+    import warnings
+
+    for category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in {name for name, _ in QUIET_RECORDS}:
+        logger = logging.getLogger(name)
+        if _drop_quiet_record not in logger.filters:
+            logger.addFilter(_drop_quiet_record)
+
+
 def build_logger(cfg: Any, output_dir: Path, run_name: str) -> Any:
     """``logger`` config -> a Lightning logger (wandb offline by default), or None.
 
@@ -119,7 +148,13 @@ def _wandb_logger(options: dict[str, Any], output_dir: Path, run_name: str) -> A
         import wandb
 
         kwargs["settings"] = wandb.Settings(silent=True)
-    return WandbLogger(**kwargs, **options)
+    logger = WandbLogger(**kwargs, **options)
+    # Lightning passes anonymous=None to wandb.init, which wandb (0.31) answers with "The
+    # anonymous setting has no effect" on every run: leave the argument out when it says nothing
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous", False) is None:
+        del init["anonymous"]
+    return logger
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ every target from it, decodes, scores with the configured metrics, and returns r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -23,7 +24,6 @@ from torch import Tensor
 from framework.dataset import Item, fit_mask, item_seed
 from framework.errors import ConfigError
 from framework.experiment.plan import InversionGroup, Variant, build_metrics, inversion_groups, item_dir
-from framework.experiment.results import done_keys
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,11 @@ class Loaded:
     """An item's image, loaded and sized for the backbone."""
 
     source: Tensor  # (1, 3, H, W) in [-1, 1], on the CPU: what the metrics compare with
-    x0: Tensor  # the backbone's encoding of it (latents for latent models), on the device
+    x0: Tensor | None  # the backbone's encoding of it (latents for latent models), on the device
     mask: Tensor | None  # (1, 1, H, W) in {0, 1}, or None
     input_image: Image.Image  # the sized input, saved as input_rel
     idir: str  # the item's folder under images/<variant>/
-    input_rel: str  # images/inputs/<idir>.png
+    input_rel: str  # images/inputs/<idir>__<hash of the image bytes and the sizing>.png
 
 
 @dataclass
@@ -68,6 +68,9 @@ class EditModule(pl.LightningModule):
         save_reconstructions: bool = False,
         show_steps: bool = False,
         threads: int | None = None,
+        prompt_problems: dict[str, str] | None = None,
+        done: set[tuple] | None = None,
+        digests: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone_cfg = dict(backbone_cfg)
@@ -80,13 +83,23 @@ class EditModule(pl.LightningModule):
         self.save_reconstructions = bool(save_reconstructions)
         self.show_steps = bool(show_steps)
         self.threads = threads
+        # {item id: error} of the items whose prompts the text encoder cannot take, found at
+        # planning; None: not checked there, so checked here with the loaded model
+        self.prompt_problems = prompt_problems
+        self.prompt_rules: Any = None
+        #: keys of the rows to reuse (framework.experiment.resume.plan_resume), not computed again
+        self.done = set(done or ())
+        #: item id -> ItemDigest (framework.experiment.resume), recorded in every row
+        self.digests = dict(digests or {})
         self.backbone: Any = None
 
     # Lightning moves the (parameter-free) module to its device before this hook.
     def on_predict_start(self) -> None:
         from framework.backbone import load_backbone
+        from framework.experiment.loggers import quiet_libraries
         from framework.registry import EDITORS, INVERTERS
 
+        quiet_libraries()  # also in processes that Lightning spawns rather than starts anew
         device = self.device
         if self.threads:
             # after Lightning's own choice (DDP on CPUs: cores // processes): float sums depend
@@ -95,14 +108,27 @@ class EditModule(pl.LightningModule):
         self.backbone = load_backbone(self.backbone_cfg, device=device)
         self.inverters = {json.dumps(v.inverter, sort_keys=True): INVERTERS.build(v.inverter) for v in self.variants}
         self.editors = {json.dumps(v.editor, sort_keys=True): EDITORS.build(v.editor) for v in self.variants}
+        if self.prompt_problems is None:  # before the first item: a bad option fails the run
+            from framework.prompts import check_run_prompts
+
+            self.prompt_rules = self.backbone.prompt_rules()
+            methods = [
+                (v.label, (self.inverters[json.dumps(v.inverter, sort_keys=True)],
+                           self.editors[json.dumps(v.editor, sort_keys=True)]))
+                for v in self.variants
+            ]
+            check_run_prompts(self.prompt_rules, methods, [])
         self.metrics = build_metrics(self.metric_cfgs)
         for m in self.metrics:
             m.setup(device)
         self.needs_reconstruction = self.save_reconstructions or any(m.needs_reconstruction for m in self.metrics)
-        self.done = done_keys(self.output_dir)
 
     def predict_step(self, item: Item | None, batch_idx: int = 0) -> list[dict[str, Any]]:
         if item is None:  # an idle rank's placeholder (more devices than items)
+            return []
+        from framework.experiment.writer import ResultsWriter
+
+        if ResultsWriter.stopped(self._trainer):  # a write failed (a full disk): compute nothing more
             return []
         from framework.progress import progress_bars
 
@@ -140,7 +166,14 @@ class EditModule(pl.LightningModule):
             "input_path": "",
             "output_path": "",
         }
+        digest = self.digests.get(item.id)
+        if digest is not None:
+            row["item_sha256"], row["image_sha256"] = digest.item, digest.image
         row.update(v.sweep)
+        # which rows share one inversion, and whether the editor uses the inversion at all
+        row["inversion_group"] = v.inversion_group
+        editor = self.editors.get(json.dumps(v.editor, sort_keys=True)) if hasattr(self, "editors") else None
+        row["inversion_needed"] = bool(getattr(editor, "needs_inversion", True))
         for key, value in item.extras.items():
             if isinstance(value, (str, int, float, bool)) or value is None:
                 row[f"data.{key}"] = value
@@ -154,6 +187,17 @@ class EditModule(pl.LightningModule):
         todo = self._missing(item)
         if not todo:
             return []
+        bad = self._prompt_problem(item)
+        if bad:  # nothing runs; the input image is still saved beside the failed rows
+            log.warning("item %s failed: %s", item.id, bad)
+            try:
+                loaded = self._load(item, encode=False)
+            except Exception:
+                return self._failed_rows(item, todo, bad)
+            rows = self._failed_rows(item, todo, bad, loaded.input_rel)
+            if rows:
+                rows[0]["_input"] = loaded.input_image
+            return rows
         try:
             loaded = self._load(item)
         except Exception as exc:
@@ -180,9 +224,19 @@ class EditModule(pl.LightningModule):
             rows[0]["_input"] = loaded.input_image
         return rows
 
+    def _prompt_problem(self, item: Item) -> str:
+        """Why the text encoder cannot take the item's prompts ("" when it can)."""
+        if self.prompt_problems is not None:
+            return self.prompt_problems.get(item.id, "")
+        from framework.prompts import item_problems
+
+        why = item_problems(self.prompt_rules, item.source_prompt, item.target_prompts)
+        return "InputError: " + "; ".join(why) if why else ""
+
     # -- the steps of one item
-    def _load(self, item: Item) -> Loaded:
-        """Read, size and encode the item's image (and its mask), lazily: a bad file fails this item."""
+    def _load(self, item: Item, encode: bool = True) -> Loaded:
+        """Read, size and encode the item's image (and its mask), lazily: a bad file fails this item.
+        ``encode=False``: read and size only (x0 is then None)."""
         from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
 
         backbone = self.backbone
@@ -192,15 +246,20 @@ class EditModule(pl.LightningModule):
         mask = fit_mask(item.mask(), pil.size, fitted.size) if item.mask is not None else None
         if not item.target_prompts:
             raise ConfigError("the item has no target prompts")
-        x0 = backbone.encode_image(image.to(backbone.device))
+        x0 = backbone.encode_image(image.to(backbone.device)) if encode else None
         idir = item_dir(item.id)
+        # the sized input depends on the image and on the sizing (backbone, image_size): runs of
+        # other sizes into one folder keep their own inputs
+        digest = self.digests.get(item.id)
+        sizing = json.dumps([digest.image if digest else item.image_path, self.backbone_cfg, self.image_size],
+                            sort_keys=True, default=str)
         return Loaded(
             source=image.float().cpu(),
             x0=x0,
             mask=mask,
             input_image=tensor_to_pil(image)[0],
             idir=idir,
-            input_rel=f"images/inputs/{idir}.png",
+            input_rel=f"images/inputs/{idir}__{hashlib.sha256(sizing.encode()).hexdigest()[:12]}.png",
         )
 
     def _invert_and_edit(
@@ -323,7 +382,9 @@ class EditModule(pl.LightningModule):
         rows = []
         for s in range(v.seeds):
             pils = tensor_to_pil(outs[s].images)
-            suffix = f"_s{s}" if v.seeds > 1 else ""
+            # unique per item, method setting and seed (and target): no run into this folder,
+            # --force with another seed or setting included, writes over a file a row names
+            suffix = f"__{v.setting}_seed{item_seed(self.run_seed, item.id, s)}"
             recon_rel, recon_pil = "", None
             if outs[s].recon is not None and self.save_reconstructions:
                 recon_rel = f"images/{v.dirname}/{loaded.idir}/reconstruction{suffix}.png"

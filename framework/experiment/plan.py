@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from framework import schema
-from framework.config import full_options, group_node
+from framework.config import full_options, group_node, literal
 from framework.errors import ConfigError
 from framework.naming import slug
 
@@ -62,6 +62,12 @@ class Variant:
     def inversion_key(self) -> str:
         """What decides the inversion (besides the seed): inverter config and num_steps."""
         return json.dumps([self.inverter, self.num_steps], sort_keys=True)
+
+    @property
+    def inversion_group(self) -> str:
+        """10 hex digits of :meth:`inversion_key` (the ``inversion_group`` column): in a run, the
+        rows of one item with the same value and seed index were edited from one inversion."""
+        return hashlib.sha1(self.inversion_key().encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -152,15 +158,16 @@ def expand_methods(cfg: Mapping[str, Any] | DictConfig, context: Mapping[str, An
                 )
             values.append(vals)
         for point in itertools.product(*values) if keys else [()]:
-            node = OmegaConf.create(json.loads(json.dumps(base)))
+            # base and the sweep values are resolved already: literal() keeps their text as it is
+            node = OmegaConf.create(literal(json.loads(json.dumps(base))))
             for key, value in zip(keys, point):
                 if key in ("inverter", "editor"):
-                    node[key] = group_node(key, value)
+                    node[key] = literal(group_node(key, value))
                 else:
-                    OmegaConf.update(node, key, value, merge=False)
+                    OmegaConf.update(node, key, literal(value), merge=False)
             plain = OmegaConf.to_container(node, resolve=True)
-            inverter = full_options(INVERTERS, plain["inverter"])
-            editor = full_options(EDITORS, plain["editor"])
+            inverter = full_options(INVERTERS, literal(plain["inverter"]))
+            editor = full_options(EDITORS, literal(plain["editor"]))
             num_steps, skip, seeds = (_int(plain[k], f"method {name!r} {k}") for k in ("num_steps", "skip", "seeds"))
             if seeds < 1:
                 raise ConfigError(f"method {name!r}: seeds must be >= 1, got {seeds}")
@@ -175,6 +182,15 @@ def expand_methods(cfg: Mapping[str, Any] | DictConfig, context: Mapping[str, An
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
         raise ConfigError(f"sweep points repeat: {sorted(dup)}")
+    folders: dict[str, Variant] = {}
+    for v in variants:  # names that differ only in characters a file name cannot hold
+        other = folders.setdefault(v.dirname, v)
+        if other.label != v.label:
+            a, b = (other.method, v.method) if other.method != v.method else (other.label, v.label)
+            raise ConfigError(
+                f"methods {a!r} and {b!r} would write their images to one folder (images/{v.dirname}/); "
+                "rename one of them"
+            )
     return variants
 
 

@@ -2,17 +2,28 @@
 
 Scheme: every process appends its rows to its own part file
 ``<output_dir>/parts/rows-rank<R>.jsonl``, one JSON object per line, flushed and fsynced per
-row, after the row's images were written (to a temporary name, then renamed). Nothing is ever
-rewritten in place, so a killed run loses at most the row it was writing (a torn last line is
-ignored when read, and a newline is added before appending after it).
+row, after the row's images were written (each to a uniquely named temporary file, then
+renamed). Nothing is ever rewritten in place, so a killed run loses at most the row it was
+writing (a torn last line is ignored when read, and a newline is added before appending after
+it). A failed write (full disk, I/O error) stops the process's writing; rank 0 reports it as
+one line.
 
-On start every process reads all part files: a row key ``(item_id, variant, setting,
-target_index, seed_index)`` already present with ``status=ok`` is done and is not redone;
-failed rows are retried. At the end rank 0 merges all parts into ``results.csv`` (one row per
+Identity: a row is keyed by ``(item_id, variant, setting, target_index, seed_index)``, where
+``setting`` hashes the method setting and the run context (backbone, seed, image size), and it
+records what it was computed from: ``item_sha256`` (the item's image bytes, prompts, mask and
+fields) and the sha256 of every file it names (``input_sha256``, ``output_sha256``,
+``reconstruction_sha256``). Image paths hold the setting and the seed, so no two rows name one
+edit.
+
+On start every process reads all part files: an ``ok`` row is reused when its item is unchanged
+and its files are there with the recorded sha256 (:mod:`framework.experiment.resume`); every
+other row of the configuration is computed (failed rows are retried). At the end rank 0 merges
+the rows of the items as they are now (:func:`current_rows`) into ``results.csv`` (one row per
 key: the last ``ok`` one, else the last failed one; sorted by item, method order, target, seed)
 and ``summary.csv`` (mean and standard deviation of every metric per method and sweep point),
-both written to a temporary file and renamed. Part files of earlier runs with other world sizes
-are merged the same way, so 1 and N processes can take turns on one output directory.
+both written to a temporary file and renamed. Rows of removed or edited items stay in the part
+files only. Part files of earlier runs with other world sizes are merged the same way, so 1 and
+N processes can take turns on one output directory (one at a time: :mod:`framework.experiment.lock`).
 
 Paths in the tables (``input_path``, ``output_path``) are relative to ``output_dir``.
 """
@@ -20,6 +31,7 @@ Paths in the tables (``input_path``, ``output_path``) are relative to ``output_d
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -43,10 +55,20 @@ BASE_COLUMNS = [
     "error",
     "input_path",
     "output_path",
+    "item_sha256",
+    "image_sha256",
+    "input_sha256",
+    "output_sha256",
 ]
 #: columns some rows have: the variant's reconstruction (the edit with the source prompt),
 #: saved when a metric computes it or ``logger.reconstructions: true``
-OPTIONAL_COLUMNS = ["reconstruction_path"]
+OPTIONAL_COLUMNS = ["reconstruction_path", "reconstruction_sha256"]
+#: each image column of a row and the column holding the sha256 of its file
+FILE_COLUMNS = {
+    "input_path": "input_sha256",
+    "output_path": "output_sha256",
+    "reconstruction_path": "reconstruction_sha256",
+}
 KEY_COLUMNS = ("item_id", "variant", "setting", "target_index", "seed_index")
 
 
@@ -107,10 +129,27 @@ class PartWriter:
         return self.fh
 
     def write(self, row: dict[str, Any]) -> None:
-        fh = self.fh or self._open()
-        fh.write(json.dumps(row, default=_json_default) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+        """Append one row (a failed write raises OutputWriteError naming the part file)."""
+        from framework.outputs import write_error
+
+        try:
+            fh = self.fh or self._open()
+            fh.write(json.dumps(row, default=_json_default) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        except OSError as exc:
+            self.close_quietly()
+            raise write_error(self.path, exc) from None
+
+    def close_quietly(self) -> None:
+        """Close after a failed write: the torn line stays (it is skipped when read, and the
+        next append starts on a fresh line)."""
+        fh, self.fh = self.fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         if self.fh is not None:
@@ -158,17 +197,24 @@ def columns_for(rows: Sequence[dict[str, Any]], sweep: Sequence[str], metric_col
     return cols + rest
 
 
+def current_rows(rows: Iterable[dict[str, Any]], item_digests: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows computed from the items as they are now: the item still exists and the row's
+    ``item_sha256`` is the item's digest (image bytes, prompts, mask, fields). Other rows (of a
+    removed item, of an item since edited, or of a version that did not record the digest) stay
+    in the part files as history and leave results.csv and summary.csv."""
+    return [r for r in rows if r.get("item_sha256") and item_digests.get(str(r["item_id"])) == r["item_sha256"]]
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
-    """Write rows atomically (temporary file + rename); missing values are empty."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: _cell(row.get(c)) for c in columns})
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write rows atomically (a uniquely named temporary file, then a rename); missing values are empty."""
+    from framework.outputs import atomic_write_bytes
+
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row.get(c)) for c in columns})
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
     return path
 
 

@@ -5,8 +5,10 @@
 :class:`~framework.experiment.data.EditDataModule`; each ``predict_step`` takes one item and
 returns its rows; the :class:`~framework.experiment.writer.ResultsWriter` callback saves the
 images and appends the rows (:mod:`framework.experiment.results` describes the crash-safe,
-resumable scheme). Rank 0 then merges ``results.csv`` and ``summary.csv`` (:func:`finalize`) and
-logs them (:mod:`framework.experiment.loggers`).
+resumable scheme, :mod:`framework.experiment.resume` which rows a resumed run reuses). Rank 0
+holds the output folder's lock (:mod:`framework.experiment.lock`) for the whole run, merges
+``results.csv`` and ``summary.csv`` (:func:`finalize`), logs them
+(:mod:`framework.experiment.loggers`) and says how many rows it computed and reused.
 
 Determinism: the seed of an item is a hash of the run seed and the item id (and the seed
 index for ``seeds: S``), so rows and images do not depend on the rank, the number of
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -38,20 +41,24 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from framework import schema
+from framework.config import read_yaml_data
 from framework.dataset import Item, build_dataset
 from framework.errors import ConfigError, EditFriendlyError
-from framework.experiment.data import EditDataModule
-from framework.experiment.loggers import LOGGER_DEFAULTS, build_logger, log_results
+from framework.experiment.data import EditDataModule, shard
+from framework.experiment.lock import TOKEN_ENV, RunLock, join_run
+from framework.experiment.loggers import LOGGER_DEFAULTS, build_logger, log_results, quiet_libraries
 from framework.experiment.module import EditModule
 from framework.experiment.plan import Variant, build_metrics, expand_methods, metric_configs, sweep_columns
 from framework.experiment.results import (
     OPTIONAL_COLUMNS,
     columns_for,
+    current_rows,
     merge_rows,
     parts_dir,
     read_rows,
     write_csv,
 )
+from framework.experiment.resume import ItemDigest, ResumePlan, item_digests, plan_resume
 from framework.experiment.writer import ResultsWriter
 from framework.report.stats import summarize, summary_columns
 
@@ -116,13 +123,24 @@ class RunOutcome:
 
 
 def finalize(
-    output_dir: Path, variants: Sequence[Variant], metric_cols: Sequence[str], items: Sequence[Item]
+    output_dir: Path,
+    variants: Sequence[Variant],
+    metric_cols: Sequence[str],
+    items: Sequence[Item],
+    digests: dict[str, ItemDigest] | None = None,
 ) -> RunOutcome:
-    """Merge the part files into results.csv and summary.csv (rank 0, after every rank ended)."""
+    """Merge the part files into results.csv and summary.csv (rank 0, after every rank ended).
+
+    Only rows computed from the items as they are now are merged (``digests``: item id ->
+    :class:`~framework.experiment.resume.ItemDigest`, computed here when not given); rows of
+    removed or edited items stay in the part files only."""
     order = {v.label: v.index for v in variants}
     wanted = {v.label: v.setting for v in variants}
     ids = {i.id for i in items}
-    rows = merge_rows(read_rows(output_dir), order)
+    if digests is None:
+        digests = item_digests(items)
+    current = current_rows(read_rows(output_dir), {k: d.item for k, d in digests.items()})
+    rows = merge_rows(current, order)
     sweep = sweep_columns(variants)
     mcols = list(metric_cols)
     known = set(columns_for([], sweep, [])) | set(OPTIONAL_COLUMNS)
@@ -186,7 +204,7 @@ def check_earlier_run(output_dir: Path, plain: dict[str, Any], force: bool) -> N
     if force or not has_rows or not config.is_file():
         return
     try:
-        old = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+        old = read_yaml_data(config)  # written resolved: read as it is, nothing interpolated again
     except Exception:
         old = {}
     diffs = config_conflicts(old if isinstance(old, dict) else {}, plain)
@@ -197,6 +215,62 @@ def check_earlier_run(output_dir: Path, plain: dict[str, Any], force: bool) -> N
             "output_dir, or add --force to run into it anyway (its rows are kept; the new ones go "
             "beside them, summarised apart by setting)"
         )
+
+
+def plan_prompt_check(
+    backbone_cfg: dict[str, Any], variants: Sequence[Variant], items: Sequence[Item]
+) -> dict[str, str] | None:
+    """Check every item's prompts and every method's prompt options against the backbone's text
+    encoder before the trainer starts (:func:`framework.prompts.check_run_prompts`): a bad option
+    is a ConfigError, bad items are returned ({item id: error}, recorded as failed). None when
+    the backbone's tokenizer cannot be read without loading the model: each process then checks
+    with the loaded model, before its first item."""
+    from framework.backbone import load_prompt_rules
+    from framework.prompts import check_run_prompts
+    from framework.registry import EDITORS, INVERTERS
+
+    rules = load_prompt_rules(backbone_cfg)
+    if rules is None:
+        return None
+    methods = [(v.label, (INVERTERS.build(v.inverter), EDITORS.build(v.editor))) for v in variants]
+    return check_run_prompts(rules, methods, items)
+
+
+#: where cluster launchers put a process's global rank (or its node's rank)
+LAUNCHER_RANK_VARIABLES = (
+    "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "JSM_NAMESPACE_RANK", "NODE_RANK", "GROUP_RANK",
+)
+
+
+def claim_folder(output_dir: Path) -> RunLock | None:
+    """Lock ``output_dir`` for this run, unless this process joins a run that holds it: a process
+    the trainer started (it carries the run's token) or a process that a cluster launcher started
+    as another rank than 0. Raises FolderInUseError (exit 2) when another run holds the folder."""
+    if os.environ.get(TOKEN_ENV):
+        join_run(output_dir)
+        return None
+    if launcher_rank() > 0:
+        return None
+    return RunLock(output_dir).acquire()
+
+
+def launcher_rank() -> int:
+    """The global rank that a cluster launcher (torchrun, SLURM, MPI, Lightning's variables)
+    gave this process, 0 when none did."""
+    for name in LAUNCHER_RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.strip().isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
+def take_over(output_dir: Path, plain: dict[str, Any], force: bool) -> None:
+    """Under the lock, before any work: refuse a folder of another configuration (unless
+    ``force``) and remove the temporary files a killed run left."""
+    from framework.outputs import remove_temp_files
+
+    check_earlier_run(output_dir, plain, force)
+    remove_temp_files(output_dir)
 
 
 def run_experiment(
@@ -213,8 +287,17 @@ def run_experiment(
     ``on_predict_batch_end`` the item's rows are on disk; the tests kill a run this way).
     """
     from framework.config import save_config_history
-    from framework.outputs import check_output_dir, make_output_dir
+    from framework.outputs import (
+        WRITE_ERRNOS,
+        OutputWriteError,
+        check_output_dir,
+        make_output_dir,
+        write_error,
+    )
+    from framework.progress import interactive
     from framework.random import check_seed
+
+    quiet_libraries()
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
@@ -242,11 +325,12 @@ def run_experiment(
         if key in trainer_cfg:
             raise ConfigError(f"trainer.{key} is set by the runner; remove it from the config")
 
+    prompt_problems = plan_prompt_check(backbone_cfg, variants, items)
+
     threads = plain.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer (CPU threads per process) or null, got {threads!r}")
     check_output_dir(output_dir, "output_dir")
-    check_earlier_run(output_dir, plain, force)
     logger_cfg = plain.get("logger")
     opts = logger_cfg if isinstance(logger_cfg, dict) else {}
     max_images = int(opts.get("max_table_images", 1000))
@@ -255,56 +339,102 @@ def run_experiment(
         raise ConfigError(f"logger.reconstructions must be auto, true or false, got {recon!r}")
     # auto: save (and log) the reconstructions that a metric computes anyway
     save_recon = recon is True or (recon == "auto" and any(m.needs_reconstruction for m in metrics))
+    digests = item_digests(items)  # what each item's rows are computed from (framework.experiment.resume)
     created = not output_dir.exists()
     make_output_dir(output_dir, "output_dir")
-    logger = build_logger(logger_cfg, output_dir, output_dir.name)
-    writer = ResultsWriter(output_dir)
-    all_callbacks: list[pl.Callback] = [writer]
-    show = progress and trainer_cfg.get("enable_progress_bar", True) is not False
-    if show:
-        from lightning.pytorch.callbacks import TQDMProgressBar
+    # the process that starts the run holds the folder's lock for the whole run (before the
+    # trainer exists, so that a refused run prints nothing but its error line)
+    lock = claim_folder(output_dir)
+    try:
+        if lock is not None:
+            take_over(output_dir, plain, force)
+        logger = build_logger(logger_cfg, output_dir, output_dir.name)
+        writer = ResultsWriter(output_dir)
+        all_callbacks: list[pl.Callback] = [writer]
+        # progress bars on a terminal only (Lightning's items bar on stdout, the steps bar on stderr)
+        show = progress and trainer_cfg.get("enable_progress_bar", True) is not False
+        show = show and interactive(sys.stdout, sys.stderr)
+        if show:
+            from lightning.pytorch.callbacks import TQDMProgressBar
 
-        all_callbacks.append(TQDMProgressBar())  # tqdm, so that the steps bar nests under it
-    all_callbacks += list(callbacks)
-    try:
-        trainer = pl.Trainer(
-            **trainer_cfg,
-            logger=logger if logger is not None else False,
-            callbacks=all_callbacks,
-            inference_mode=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            default_root_dir=str(output_dir),
-            use_distributed_sampler=False,  # EditDataModule shards the items itself
+            all_callbacks.append(TQDMProgressBar())  # tqdm, so that the steps bar nests under it
+        all_callbacks += list(callbacks)
+        try:
+            trainer = pl.Trainer(
+                **{**trainer_cfg, **({} if show else {"enable_progress_bar": False})},
+                logger=logger if logger is not None else False,
+                callbacks=all_callbacks,
+                inference_mode=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                default_root_dir=str(output_dir),
+                use_distributed_sampler=False,  # EditDataModule shards the items itself
+            )
+        except Exception as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else exc
+            raise ConfigError(f"bad trainer config {trainer_cfg}: {first_line}") from None
+        if lock is not None and not trainer.is_global_zero:  # a launcher variable this code does not know
+            lock.release()
+            lock = None
+        elif lock is None and trainer.is_global_zero and not os.environ.get(TOKEN_ENV):
+            lock = RunLock(output_dir).acquire()
+            take_over(output_dir, plain, force)
+        if trainer.is_global_zero:
+            save_config_history(plain, output_dir)  # resolved already: written as it is
+        # rank 0 checks every item (for the message); another rank only the items it runs
+        mine = items
+        if not trainer.is_global_zero:
+            mine = [i for i in shard(items, trainer.global_rank, trainer.world_size) if i is not None]
+        resume = plan_resume(output_dir, read_rows(output_dir), variants, mine, digests)
+        if logger is not None:
+            logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
+        module = EditModule(
+            backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"),
+            save_reconstructions=save_recon, show_steps=show, threads=threads, done=resume.done, digests=digests,
+            prompt_problems=prompt_problems,
         )
-    except Exception as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else exc
-        raise ConfigError(f"bad trainer config {trainer_cfg}: {first_line}") from None
-    if trainer.is_global_zero:
-        save_config_history(OmegaConf.create(plain), output_dir)
-    if logger is not None:
-        logger.log_hyperparams(plain)  # rank 0 only (Lightning's loggers are rank-zero)
-    module = EditModule(
-        backbone_cfg, variants, metric_cfgs, str(output_dir), seed, plain.get("image_size"),
-        save_reconstructions=save_recon, show_steps=show, threads=threads,
-    )
-    data = EditDataModule(items)
-    try:
-        trainer.predict(module, datamodule=data, return_predictions=False)
-    except EditFriendlyError:
-        # e.g. weights not found: a folder this invocation made and no rank wrote a row into
-        # is removed, so that a failed first run leaves nothing behind
-        if trainer.is_global_zero and created and not read_rows(output_dir):
-            shutil.rmtree(output_dir, ignore_errors=True)
-        raise
-    if not trainer.is_global_zero:
-        return 0
-    metric_cols = [c for m in metrics for c in getattr(m, "columns", ())]
-    outcome = finalize(output_dir, variants, metric_cols, items)
-    if logger is not None:
-        log_results(logger, plain, outcome.rows, outcome.summary, outcome.columns, output_dir, max_images)
-    total = sum(1 for r in outcome.rows)
-    print(f"wrote {outcome.results_csv} ({total} rows) and {outcome.summary_csv}", file=sys.stderr)
+        data = EditDataModule(items)
+        try:
+            trainer.predict(module, datamodule=data, return_predictions=False)
+        except EditFriendlyError:
+            # e.g. weights not found: a folder this invocation made and no rank wrote a row into
+            # is removed, so that a failed first run leaves nothing behind
+            if trainer.is_global_zero and created and not read_rows(output_dir):
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+        if not trainer.is_global_zero:
+            return 0  # rank 0 reports (a process ending with another status would get rank 0 killed)
+        if writer.errors:  # a full disk or an I/O error on some process: one line, exit 1
+            more = len(writer.errors) - 1
+            raise writer.error or OutputWriteError.from_message(
+                writer.errors[0] + (f" (and {more} more processes failed to write)" if more else "")
+            )
+        metric_cols = [c for m in metrics for c in getattr(m, "columns", ())]
+        outcome = finalize(output_dir, variants, metric_cols, items, digests)
+        if logger is not None:
+            log_results(logger, plain, outcome.rows, outcome.summary, outcome.columns, output_dir, max_images)
+    except OSError as exc:  # a full disk or an I/O error outside the writer: one line, exit 1
+        if isinstance(exc, EditFriendlyError) or exc.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(output_dir, exc) from None
+    finally:
+        if lock is not None:
+            lock.release()
+    return report(outcome, resume)
+
+
+def report(outcome: RunOutcome, resume: ResumePlan) -> int:
+    """Print what the run wrote, computed and reused (and why it recomputed rows, and which
+    rows failed) to stderr; the exit status (1 when a row of this configuration failed)."""
+    total = len(outcome.rows)
+    kept = total - resume.todo - resume.reused
+    counts = f"{resume.todo} computed, {resume.reused} reused"
+    if kept > 0:
+        counts += f", {kept} of other settings kept"
+    print(f"wrote {outcome.results_csv} ({total} rows: {counts}) and {outcome.summary_csv}", file=sys.stderr)
+    why = resume.describe()
+    if why:
+        print(why, file=sys.stderr)
     if outcome.failed:
         by_item: dict[str, str] = {}
         for r in outcome.failed:

@@ -9,7 +9,16 @@ from typing import Any
 
 from framework.errors import InputError
 from framework.report import figures, render, stats
-from framework.report.runs import Run, choose_items, classify_columns, is_ok, read_run, safe_name, unique_labels
+from framework.report.runs import (
+    Run,
+    choose_items,
+    classify_columns,
+    is_ok,
+    metric_ranges,
+    read_run,
+    safe_name,
+    unique_labels,
+)
 from framework.report.stats import Group
 
 #: failed rows listed one by one in the report (the rest are counted)
@@ -47,13 +56,24 @@ def report_model(
     axes: tuple[str, str],
     scatter: str | None,
     grids: dict[str, str],
+    ranges: dict[str, stats.Bounds] | None = None,
 ) -> render.Section:
-    """The report as a section tree: runs, the methods × metrics table, the scatter (``scatter``:
-    its file relative to the report folder, None if not drawn), the grids (item → file)."""
+    """The report as a section tree: runs, the methods × metrics table, the cost of shared
+    inversions, the scatter (``scatter``: its file relative to the report folder, None if not
+    drawn), the grids (item → file). ``ranges``: column → (low, high) that intervals are clipped to."""
     x, y = axes
     failures = [(run, r) for run in runs for r in run.rows if _failed(r)]
     total = sum(len(r.rows) for r in runs)
-    header, body = stats.comparison_table(groups, runs, param_cols, metric_cols)
+    ranges = ranges or {}
+    cost_cols = [c for c in stats.INVERSION_COST_COLUMNS if c in metric_cols]
+    inversions = stats.shared_inversions(groups, cost_cols) if cost_cols else []
+    shared = cost_cols if inversions else []
+    extra: dict[str, list[str]] = {}
+    if shared:
+        cells = [inversion_cell(g, inversions) for g in groups]
+        if len(set(cells)) > 1 or len(cells) == 1:
+            extra["inversion"] = cells
+    layout = stats.table_layout(groups, runs, param_cols, [m for m in metric_cols if m not in shared], ranges, extra)
 
     doc = render.Section("Comparison report")
     doc.add(
@@ -66,13 +86,28 @@ def report_model(
     table = render.Section("Methods × metrics").add(
         render.Text(
             [f"Mean ± half-width of the 95% confidence interval (Student's t) over the rows with status ok; "
-             f"{total} rows, {len(failures)} failed. ↑ higher is better, ↓ lower is better."]
+             f"{total} rows, {len(failures)} failed. ↑ higher is better, ↓ lower is better. Where the interval "
+             "reaches past the values a metric can take (e.g. [0, 1] for a rate) it is clipped to them and "
+             "shown as mean [low, high]."]
         ),
-        render.Table(header, body, key="comparison"),
+        render.Table(layout.header, layout.body, key="comparison", key_columns=layout.key_columns),
     )  # fmt: skip
+    if layout.constant:
+        same = ", ".join(f"{name} = {value}" for name, value in layout.constant)
+        table.add(render.Text([f"The same for every setting (not shown as columns): {same}."]))
+    if layout.folded:
+        table.add(render.Text([f"Set for some methods only, so shown beside the method: {', '.join(layout.folded)}."]))
     if empty:
         table.add(render.Text([f"Columns without any value (left out): {', '.join(empty)}."]))
+    if cost_cols and not shared:
+        table.add(render.Text(
+            [f"{' and '.join(cost_cols)}: each setting's inversion in full. These results do not say which settings "
+             "shared one inversion (no inversion_group column), so an inversion shared by several settings is "
+             "counted once for each of them."]
+        ))  # fmt: skip
     doc.add(table)
+    if shared:
+        doc.add(cost_section(runs, inversions, shared, ranges))
     trade_off = render.Section(f"{y} vs {x}")
     if scatter:
         trade_off.add(render.Image(scatter, f"{y} vs {x}", key=f"{y}_vs_{x}"))
@@ -103,6 +138,70 @@ def report_model(
             lines.append([f"… and {len(failures) - FAILURES_SHOWN} more"])
         doc.add(render.Section("Failed rows").add(render.Bullets(lines)))
     return doc
+
+
+def inversion_cell(g: Group, inversions: list[stats.SharedInversion]) -> str:
+    """The inversion(s) a setting was edited from, by number; "not needed" when its method uses none."""
+    parts = [
+        f"{inv.number}" + (" (not needed)" if any(m is g for m in inv.not_needed) else "")
+        for inv in inversions
+        if any(m is g for m in inv.members)
+    ]
+    return ", ".join(parts) or "—"
+
+
+def cost_section(
+    runs: list[Run], inversions: list[stats.SharedInversion], cost_cols: list[str], ranges: dict[str, stats.Bounds]
+) -> render.Section:
+    """The cost of the runs' inversions, each counted once, and who shares them."""
+    multi = len(runs) > 1
+    any_unneeded = any(inv.not_needed for inv in inversions)
+    header = (["run"] if multi else []) + ["inversion", "settings edited from it"]
+    header += (["not needed by"] if any_unneeded else []) + ["inversions"]
+    header += [stats.metric_header(c) for c in cost_cols]
+    body = []
+    for inv in inversions:
+        members = stats.members_text(inv.members) if inv.group else f"{inv.members[0].label} (sharing not recorded)"
+        row = ([inv.run.label] if multi else []) + [str(inv.number), members]
+        row += [stats.members_text(inv.not_needed)] if any_unneeded else []
+        row += [str(inv.stats[cost_cols[0]][2])]
+        row += [stats.cell(inv.stats[c], ranges.get(c)) for c in cost_cols]
+        body.append(row)
+    section = render.Section("Cost of the inversions").add(
+        render.Text(
+            ["Settings with the same inverter settings and steps share one inversion of each item and seed (computed "
+             "once, down to the smallest skip among them). Each inversion is counted once here: mean ± 95% interval "
+             "over the inversions. The rows of results.csv repeat its cost on every setting edited from it, and the "
+             "methods × metrics table leaves it out; its inversion column names the inversion each setting used."]
+        ),
+        render.Table(header, body, key="inversions", key_columns=2 if multi else 1),
+    )  # fmt: skip
+    for run in runs:
+        mine = [inv for inv in inversions if inv.run is run]
+        if "inversion_nfe" not in cost_cols or not mine or not all(inv.group for inv in mine):
+            continue
+        once = sum(inv.stats["inversion_nfe"][0] or 0.0 for inv in mine)
+        repeated = sum((inv.stats["inversion_nfe"][0] or 0.0) * len(inv.members) for inv in mine)
+        unneeded = sum(
+            (inv.stats["inversion_nfe"][0] or 0.0) for inv in mine if len(inv.not_needed) == len(inv.members)
+        )
+        text = (
+            f"{len(mine)} inversion{'s' if len(mine) != 1 else ''} per item and seed, {stats.fmt(once)} network "
+            f"evaluations counted once ({stats.fmt(repeated)} when counted for every setting, as the rows repeat it)"
+        )
+        if unneeded:
+            text += f"; {stats.fmt(unneeded)} of them for inversions no setting needs"
+        parts: list[render.Inline] = [text[0].upper() + text[1:] + "."]
+        if multi:
+            parts = [render.Code(run.label), f": {text}."]
+        section.add(render.Text(parts))
+    if any_unneeded:
+        section.add(render.Text(
+            ["Not needed by: these methods start from the encoded input alone (SDEdit noises it afresh) and use none "
+             "of the inversion's noise maps; the inversion was computed because they share the run's inverter "
+             "settings, and its cost is not a cost of the method."]
+        ))  # fmt: skip
+    return section
 
 
 def compare(
@@ -148,11 +247,12 @@ def compare(
     groups = stats.group_rows(runs, param_cols, metric_cols)
     empty = [m for m in metric_cols if not any(g.stats[m][2] for g in groups)]
     metric_cols = [m for m in metric_cols if m not in empty]  # e.g. *_bg columns of a run without masks
+    ranges = metric_ranges(metric_cols)
 
     summary_csv = out / "summary.csv"
     stats.write_csv(stats.summary_frame(groups, param_cols, metric_cols), summary_csv)
     scatter = out / scatter_name(x, y)
-    fig = figures.scatter_figure(groups, x, y) if x in metric_cols and y in metric_cols else None
+    fig = figures.scatter_figure(groups, x, y, ranges) if x in metric_cols and y in metric_cols else None
     if fig is not None:
         figures.save(fig, scatter)
     elif scatter.exists():  # of an earlier report in this folder
@@ -166,7 +266,7 @@ def compare(
 
     doc = report_model(
         runs, groups, param_cols, metric_cols, empty, (x, y), scatter.name if has_scatter else None,
-        {item: path.relative_to(out).as_posix() for item, path in grids.items()},
+        {item: path.relative_to(out).as_posix() for item, path in grids.items()}, ranges,
     )  # fmt: skip
     report_md = out / "report.md"
     report_md.write_text(render.to_markdown(doc), encoding="utf-8")

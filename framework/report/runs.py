@@ -47,6 +47,8 @@ FIXED_COLUMNS = (
     "setting",
     "target_index",
     "seed_index",
+    "inversion_group",
+    "inversion_needed",
 )
 #: columns the runner copies from dataset items (``data.editing_type_id``, ...): neither kind
 DATA_PREFIX = "data."
@@ -200,6 +202,20 @@ def registered_metric_columns() -> set[str]:
         except Exception:  # a metric that needs options just contributes its class columns
             pass
     return cols
+
+
+def metric_ranges(columns: Iterable[str] = ()) -> dict[str, tuple[float | None, float | None]]:
+    """(low, high) of each column whose range is known (None: no bound): what the registered
+    metrics declare (``Metric.ranges``), and [0, ∞) for costs (``*_seconds``, ``*_nfe``)."""
+    from framework.registry import METRICS
+
+    ranges: dict[str, tuple[float | None, float | None]] = {
+        c: (0.0, None) for c in columns if c.endswith(("_seconds", "_nfe"))
+    }
+    for name in METRICS.names():
+        for col, (low, high) in (getattr(METRICS.get(name), "ranges", None) or {}).items():
+            ranges[col] = (None if low is None else float(low), None if high is None else float(high))
+    return ranges
 
 
 def swept_parameters(runs: Iterable[Run]) -> set[str]:

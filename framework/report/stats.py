@@ -208,12 +208,38 @@ def fmt(value: float | None) -> str:
     return f"{value:.4g}"
 
 
-def cell(stat: tuple[float | None, float | None, int]) -> str:
-    """``mean ± half-width`` (the mean alone when n < 2; — when n = 0)."""
+Bounds = tuple[float | None, float | None]
+
+
+def interval(
+    stat: tuple[float | None, float | None, int], bounds: Bounds | None = None
+) -> tuple[float, float] | None:
+    """The confidence interval mean ± half-width, clipped to the column's ``bounds`` (low, high;
+    None: no bound); None when there is no half-width (n < 2) or no mean."""
+    mean, half, _ = stat
+    if mean is None or half is None:
+        return None
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        if bounds[0] is not None:
+            low = max(low, bounds[0])
+        if bounds[1] is not None:
+            high = min(high, bounds[1])
+    return low, high
+
+
+def cell(stat: tuple[float | None, float | None, int], bounds: Bounds | None = None) -> str:
+    """``mean ± half-width`` (the mean alone when n < 2; — when n = 0); ``mean [low, high]``
+    when the interval reaches past the column's ``bounds`` and is clipped to them."""
     mean, half, _ = stat
     if mean is None:
         return "—"
-    return f"{fmt(mean)} ± {fmt(half)}" if half is not None else fmt(mean)
+    if half is None:
+        return fmt(mean)
+    low, high = interval(stat, bounds) or (mean, mean)
+    if low > mean - half or high < mean + half:
+        return f"{fmt(mean)} [{fmt(low)}, {fmt(high)}]"
+    return f"{fmt(mean)} ± {fmt(half)}"
 
 
 def metric_header(name: str) -> str:
@@ -225,18 +251,91 @@ def metric_header(name: str) -> str:
 
 
 def comparison_table(
-    groups: list[Group], runs: list[Run], param_cols: list[str], metric_cols: list[str]
+    groups: list[Group],
+    runs: list[Run],
+    param_cols: list[str],
+    metric_cols: list[str],
+    ranges: dict[str, Bounds] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
-    """The report's table of method settings × metrics: header and rows of display strings."""
+    """The table of method settings × metrics, every column: header and rows of display
+    strings (intervals clipped to ``ranges``, column → (low, high))."""
+    ranges = ranges or {}
     multi = len(runs) > 1
     header = (["run"] if multi else []) + ["method"] + param_cols + ["rows", "failed"]
     header += [metric_header(m) for m in metric_cols]
     body = []
     for g in groups:
         row = ([g.run.label] if multi else []) + [g.method] + [v for _, v in g.params]
-        row += [str(len(g.rows)), str(g.n_failed)] + [cell(g.stats[m]) for m in metric_cols]
+        row += [str(len(g.rows)), str(g.n_failed)] + [cell(g.stats[m], ranges.get(m)) for m in metric_cols]
         body.append(row)
     return header, body
+
+
+@dataclass
+class TableLayout:
+    """The comparison table as shown: only the columns that tell settings apart.
+
+    ``key_columns``: how many leading columns name the setting (run, method, parameters);
+    ``constant``: (column, value) of the columns left out because every setting has the same
+    value; ``folded``: parameters given for some methods only, shown in the method cell."""
+
+    header: list[str]
+    body: list[list[str]]
+    key_columns: int
+    constant: list[tuple[str, str]]
+    folded: list[str]
+
+
+def table_layout(
+    groups: list[Group],
+    runs: list[Run],
+    param_cols: list[str],
+    metric_cols: list[str],
+    ranges: dict[str, Bounds] | None = None,
+    extra: dict[str, list[str]] | None = None,
+) -> TableLayout:
+    """The comparison table without columns that say nothing: a parameter without any value is
+    left out, one with the same value everywhere is stated once (``constant``), as are counts and
+    metrics equal for every setting; a parameter that only some methods have (blank for the
+    others) goes into the method cell, ``method (key=value)``. ``extra``: more key columns
+    (header → one cell per group) placed after the parameters."""
+    header, body = comparison_table(groups, runs, param_cols, metric_cols, ranges)
+    multi = len(runs) > 1
+    first_param = 2 if multi else 1
+    columns = [[row[j] for row in body] for j in range(len(header))]
+    keep: list[int] = []
+    constant: list[tuple[str, str]] = []
+    folded: list[int] = []
+    for j, name in enumerate(header):
+        values = columns[j]
+        is_param = first_param <= j < first_param + len(param_cols)
+        if j == first_param - 1:  # the method column is always shown
+            keep.append(j)
+        elif is_param and all(v == "" for v in values):
+            continue
+        elif is_param and any(v == "" for v in values):
+            folded.append(j)
+        elif len(set(values)) == 1 and len(values) > 1:
+            constant.append((name, values[0]))
+        else:
+            keep.append(j)
+    method_col = first_param - 1
+    rows = []
+    for row in body:
+        row = list(row)
+        notes = [f"{header[j]}={row[j]}" for j in folded if row[j] != ""]
+        if notes:
+            row[method_col] += f" ({', '.join(notes)})"
+        rows.append(row)
+    key_columns = sum(1 for j in keep if j < first_param + len(param_cols))
+    out_header = [header[j] for j in keep]
+    out_body = [[row[j] for j in keep] for row in rows]
+    for name, cells in (extra or {}).items():
+        out_header.insert(key_columns, name)
+        for row, value in zip(out_body, cells):
+            row.insert(key_columns, value)
+        key_columns += 1
+    return TableLayout(out_header, out_body, key_columns, constant, [header[j] for j in folded])
 
 
 def summary_frame(groups: list[Group], param_cols: list[str], metric_cols: list[str]) -> pd.DataFrame:
@@ -321,3 +420,70 @@ def summary_columns(sweep: Sequence[str], metric_columns: Sequence[str]) -> list
     for col in metric_columns:
         cols += [f"{col}_mean", f"{col}_std", f"{col}_n"]
     return cols
+
+
+# ----------------------------------------------------------------- shared inversion costs
+#: the cost columns of an inversion (the ``time`` metric's), repeated on every row edited from it
+INVERSION_COST_COLUMNS = ("inversion_seconds", "inversion_nfe")
+
+
+def _truthy(text: str | None) -> bool:
+    return (text or "").strip().lower() not in ("false", "0", "no")
+
+
+@dataclass
+class SharedInversion:
+    """The inversions of one run with one ``inversion_group`` value: one per item and seed index,
+    each edited by every setting in ``members``; ``stats``: per cost column, (mean, 95% CI
+    half-width, n) over those inversions, each counted once."""
+
+    run: Run
+    group: str
+    number: int
+    members: list[Group] = field(default_factory=list)
+    not_needed: list[Group] = field(default_factory=list)
+    stats: dict[str, tuple[float | None, float | None, int]] = field(default_factory=dict)
+
+
+def shared_inversions(groups: list[Group], cost_cols: Sequence[str]) -> list[SharedInversion]:
+    """The runs' inversions by ``inversion_group`` (numbered from 1 in each run, in order of
+    first appearance): which settings were edited from them, which of those do not need them
+    (``inversion_needed`` false), and their cost columns counted once per (item, seed index) —
+    the value of the first ok row with a finite one. Empty when no row has an inversion group;
+    rows without one (a run written before the column) count as one inversion per setting
+    (``group`` "": whether it was shared is not known)."""
+    if not any((r.get("inversion_group") or "").strip() for g in groups for r in g.rows):
+        return []
+    found: dict[tuple[int, str], SharedInversion] = {}
+    values: dict[tuple[int, str], dict[str, dict[tuple[str, str], float]]] = {}
+    for g in groups:
+        for r in g.rows:
+            key = (id(g.run), (r.get("inversion_group") or "").strip() or f"setting {id(g)}")
+            if key not in found:
+                number = 1 + sum(k[0] == key[0] for k in found)
+                found[key] = SharedInversion(g.run, (r.get("inversion_group") or "").strip(), number)
+                values[key] = {c: {} for c in cost_cols}
+            inv = found[key]
+            if not any(m is g for m in inv.members):
+                inv.members.append(g)
+            if not _truthy(r.get("inversion_needed")) and not any(m is g for m in inv.not_needed):
+                inv.not_needed.append(g)
+            if not is_ok(r):
+                continue
+            unit = (r.get("item_id", ""), r.get("seed_index") or r.get("seed") or "")
+            for c in cost_cols:
+                v = parse_float(r.get(c))
+                if v is not None and math.isfinite(v):
+                    values[key][c].setdefault(unit, v)
+    for key, inv in found.items():
+        inv.stats = {c: mean_ci(list(values[key][c].values())) for c in cost_cols}
+    return list(found.values())
+
+
+def members_text(groups: Sequence[Group]) -> str:
+    """Settings by method: ``ef_text ×4, ef_p2p``."""
+    counts: dict[str, int] = {}
+    for g in groups:
+        name = g.label.split(" (")[0]
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(name if n == 1 else f"{name} ×{n}" for name, n in counts.items())

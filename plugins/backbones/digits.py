@@ -25,7 +25,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from framework.backbone import Backbone, prompt_list, resolve_device, resolve_dtype, short_prompt
+from framework.backbone import (
+    Backbone,
+    PromptRules,
+    check_model_folder,
+    prompt_list,
+    resolve_device,
+    resolve_dtype,
+    short_prompt,
+)
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 from plugins.backbones.pixel_ddpm import PixelDDPMBackbone
@@ -34,6 +42,32 @@ from plugins.backbones.pixel_ddpm import PixelDDPMBackbone
 DIGITS_MODEL = Path(__file__).resolve().parent / "digits_model"
 #: tokens per prompt (start and end included): the grammar's prompts have 8 words
 DIGITS_MAX_TOKENS = 16
+#: the sub-folders a text-conditional pixel model is loaded from
+TEXT_PIXEL_COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+#: the model_index.json key listing the words a model was trained on (a closed vocabulary)
+WORDS_KEY = "_editfriendly_words"
+
+
+def trained_words(model: str | Path) -> frozenset[str] | None:
+    """The words the model in folder ``model`` was trained on, from its ``model_index.json``:
+    its word list, or, for a folder written by ``scripts/train_digits.py`` before the list was
+    recorded, the digits grammar's words; None when the folder does not say (an open vocabulary)."""
+    import json
+
+    from framework.digits import WORDS
+
+    try:
+        index = json.loads((Path(model) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict):
+        return None
+    words = index.get(WORDS_KEY)
+    if isinstance(words, list) and words and all(isinstance(w, str) for w in words):
+        return frozenset(w.lower() for w in words)
+    if "_editfriendly_training" in index:  # scripts/train_digits.py trains on the digits grammar only
+        return frozenset(WORDS)
+    return None
 
 
 @dataclass
@@ -68,6 +102,7 @@ class TextPixelBackbone(PixelDDPMBackbone):
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype)
         kw: dict[str, Any] = {"local_files_only": options.local_files_only}
+        check_model_folder(options.model, TEXT_PIXEL_COMPONENTS, "text-conditional pixel diffusion model")
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a few-MB local model needs no progress bars
         try:
@@ -95,9 +130,24 @@ class TextPixelBackbone(PixelDDPMBackbone):
             module.to(self.device)
         self.configure_pixels(sched_cfg, options, "text_pixel_ddpm")
         self.max_tokens = int(self.text_encoder.config.max_position_embeddings)
+        self.known_words = trained_words(options.model)
         self._prompt_cache: dict[str, Tensor] = {}
 
     # ----------------------------------------------------------------- prompts
+    def prompt_rules(self) -> PromptRules:
+        """The tokenizer, the text encoder's token limit and the words the model was trained on."""
+        return PromptRules(self.tokenizer, self.max_tokens, self.known_words)
+
+    @classmethod
+    def load_prompt_rules(cls, options: Any) -> PromptRules | None:
+        """The tokenizer and the text encoder's config only (no network, no weights)."""
+        from plugins.backbones.stable_diffusion import text_prompt_rules
+
+        if not isinstance(options, TextPixelOptions):
+            return None
+        check_model_folder(options.model, TEXT_PIXEL_COMPONENTS, "text-conditional pixel diffusion model")
+        return text_prompt_rules(options.model, known_words=trained_words(options.model))
+
     @torch.no_grad()
     def encode_prompt(self, prompts: Sequence[str]) -> Tensor:
         """(K,) prompts -> CLIP text embeddings (K, L, D) float32, L = ``max_tokens``."""
@@ -138,12 +188,23 @@ class DigitsBackbone(TextPixelBackbone):
 
     def __init__(self, options: TextPixelOptions | None = None) -> None:
         options = options or TextPixelOptions()
-        if not (Path(options.model) / "unet").is_dir() and Path(options.model) == DIGITS_MODEL:
-            raise WeightsNotFoundError(
-                f"the digits model is missing from {DIGITS_MODEL}; it ships with the repository "
-                "(re-create it with: python scripts/train_digits.py --out plugins/backbones/digits_model)"
-            )
+        check_shipped(options)
         super().__init__(options)
+
+    @classmethod
+    def load_prompt_rules(cls, options: Any) -> PromptRules | None:
+        if isinstance(options, TextPixelOptions):
+            check_shipped(options)
+        return super().load_prompt_rules(options)
+
+
+def check_shipped(options: TextPixelOptions) -> None:
+    """The shipped weights are where they belong (else say how to re-create them)."""
+    if not (Path(options.model) / "unet").is_dir() and Path(options.model) == DIGITS_MODEL:
+        raise WeightsNotFoundError(
+            f"the digits model is missing from {DIGITS_MODEL}; it ships with the repository "
+            "(re-create it with: python scripts/train_digits.py --out plugins/backbones/digits_model)"
+        )
 
 
 # --------------------------------------------------------------------- building the model
@@ -215,8 +276,11 @@ def build_digits_model(arch: DigitsArchitecture, seed: int) -> tuple[Any, Any, A
 
 
 def save_digits_model(folder: Path, unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, **extra: Any) -> None:
-    """Write the diffusers folder: unet/, text_encoder/, tokenizer/, scheduler/, model_index.json."""
+    """Write the diffusers folder: unet/, text_encoder/, tokenizer/, scheduler/, model_index.json
+    (which lists the words of the prompt grammar: the vocabulary the model is trained on)."""
     import json
+
+    from framework.digits import WORDS as words
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -230,6 +294,7 @@ def save_digits_model(folder: Path, unet: Any, text_encoder: Any, tokenizer: Any
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", type(scheduler).__name__],
+        WORDS_KEY: list(words),
         **extra,
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=1))

@@ -167,6 +167,10 @@ class PixelDDPMBackbone(Backbone):
         r = self.clip_sample_range
         return process.epsilon_from_x0(x_t.float(), x0.clamp(-r, r), t)
 
+    def resolved_options(self) -> dict[str, Any]:
+        """``clip_sample`` as the scheduler config set it, where the options left it to the model."""
+        return {"clip_sample": self.clip_sample} if getattr(self.options, "clip_sample", False) is None else {}
+
     def describe(self) -> dict[str, Any]:
         return {
             "class": type(self).__name__,
@@ -248,7 +252,7 @@ def build_tiny_pixel_model(folder: Path, seed: int, resolution: int, prediction_
 
 
 def tiny_pixel_path(options: TinyPixelOptions) -> Path:
-    """The cached folder of the tiny pixel model for ``options``, built on first use."""
+    """The cached folder of the tiny pixel model for ``options``, built and checked on first use."""
     if options.prediction_type not in ("epsilon", "v_prediction", "sample"):
         raise InputError(
             "tiny_pixel prediction_type must be epsilon, v_prediction or sample, "
@@ -259,6 +263,7 @@ def tiny_pixel_path(options: TinyPixelOptions) -> Path:
         [TINY_PIXEL_VERSION, options.seed, options.resolution, options.prediction_type],
         lambda tmp: build_tiny_pixel_model(tmp, options.seed, options.resolution, options.prediction_type),
         options.cache_dir,
+        check=lambda tmp: PixelDDPMBackbone(PixelDDPMOptions(model=str(tmp), device="cpu", local_files_only=True)),
     )
 
 

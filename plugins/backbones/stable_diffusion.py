@@ -28,7 +28,9 @@ from torch import Tensor
 from framework.backbone import (
     Backbone,
     PrecisionError,
+    PromptRules,
     check_finite,
+    check_model_folder,
     dtype_name,
     hub_offline,
     hub_unreachable,
@@ -42,6 +44,9 @@ from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 
 log = logging.getLogger(__name__)
+
+#: the sub-folders a Stable Diffusion folder is loaded from
+SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 @dataclass
@@ -73,6 +78,7 @@ class StableDiffusionBackbone(Backbone):
         self.dtype = resolve_dtype(options.dtype)
         self.vae_dtype = resolve_dtype(options.vae_dtype or options.dtype)
         kw: dict[str, Any] = {"revision": options.revision, "local_files_only": options.local_files_only}
+        check_model_folder(options.model, SD_COMPONENTS, "Stable Diffusion")  # before any hub look-up
         unreachable = None
         if not (options.local_files_only or hub_offline() or Path(options.model).is_dir()):
             # One short probe instead of huggingface_hub's minutes of retries per file:
@@ -95,6 +101,9 @@ class StableDiffusionBackbone(Backbone):
                 why = f"the hub {unreachable} and they are not in the local cache"
             else:
                 why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
+            local = Path(options.model).expanduser()
+            if not local.exists() and local.parent.is_dir():  # owner/ is a folder here: a path was meant?
+                why = f"there is no folder {options.model} here, and as a hub id: {why}"
             raise WeightsNotFoundError(
                 f"could not load Stable Diffusion weights from {options.model!r}: {why}. {weights_hint()}"
             ) from None
@@ -117,6 +126,21 @@ class StableDiffusionBackbone(Backbone):
         self.size_multiple = self.vae_scale * 2 ** (len(self.unet.config.down_block_types) - 1)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.max_tokens = int(self.text_encoder.config.max_position_embeddings)
+
+    # ----------------------------------------------------------------- prompts
+    def prompt_rules(self) -> PromptRules:
+        """CLIP's tokenizer and the text encoder's token limit (an open vocabulary)."""
+        return PromptRules(self.tokenizer, self.max_tokens, None, bool(self.options.truncate_prompts))
+
+    @classmethod
+    def load_prompt_rules(cls, options: Any) -> PromptRules | None:
+        """The tokenizer and the text encoder's config from a local folder or the local cache
+        (never the network); None when they are not there (the model load says why). A folder
+        that does not exist or lacks a part is refused here already."""
+        if not isinstance(options, StableDiffusionOptions):
+            return None
+        check_model_folder(options.model, SD_COMPONENTS, "Stable Diffusion")
+        return text_prompt_rules(options.model, options.revision, truncate=bool(options.truncate_prompts))
 
     # ----------------------------------------------------------------- images
     @torch.no_grad()
@@ -198,3 +222,24 @@ class StableDiffusionBackbone(Backbone):
             "resolution": self.resolution,
         }
 
+
+
+def text_prompt_rules(
+    model: str, revision: str | None = None, known_words: frozenset[str] | None = None, truncate: bool = False
+) -> PromptRules | None:
+    """:class:`PromptRules` from ``model``'s ``tokenizer/`` and ``text_encoder/config.json``
+    (a local folder, or a hub id in the local cache), or None when they are not there."""
+    from transformers import CLIPTextConfig, CLIPTokenizer
+    from transformers.utils import logging as hf_logging
+
+    kw: dict[str, Any] = {"revision": revision, "local_files_only": True}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a model that is not there is reported by its load
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
+        config = CLIPTextConfig.from_pretrained(model, subfolder="text_encoder", **kw)
+    except (OSError, ValueError):
+        return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return PromptRules(tokenizer, int(config.max_position_embeddings), known_words, truncate)

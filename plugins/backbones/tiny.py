@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +24,8 @@ import torch
 
 from framework.registry import BACKBONES
 from plugins.backbones.stable_diffusion import StableDiffusionBackbone, StableDiffusionOptions
+
+log = logging.getLogger(__name__)
 
 #: bump when the architecture below changes, so stale caches are not reused
 TINY_VERSION = 1
@@ -132,7 +136,7 @@ def build_tiny_model(folder: Path, seed: int, prediction_type: str, resolution: 
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
-    text_encoder.save_pretrained(folder / "text_encoder")
+    save_text_encoder(text_encoder, folder / "text_encoder")
     tokenizer.save_pretrained(folder / "tokenizer")
     scheduler.save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(
@@ -140,43 +144,127 @@ def build_tiny_model(folder: Path, seed: int, prediction_type: str, resolution: 
     )
 
 
+def save_text_encoder(model, folder: Path) -> None:
+    """What ``model.save_pretrained(folder)`` writes (``config.json``, ``model.safetensors``, the
+    same bytes), on every process: in a torch.distributed group transformers' ``save_pretrained``
+    writes nothing on ranks other than 0, and any DDP rank may be the one that builds a cache entry."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
 def cache_root(cache_dir: str | None = None) -> Path:
     """The model cache folder: ``cache_dir``, else $EDITFRIENDLY_CACHE, else ~/.cache/editfriendly."""
     return Path(cache_dir or os.environ.get("EDITFRIENDLY_CACHE") or Path.home() / ".cache" / "editfriendly")
 
 
+#: the file that marks a cache entry as complete: every file of the entry with its size
+MANIFEST = "editfriendly-entry.json"
+#: how long a process waits for another one building the same entry before giving up
+LOCK_TIMEOUT_SECONDS = 1800.0
+
+
+def entry_is_complete(folder: Path) -> bool:
+    """Whether ``folder`` is a finished cache entry: its manifest lists files that all exist with
+    the sizes they were written with (an entry cut short, emptied or truncated is not)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+        return bool(files) and all((folder / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def write_manifest(folder: Path, key: list) -> None:
+    """Record every file under ``folder`` with its size (written last, after the entry was checked)."""
+    files = {
+        p.relative_to(folder).as_posix(): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    (folder / MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=1, default=str))
+
+
+@contextmanager
+def cache_lock(folder: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold ``<folder>.lock`` (an OS file lock: the system releases it when its holder dies, so
+    a killed builder leaves nothing to clean up by hand). Waits for another holder, saying so,
+    at most ``timeout`` seconds (default :data:`LOCK_TIMEOUT_SECONDS`)."""
+    from filelock import FileLock, Timeout
+
+    timeout = LOCK_TIMEOUT_SECONDS if timeout is None else timeout
+    lock = FileLock(str(folder.with_name(folder.name + ".lock")), timeout=timeout)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process to finish building %s", folder)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RuntimeError(
+                f"gave up after {timeout:.0f} s waiting for another process to build {folder}; "
+                f"if no editfriendly process is running, delete {folder}* and try again"
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def cached_model_folder(
-    prefix: str, key: list, build: Callable[[Path], None], cache_dir: str | None = None
+    prefix: str,
+    key: list,
+    build: Callable[[Path], None],
+    cache_dir: str | None = None,
+    check: Callable[[Path], object] | None = None,
 ) -> Path:
     """``<cache root>/<prefix>-<hash of key>``, made by ``build(tmp_folder)`` on first use.
 
-    The folder is built in a temporary sibling and renamed into place, so concurrent builders
-    (DDP ranks, parallel test sessions) race safely. A folder counts as built once it holds
-    ``model_index.json``, which ``build`` must write.
+    One process builds an entry, under a file lock, while the others (DDP ranks, parallel
+    runs and test sessions) wait for it: ``build`` writes into a temporary sibling folder,
+    ``check`` (when given) loads every component from it and raises if one is missing, a
+    manifest of the files and their sizes is written, and only then the folder is renamed into
+    place. An entry without a valid manifest (cut short, emptied by hand, or written by a
+    version without manifests) is built again; so are the leftovers of a killed builder
+    removed. ``build`` must write the whole model into the folder it is given.
     """
     import diffusers
 
     root = cache_root(cache_dir)
     digest = hashlib.sha1(json.dumps([*key, diffusers.__version__]).encode()).hexdigest()[:12]
     folder = root / f"{prefix}-{digest}"
-    if (folder / "model_index.json").exists():
+    if entry_is_complete(folder):
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=root))
-    try:
-        build(tmp)
+    with cache_lock(folder):
+        if entry_is_complete(folder):  # another process built it while this one waited
+            return folder
+        for leftover in root.glob(f"{folder.name}.build-*"):  # of a builder that was killed
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.build-", dir=root))
         try:
-            os.rename(tmp, folder)  # atomic: concurrent builders race safely
-        except OSError:
-            if not (folder / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            build(tmp)
+            if check is not None:
+                try:
+                    check(tmp)
+                except Exception as exc:
+                    raise RuntimeError(f"the {prefix} model just built is incomplete: {exc}") from exc
+            write_manifest(tmp, [*key, diffusers.__version__])
+            if folder.exists():  # an incomplete entry: set it aside, then remove it
+                stale = tmp.with_name(tmp.name + "-old")
+                os.rename(folder, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            os.rename(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
 def tiny_model_path(options: TinyOptions) -> Path:
-    """The cached folder of the tiny model for ``options``, built on first use (atomically)."""
+    """The cached folder of the tiny model for ``options``, built and checked on first use."""
     if options.prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(
             f"tiny prediction_type must be 'epsilon' or 'v_prediction', got {options.prediction_type!r}"
@@ -186,7 +274,21 @@ def tiny_model_path(options: TinyOptions) -> Path:
         [TINY_VERSION, options.seed, options.prediction_type, options.resolution],
         lambda tmp: build_tiny_model(tmp, options.seed, options.prediction_type, options.resolution),
         options.cache_dir,
+        check=check_tiny_model,
     )
+
+
+def check_tiny_model(folder: Path) -> None:
+    """Load every component of a tiny model folder (raises when one is missing or unreadable)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a check of a 1 MB local model needs no progress bars
+    try:
+        StableDiffusionBackbone(StableDiffusionOptions(model=str(folder), device="cpu", local_files_only=True))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 @BACKBONES.register("tiny")

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
+from framework.config import read_yaml_data
 from framework.dataset import DatasetPlugin, Item, as_prompt_list, check_unique
 from framework.errors import ConfigError
 from framework.registry import DATASETS
@@ -50,7 +49,7 @@ def read_captions(path: Path) -> dict[str, dict[str, Any]]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            raw = read_yaml_data(path)  # captions are text as written: nothing is interpolated
             if not isinstance(raw, dict):
                 raise ConfigError(f"{path} must map image file names to {{source, targets}}")
             for name, value in raw.items():

@@ -5,7 +5,8 @@
       target_prompts: [a dog sitting on a mat, a lion sitting on a mat]
       id: cat                           # optional; default: the image path without extension
 
-Any other keys of an entry are kept as the item's extras.
+Any other keys of an entry are kept as the item's extras. Every value is taken as written:
+``${...}`` in a prompt is text, not an interpolation.
 
 Where ``init_img`` is looked for, first match wins:
 
@@ -25,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
+from framework.config import read_yaml_data
 from framework.dataset import DatasetPlugin, Item, as_prompt_list, check_unique, resolve_path
 from framework.errors import ConfigError
 from framework.registry import DATASETS
@@ -74,7 +74,7 @@ class YamlListDataset(DatasetPlugin):
         if not path.exists():
             raise ConfigError(f"dataset file not found: {path}")
         try:
-            raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            raw = read_yaml_data(path)  # prompts are text as written: nothing is interpolated
         except Exception as exc:  # YAML errors of every kind
             raise ConfigError(f"could not parse dataset file {path}: {exc}") from None
         if isinstance(raw, dict) and "items" in raw:

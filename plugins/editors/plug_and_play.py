@@ -75,6 +75,7 @@ from framework.backbone import guide
 from framework.conditioning import broadcast_rows, cat_rows
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
+from framework.prompts import PromptOption
 from framework.registry import EDITORS
 from framework.sampling import (
     Editor,
@@ -290,6 +291,21 @@ class PlugAndPlay(Editor):
         if not isinstance(o.negative_prompt, str):
             raise ConfigError(f"plug_and_play.negative_prompt must be a string, got {o.negative_prompt!r}")
         check_source_latents(o.source_latents, "plug_and_play")
+
+    def prompt_options(self) -> list[PromptOption]:
+        """The negative prompt (none when it is the null text "")."""
+        o = self.options
+        if not isinstance(o.negative_prompt, str) or not o.negative_prompt:
+            return []
+        default = " (the default, pnp-diffusers' own)" if o.negative_prompt == PNP_NEGATIVE_PROMPT else ""
+        return [
+            PromptOption(
+                "plug_and_play.negative_prompt",
+                [o.negative_prompt],
+                f"this negative prompt{default} does not suit this backbone: set editor.negative_prompt='' "
+                "(the null text) or a shorter negative prompt",
+            )
+        ]
 
     @torch.no_grad()
     def edit(

@@ -66,6 +66,8 @@ class SDEditEditor(StrokesEditor):
     """Noise the (stroke-painted) input to a step and denoise it with fresh noise."""
 
     Options = SDEditOptions
+    #: only the inversion's x0 (the encoded input), its step count and guidance are read
+    needs_inversion = False
 
     def first_step(self, num_steps: int, skip: int) -> int:
         """The step SDEdit noises to, in 1..N."""

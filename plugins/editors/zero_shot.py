@@ -62,6 +62,7 @@ from torch import Tensor
 
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
+from framework.prompts import PromptOption
 from framework.registry import EDITORS
 from framework.sampling import Editor, FollowInversion, Guidance, StepHook, denoise, inversion_guidance
 from framework.schema import DEFAULT_SKIP
@@ -244,6 +245,29 @@ class ZeroShot(Editor):
         ts = o.target_sentences
         for f in (ts if isinstance(ts, (list, tuple)) else [] if ts is None else [ts]):
             read_sentences(f, "zero_shot.target_sentences")
+
+    def prompt_options(self) -> list[PromptOption]:
+        """The sentences of the sentence files (each is encoded like a prompt)."""
+        o = self.options
+        out = []
+        if o.source_sentences is not None:
+            out.append(
+                PromptOption(
+                    f"zero_shot.source_sentences ({o.source_sentences})",
+                    read_sentences(o.source_sentences, "zero_shot.source_sentences"),
+                    "shorten that sentence",
+                )
+            )
+        ts = o.target_sentences
+        for f in ts if isinstance(ts, (list, tuple)) else [] if ts is None else [ts]:
+            out.append(
+                PromptOption(
+                    f"zero_shot.target_sentences ({f})",
+                    read_sentences(f, "zero_shot.target_sentences"),
+                    "shorten that sentence",
+                )
+            )
+        return out
 
     def _check_options(self, k: int) -> None:
         o = self.options

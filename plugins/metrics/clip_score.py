@@ -42,6 +42,7 @@ class CLIPScoreMetric(NetworkMetric):
     """CLIP score 100·max(cos, 0) of each edit with its target prompt (whole image, edited region)."""
 
     Options = CLIPScoreOptions
+    ranges = {"clip_score": (0.0, 100.0), "clip_score_edited": (0.0, 100.0)}
 
     def __init__(self, options: CLIPScoreOptions | None = None) -> None:
         super().__init__(options)

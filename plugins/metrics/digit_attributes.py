@@ -56,6 +56,7 @@ class DigitAttributesMetric(Metric):
 
     Options = DigitAttributesOptions
     columns = ("attr_reached", "attr_kept", "attr_success", "digit_ok", "fg_ok", "bg_ok")
+    ranges = dict.fromkeys(columns, (0.0, 1.0))
 
     def setup(self, device: torch.device | str) -> None:
         super().setup(device)

@@ -43,6 +43,7 @@ class DiversityMetric(NetworkMetric):
 
     Options = DiversityOptions
     needs_samples = True
+    ranges = {"diversity": (0.0, None)}
 
     def __init__(self, options: DiversityOptions | None = None) -> None:
         super().__init__(options)

@@ -160,6 +160,7 @@ class LPIPSMetric(NetworkMetric):
     """LPIPS between the input and each edit (lower = structure preserved); lpips_bg on the background."""
 
     Options = LPIPSOptions
+    ranges = {"lpips": (0.0, None), "lpips_bg": (0.0, None)}
 
     def __init__(self, options: LPIPSOptions | None = None) -> None:
         super().__init__(options)

@@ -119,6 +119,7 @@ class PSNRMetric(_PixelMetric):
 
     Options = PSNROptions
     name = "psnr"
+    ranges = {"psnr": (0.0, None), "psnr_bg": (0.0, None)}
 
     def measure(self, a: Tensor, b: Tensor, bg: Tensor | None) -> Tensor:
         if bg is not None:
@@ -131,6 +132,7 @@ class SSIMMetric(_PixelMetric):
     """SSIM of each edit against the input; ssim_bg on the background (PIE-Bench)."""
 
     name = "ssim"
+    ranges = {"ssim": (-1.0, 1.0), "ssim_bg": (-1.0, 1.0)}
 
     def measure(self, a: Tensor, b: Tensor, bg: Tensor | None) -> Tensor:
         if bg is not None:
@@ -144,6 +146,7 @@ class MSEMetric(_PixelMetric):
 
     Options = MSEOptions
     name = "mse"
+    ranges = {"mse": (0.0, 1.0), "mse_bg": (0.0, 1.0)}
 
     def __init__(self, options: MSEOptions | None = None) -> None:
         super().__init__(options)

@@ -32,6 +32,7 @@ class ReconstructionMetric(Metric):
     Options = ReconstructionOptions
     needs_reconstruction = True
     columns = ("reconstruction_psnr",)
+    ranges = {"reconstruction_psnr": (0.0, None)}
 
     def compute(self, batch: MetricInput) -> list[dict[str, float | None]]:
         """One value per item, repeated on each of the K rows."""

@@ -56,6 +56,7 @@ class ShapeIoUMetric(Metric):
 
     Options = ShapeIoUOptions
     columns = ("shape_iou", "color_reached")
+    ranges = dict.fromkeys(columns, (0.0, 1.0))
 
     def compute(self, batch: MetricInput) -> list[dict[str, float | None]]:
         check_input(batch, self.registered_name)

@@ -78,6 +78,7 @@ class StructureDistanceMetric(NetworkMetric):
     """DINO-ViT key self-similarity distance between input and edit (lower = structure preserved)."""
 
     Options = StructureOptions
+    ranges = {"structure_distance": (0.0, None)}
 
     def __init__(self, options: StructureOptions | None = None) -> None:
         super().__init__(options)

@@ -2,8 +2,11 @@
 
 Columns per edit (row of results.csv):
 - ``inversion_seconds``, ``inversion_nfe``: the whole inversion the edit started from. One
-  inversion is shared by every target, sweep point and method with the same inverter setting,
-  so its full cost is attributed to each of those rows (what one edit costs when run alone).
+  inversion is shared by every target, sweep point and method with the same inverter setting
+  and steps (computed down to the smallest skip among them), so its full cost is repeated on
+  each of those rows: a setting with a larger skip shows more than it would need alone. The
+  runner's ``inversion_group`` column tells which rows share one inversion, and
+  ``editfriendly compare`` counts each inversion once.
 - ``edit_seconds``, ``edit_nfe``: the editor call that produced this edit. All K targets of an
   item are edited as one batch, so by default each row gets the cost of that batched call (what
   a user waits for one edit, batching being nearly free on a GPU); with ``per_target: true``
@@ -32,6 +35,7 @@ class TimeMetric(Metric):
 
     Options = TimeOptions
     columns = ("inversion_seconds", "edit_seconds", "inversion_nfe", "edit_nfe")
+    ranges = dict.fromkeys(columns, (0.0, None))
 
     def compute(self, batch: MetricInput) -> list[dict[str, float | None]]:
         k = int(batch.edited_images.shape[0])
