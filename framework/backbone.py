@@ -11,6 +11,7 @@ import abc
 import json
 import os
 import re
+import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,14 @@ class Backbone(abc.ABC):
         tokenizer: ``tokenizer(text, add_special_tokens=...).input_ids``), or None."""
         return getattr(self, "tokenizer", None)
 
+    def token_positions(self, prompt: str, word: str) -> list[int]:
+        """Token positions (start token = 0) of every occurrence of ``word`` in ``prompt``, as the
+        cross-attention maps index them (:func:`word_positions` with ``prompt_tokenizer``)."""
+        tokenizer = self.prompt_tokenizer
+        if tokenizer is None:
+            raise InputError(f"{type(self).__name__} has no prompt tokenizer, so words cannot be located in prompts")
+        return word_positions(tokenizer, prompt, word)
+
     def attention_network(self) -> torch.nn.Module | None:
         """The denoising network whose attention modules editors may hook (a diffusers UNet:
         ``attn_processors``, ``attn1``/``attn2`` modules), or None."""
@@ -277,6 +286,38 @@ def guide(eps_u: Tensor, eps_c: Tensor, scale: float | Tensor) -> Tensor:
     else:
         w = float(scale)
     return eps_u + w * (eps_c - eps_u)
+
+
+def _norm_word(word: str) -> str:
+    return word.strip().strip(string.punctuation).lower()
+
+
+def word_positions(tokenizer: Any, prompt: str, word: str) -> list[int]:
+    """Token positions (start token = position 0) of every occurrence of ``word`` in ``prompt``.
+
+    Words are split on whitespace; a word of several tokens gives all its positions.
+    """
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    pos, out = 1, []
+    for w in prompt.split():
+        w_ids = tokenizer(w, add_special_tokens=False).input_ids
+        if _norm_word(w) == _norm_word(word) and _norm_word(word):
+            # leave out punctuation tokens ("cat," -> the tokens of "cat" only)
+            core = tokenizer(_norm_word(w), add_special_tokens=False).input_ids
+            first = next(
+                (s for s in range(len(w_ids) - len(core) + 1) if w_ids[s : s + len(core)] == core), None
+            )
+            if core and first is not None:
+                out.extend(range(pos + first, pos + first + len(core)))
+            else:
+                out.extend(range(pos, pos + len(w_ids)))
+        pos += len(w_ids)
+    if pos - 1 != len(ids):
+        raise InputError(
+            f"could not locate the words of prompt {prompt!r} in its tokens; write the prompt's "
+            "words separated by spaces"
+        )
+    return out
 
 
 def timestep_rows(t: int | Tensor, b: int) -> int | Tensor:

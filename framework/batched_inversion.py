@@ -58,6 +58,7 @@ from framework.process import ProcessSchedule
 
 if TYPE_CHECKING:
     from framework.backbone import Backbone
+    from framework.conditioning import Cond
 
 #: doubling stops when the next size improves seconds/step by less than this fraction
 AUTO_MIN_GAIN = 0.05
@@ -84,8 +85,8 @@ def evaluate_steps(
     xts: Tensor,
     steps: list[int],
     schedule: ProcessSchedule,
-    cond: Tensor | None,
-    uncond: Tensor | None,
+    cond: Cond,
+    uncond: Cond,
     guidance_scale: float,
 ) -> Tensor:
     """ε̂(x_i, t_i) for the given steps in ONE forward pass: (len(steps), B, C, h, w) float32.
@@ -106,8 +107,8 @@ def extract_noise_maps_batched(
     backbone: Backbone,
     xts: Tensor,
     schedule: ProcessSchedule,
-    cond: Tensor | None,
-    uncond: Tensor | None,
+    cond: Cond,
+    uncond: Cond,
     guidance_scale: float,
     batch: int | str,
     zero_last_noise: bool = False,
@@ -171,12 +172,12 @@ class _FixedSizes(_Sizes):
         return self.batch
 
 
-def _auto_key(backbone: Backbone, xts: Tensor, uncond: Tensor | None, guidance_scale: float) -> tuple:
+def _auto_key(backbone: Backbone, xts: Tensor, uncond: Cond, guidance_scale: float) -> tuple:
     cfg = uncond is not None and float(guidance_scale) != 1 and getattr(backbone, "conditional", True)
     return (str(getattr(backbone, "device", "cpu")), str(getattr(backbone, "dtype", "")), tuple(xts.shape[1:]), cfg)
 
 
-def _auto_sizes(backbone: Backbone, xts: Tensor, uncond: Tensor | None, guidance_scale: float) -> _Sizes:
+def _auto_sizes(backbone: Backbone, xts: Tensor, uncond: Cond, guidance_scale: float) -> _Sizes:
     cache = _AUTO_CACHE.setdefault(backbone, {})
     key = _auto_key(backbone, xts, uncond, guidance_scale)
     n = xts.shape[0] - 1

@@ -30,6 +30,7 @@ from framework.schema import DEFAULT_NUM_STEPS
 
 if TYPE_CHECKING:
     from framework.backbone import Backbone
+    from framework.conditioning import Cond
     from framework.process import ProcessSchedule
 
 
@@ -215,8 +216,8 @@ class Inverter(abc.ABC):
         x0: Tensor,
         schedule: ProcessSchedule,
         n: int,
-        cond: Tensor | None,
-        uncond: Tensor | None,
+        cond: Cond,
+        uncond: Cond,
         guidance_scale: float,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, dict[str, Any]]:

@@ -39,6 +39,7 @@ from framework.schema import DEFAULT_SKIP
 
 if TYPE_CHECKING:
     from framework.backbone import Backbone
+    from framework.conditioning import Cond
 
 #: ``noise_fn(i, x_i, eps, z) -> z``: may change the noise of step i before it is added.
 NoiseFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -57,13 +58,13 @@ class Guidance:
     (all rows when None).
     """
 
-    cond: Tensor | None
-    uncond: Tensor | None
+    cond: Cond
+    uncond: Cond
     scale: float | Tensor
     per_step: Tensor | None = None
     per_step_rows: slice | None = None
 
-    def uncond_at(self, i: int, batch: int) -> Tensor | None:
+    def uncond_at(self, i: int, batch: int) -> Cond:
         """The unconditional embedding of step i for a batch of ``batch`` rows."""
         if self.uncond is None or self.per_step is None:
             return self.uncond
@@ -80,9 +81,9 @@ class Guidance:
 def inversion_guidance(
     backbone: Backbone,
     inversion: Inversion,
-    cond: Tensor | None,
+    cond: Cond,
     scale: float | Tensor,
-    uncond: Tensor | None = None,
+    uncond: Cond = None,
     per_step_rows: slice | None = None,
 ) -> Guidance:
     """Guidance for an edit of ``inversion``: no unconditional branch where every scale is 1;
@@ -351,8 +352,8 @@ def reverse_process(
     x_start: Tensor,
     schedule: ProcessSchedule,
     start_step: int,
-    cond: Tensor | None,
-    uncond: Tensor | None,
+    cond: Cond,
+    uncond: Cond,
     guidance_scale: float,
     zs: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -453,7 +454,7 @@ def expand_rows(x: Tensor, k: int) -> Tensor:
 
 def prompt_free_conditioning(
     backbone: Backbone, target_prompts: Sequence[str] | str | None, guidance_scale: float
-) -> tuple[int, Tensor | None, Tensor | None]:
+) -> tuple[int, Cond, Cond]:
     """(K, cond, uncond) for editors that do not need prompts (shift, color strokes, SDEdit).
 
     A conditional backbone is conditioned on the target prompts as given (K = their number;

@@ -88,3 +88,13 @@ def test_bad_shapes_and_steps(tiny) -> None:
     assert int(tiny.timesteps(999).max()) == 999
     with pytest.raises(InputError, match="dtype"):
         load_backbone("tiny", device="cpu", dtype="float8")
+
+
+def test_attention_editors_ask_the_backbone_for_tokens_and_layers(tiny, tiny_pixel) -> None:
+    """Token positions, the token length and the attention network come from the backbone."""
+    assert tiny.token_positions("a photo of a cat", "cat") == [5]
+    assert tiny.max_prompt_tokens == tiny.max_tokens
+    assert tiny.attention_network() is tiny.unet and tiny.prompt_tokenizer is tiny.tokenizer
+    assert tiny_pixel.prompt_tokenizer is None
+    with pytest.raises(InputError, match="no prompt tokenizer"):
+        tiny_pixel.token_positions("a cat", "cat")

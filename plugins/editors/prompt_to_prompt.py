@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -51,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from framework.backbone import word_positions  # noqa: F401 (importable from here too)
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
@@ -206,38 +206,6 @@ def token_mapping(
         index[j] = max(i, 0)
         alpha[j] = 1.0 if i >= 0 else 0.0
     return F.one_hot(index, length).T.float(), alpha, mode
-
-
-def _norm_word(word: str) -> str:
-    return word.strip().strip(string.punctuation).lower()
-
-
-def word_positions(tokenizer: Any, prompt: str, word: str) -> list[int]:
-    """Token positions (start token = position 0) of every occurrence of ``word`` in ``prompt``.
-
-    Words are split on whitespace; a word of several tokens gives all its positions.
-    """
-    ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    pos, out = 1, []
-    for w in prompt.split():
-        w_ids = tokenizer(w, add_special_tokens=False).input_ids
-        if _norm_word(w) == _norm_word(word) and _norm_word(word):
-            # leave out punctuation tokens ("cat," -> the tokens of "cat" only)
-            core = tokenizer(_norm_word(w), add_special_tokens=False).input_ids
-            first = next(
-                (s for s in range(len(w_ids) - len(core) + 1) if w_ids[s : s + len(core)] == core), None
-            )
-            if core and first is not None:
-                out.extend(range(pos + first, pos + first + len(core)))
-            else:
-                out.extend(range(pos, pos + len(w_ids)))
-        pos += len(w_ids)
-    if pos - 1 != len(ids):
-        raise InputError(
-            f"could not locate the words of prompt {prompt!r} in its tokens; write the prompt's "
-            "words separated by spaces"
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- step windows
@@ -655,8 +623,8 @@ class PromptToPrompt(Editor):
         for j, tgt in enumerate(targets):
             maps[j], alpha[j], mode = token_mapping(tokenizer, source_prompt, tgt, o.mode, length)
             modes.append(mode)
-        equalizer = self._equalizer(tokenizer, targets, length)
-        blend = self._blend_weights(tokenizer, prompts, length)
+        equalizer = self._equalizer(backbone, targets, length)
+        blend = self._blend_weights(backbone, prompts, length)
 
         cross_w, self_w = self.windows(inversion)
         cross_steps, self_steps = step_range(cross_w, n_steps), step_range(self_w, n_steps)
@@ -706,7 +674,7 @@ class PromptToPrompt(Editor):
             controlled_calls=controller.calls,
         )
 
-    def _equalizer(self, tokenizer: Any, targets: list[str], length: int) -> Tensor | None:
+    def _equalizer(self, backbone: Backbone, targets: list[str], length: int) -> Tensor | None:
         """(K, L) reweighting factors: the weights at the chosen words' positions, else 1."""
         o = self.options
         if not o.equalizer_words:
@@ -718,7 +686,7 @@ class PromptToPrompt(Editor):
         found = False
         for row, prompt in enumerate(targets):
             for word, weight in zip(o.equalizer_words, weights):
-                pos = [p for p in word_positions(tokenizer, prompt, word) if p < length]
+                pos = [p for p in backbone.token_positions(prompt, word) if p < length]
                 eq[row, pos] = float(weight)
                 found = found or bool(pos)
         if not found:
@@ -727,7 +695,7 @@ class PromptToPrompt(Editor):
             )
         return eq
 
-    def _blend_weights(self, tokenizer: Any, prompts: list[str], length: int) -> Tensor | None:
+    def _blend_weights(self, backbone: Backbone, prompts: list[str], length: int) -> Tensor | None:
         """(B, L): 1 at the positions of the blend words in each prompt (source first)."""
         o = self.options
         if not o.blend_words:
@@ -735,7 +703,7 @@ class PromptToPrompt(Editor):
         weights = torch.zeros(len(prompts), length)
         for row, prompt in enumerate(prompts):
             for word in o.blend_words:
-                pos = [p for p in word_positions(tokenizer, prompt, word) if p < length]
+                pos = [p for p in backbone.token_positions(prompt, word) if p < length]
                 weights[row, pos] = 1.0
         if not bool(weights.any()):
             raise InputError(f"none of the blend_words {list(o.blend_words)} occurs in the prompts {prompts}")
