@@ -16,6 +16,18 @@ and ``key=value`` together), and, for a ``methods`` entry, the entry's own ``num
 proportion of the skip below it: ``skip' = floor(skip * N' / N + 1/2)`` (round half up, at most
 ``N' - 1``), so ``--steps 20`` alone runs 36 of 100 as 7 of 20.
 
+Per-backbone values and editor options carried by presets. A preset may hold the reserved key
+``backbones: {<backbone plugin name>: {...}}``: option values (and ``settings``) that replace the
+preset's own when that backbone runs, e.g. ``backbones: {digits: {guidance_scale: 7.5}}`` in
+``configs/editor/text.yaml``. An inverter preset may hold ``editor: {...}``: options for the
+editor of its edits (the reference's target guidance, Prompt-to-Prompt's replace steps), set on
+whichever editor has them; inside its ``backbones`` block too. An editor option then takes,
+later winning: the schema default < the editor preset < the editor preset's ``backbones.<b>`` <
+the inverter preset's ``editor`` < the inverter preset's ``backbones.<b>.editor`` < any value
+given explicitly (``editor.guidance_scale=``, an experiment file's mapping naming the plugin).
+Composition notes which options came from a preset file (the hidden key ``_from_preset``, never
+saved) so that only those are replaced; see :func:`preset_pair`.
+
 A group value (``backbone``, ``inverter``, ``editor``; also inside each entry of ``methods``)
 may be a string or a mapping. A string names a preset file ``configs/<group>/<string>.yaml``
 or, if there is none, a registered plugin. A mapping needs a ``name``. When a later layer
@@ -50,6 +62,15 @@ LOGGER = "logger"
 SETTINGS = "settings"
 #: what ``settings`` may set
 SETTING_KEYS = ("num_steps", "skip")
+#: reserved key of a preset file: per-backbone values, ``backbones: {<backbone name>: {...}}``
+BACKBONES_KEY = "backbones"
+#: reserved key of an inverter preset: options for the editor of edits made from its inversions
+EDITOR_KEY = "editor"
+#: hidden key of a composed group: the options whose value came from a preset file (the values a
+#: preset's ``backbones`` block and an inverter preset's ``editor`` may replace)
+FROM_PRESET = "_from_preset"
+#: keys of a group node that are not plugin options
+RESERVED = (SETTINGS, BACKBONES_KEY, FROM_PRESET)
 
 
 def config_dir() -> Path:
@@ -91,12 +112,20 @@ def preset_names(group: str) -> list[str]:
 
 def group_node(group: str, value: Any) -> dict[str, Any]:
     """Normalize a group value (preset name, plugin name or mapping) to a plain mapping of the
-    plugin's name and options (a preset's ``settings`` left out: see :func:`preset_node`)."""
-    return {k: v for k, v in preset_node(group, value).items() if k != SETTINGS}
+    plugin's name and options (a preset's ``settings``, ``backbones`` and an inverter preset's
+    ``editor`` left out: see :func:`preset_node`)."""
+    return options_only(group, preset_node(group, value))
+
+
+def options_only(group: str, node: Mapping[str, Any]) -> dict[str, Any]:
+    """``node`` without the keys that are not plugin options (see :data:`RESERVED`)."""
+    reserved = (*RESERVED, EDITOR_KEY) if group == "inverter" else RESERVED
+    return {k: v for k, v in node.items() if k not in reserved}
 
 
 def preset_node(group: str, value: Any) -> dict[str, Any]:
-    """:func:`group_node` keeping the preset's ``settings`` (num_steps/skip), if it has any."""
+    """:func:`group_node` keeping the preset's ``settings`` (num_steps/skip), ``backbones`` and
+    (inverter presets) ``editor``, if it has any, and noting which options came from the file."""
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, str):
@@ -108,7 +137,8 @@ def preset_node(group: str, value: Any) -> dict[str, Any]:
                 raise ConfigError(f"preset {preset} has no 'name' key")
             if SETTINGS in node:
                 node[SETTINGS] = check_settings(node[SETTINGS], str(preset))
-            return node
+            check_preset_extras(group, node, str(preset))
+            return _mark(node, {k for k in options_only(group, node) if k != "name"})
         return {"name": value}
     if isinstance(value, Mapping):
         node = dict(value)
@@ -125,13 +155,49 @@ def preset_node(group: str, value: Any) -> dict[str, Any]:
 
 def merge_group(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
     """Later wins; another plugin name replaces the group, the same name merges options (and
-    the presets' ``settings``, key by key)."""
+    the presets' ``settings``, ``backbones`` and ``editor``, key by key). An option ``new`` sets
+    itself (not from a preset file) is no longer marked as a preset's."""
     if old is None or old.get("name") != new.get("name"):
         return dict(new)
     out = {**old, **new}
-    if SETTINGS in old and SETTINGS in new:
-        out[SETTINGS] = {**old[SETTINGS], **new[SETTINGS]}
-    return out
+    for key in (SETTINGS, EDITOR_KEY):
+        if isinstance(old.get(key), Mapping) and isinstance(new.get(key), Mapping):
+            out[key] = {**old[key], **new[key]}
+    if isinstance(old.get(BACKBONES_KEY), Mapping) and isinstance(new.get(BACKBONES_KEY), Mapping):
+        out[BACKBONES_KEY] = {
+            b: {**old[BACKBONES_KEY].get(b, {}), **new[BACKBONES_KEY].get(b, {})}
+            for b in {**old[BACKBONES_KEY], **new[BACKBONES_KEY]}
+        }
+    explicit = set(new) - set(new.get(FROM_PRESET, ())) - set(RESERVED)
+    marked = (set(old.get(FROM_PRESET, ())) - explicit) | set(new.get(FROM_PRESET, ()))
+    return _mark(out, marked)
+
+
+def _mark(node: dict[str, Any], marked: set[str]) -> dict[str, Any]:
+    """Set the node's :data:`FROM_PRESET` list (left out when empty)."""
+    node.pop(FROM_PRESET, None)
+    if marked:
+        node[FROM_PRESET] = sorted(marked)
+    return node
+
+
+def check_preset_extras(group: str, node: dict[str, Any], where: str) -> None:
+    """Validate a preset's ``backbones`` block (a mapping of backbone names to option values,
+    ``settings`` and, for inverters, ``editor``) and an inverter preset's ``editor`` mapping."""
+    if group == "inverter" and EDITOR_KEY in node and not isinstance(node[EDITOR_KEY], Mapping):
+        raise ConfigError(f"{where}: editor must map editor options to values, got {node[EDITOR_KEY]!r}")
+    blocks = node.get(BACKBONES_KEY)
+    if blocks is None:
+        return
+    if not isinstance(blocks, Mapping) or not all(isinstance(b, Mapping) for b in blocks.values()):
+        raise ConfigError(f"{where}: backbones must map backbone names to mappings of values, got {blocks!r}")
+    for backbone, block in blocks.items():
+        if block.get("name") is not None:
+            raise ConfigError(f"{where}: backbones.{backbone} cannot change the plugin's name")
+        if SETTINGS in block:
+            block[SETTINGS] = check_settings(block[SETTINGS], f"{where}: backbones.{backbone}")
+        if EDITOR_KEY in block and (group != "inverter" or not isinstance(block[EDITOR_KEY], Mapping)):
+            raise ConfigError(f"{where}: backbones.{backbone}.editor is an inverter preset's mapping of editor options")
 
 
 def check_settings(settings: Any, where: str) -> dict[str, Any]:
@@ -215,7 +281,8 @@ def merge_layers(layers: Iterable[Mapping[str, Any] | DictConfig]) -> dict[str, 
         for key, value in layer.items():
             if key in GROUPS and value is not None:
                 if isinstance(value, Mapping) and "name" not in value and "preset" not in value and key in groups:
-                    groups[key] = {**groups[key], **value}  # options only: keep the plugin
+                    # options only: keep the plugin
+                    groups[key] = merge_group(groups[key], {**value, "name": groups[key].get("name")})
                 else:
                     groups[key] = merge_group(groups.get(key), preset_node(key, value))
             elif key == LOGGER and value is not None:
@@ -293,7 +360,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     for group in GROUPS:  # backbone.dtype=float16 only changes options of the chosen plugin
         if group in rest and isinstance(rest[group], dict):
             if group in layer:
-                layer[group] = {**preset_node(group, layer[group]), **rest.pop(group)}
+                base = preset_node(group, layer[group])
+                layer[group] = merge_group(base, {**rest.pop(group), "name": base.get("name")})
     layer.update(rest)
     return layer
 
@@ -350,23 +418,106 @@ def apply_preset_settings(
     and set ``num_steps``/``skip`` from :func:`run_settings`; each ``methods`` entry gets its
     own, from its own inverter/editor (or the top-level ones), the explicit layers and then
     the entry's own values."""
+    backbone = _backbone_name(cfg.get("backbone"))
     top = {g: cfg.get(g) if isinstance(cfg.get(g), Mapping) else None for g in ("inverter", "editor")}
+    top["inverter"], top["editor"] = preset_pair(top["inverter"], top["editor"], backbone)
     cfg.update(run_settings(base, [top["inverter"], top["editor"]], explicit))
     if isinstance(cfg.get("methods"), list):
         methods = []
         for m in cfg["methods"]:
             m = dict(m)
-            groups = [m.get(g) if isinstance(m.get(g), Mapping) else top[g] for g in ("inverter", "editor")]
+            own = [m.get(g) if isinstance(m.get(g), Mapping) else None for g in ("inverter", "editor")]
+            raw = [own[0] or cfg.get("inverter"), own[1] or cfg.get("editor")]
+            groups = list(preset_pair(raw[0], raw[1], backbone)) if any(own) else [top["inverter"], top["editor"]]
             m.update(run_settings(base, groups, [*explicit, m]))
-            for g in ("inverter", "editor"):
-                if isinstance(m.get(g), Mapping):
-                    m[g] = {k: v for k, v in m[g].items() if k != SETTINGS}
+            for g, node, mine in zip(("inverter", "editor"), groups, own):
+                if mine is not None or (node is not None and node != top[g]):
+                    m[g] = _strip(g, node)
             methods.append(m)
         cfg["methods"] = methods
     for g in ("inverter", "editor"):
         if top[g] is not None:
-            cfg[g] = {k: v for k, v in top[g].items() if k != SETTINGS}
+            cfg[g] = _strip(g, top[g])
     return cfg
+
+
+def _strip(group: str, node: Mapping[str, Any]) -> dict[str, Any]:
+    """A group node without ``settings`` and the other preset-only keys."""
+    return {k: v for k, v in options_only(group, node).items()}
+
+
+def _backbone_name(node: Any) -> str | None:
+    if isinstance(node, Mapping):
+        return None if node.get("name") is None else str(node["name"])
+    return None if node is None else str(node)
+
+
+def _apply_preset_values(
+    node: Mapping[str, Any], values: Mapping[str, Any], only: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """``node`` with ``values`` for the options a preset file set (or nobody set); options given
+    explicitly keep their value. ``only``: the option names the plugin has (others are left out)."""
+    out = dict(node)
+    marked = set(out.get(FROM_PRESET, ()))
+    allowed = None if only is None else set(only)
+    for key, value in values.items():
+        if key in (*RESERVED, EDITOR_KEY, "name") or (allowed is not None and key not in allowed):
+            continue
+        if key in marked or key not in out:
+            out[key] = value
+            marked.add(key)
+    return _mark(out, marked)
+
+
+def _with_backbone_block(group: str, node: Mapping[str, Any], backbone: str | None) -> dict[str, Any]:
+    """``node`` with its preset's ``backbones.<backbone>`` block applied: option values (where no
+    explicit value is given) and ``settings`` (over the preset's own, below every explicit one)."""
+    out = dict(node)
+    blocks = out.get(BACKBONES_KEY)
+    block = blocks.get(backbone) if isinstance(blocks, Mapping) and backbone is not None else None
+    if not block:
+        return out
+    out = _apply_preset_values(out, block)
+    if block.get(SETTINGS):
+        out[SETTINGS] = {**(out.get(SETTINGS) or {}), **block[SETTINGS]}
+    return out
+
+
+def _editor_options(name: Any) -> list[str] | None:
+    import dataclasses
+
+    from framework.registry import EDITORS
+
+    try:
+        return [f.name for f in dataclasses.fields(EDITORS.get(str(name)).Options)]
+    except Exception:  # an unknown editor: resolve() names it
+        return None
+
+
+def preset_pair(
+    inverter: Mapping[str, Any] | None, editor: Mapping[str, Any] | None, backbone: str | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Apply the presets' per-backbone blocks and the inverter preset's editor options.
+
+    An editor option takes, later winning: the editor preset's value < the editor preset's
+    ``backbones.<backbone>`` < the inverter preset's ``editor`` (the settings of a combination
+    are more specific than an editor's own) < the inverter preset's ``backbones.<backbone>.editor``
+    < a value given explicitly (command line, experiment file, a mapping naming the plugin).
+    Inverter-carried values reach only editors with that option."""
+    inv = _with_backbone_block("inverter", inverter, backbone) if inverter is not None else None
+    if editor is None:
+        return inv, None
+    ed = dict(editor)
+    carried = dict(inv.get(EDITOR_KEY) or {}) if inv is not None else {}
+    blocks = inv.get(BACKBONES_KEY) if inv is not None else None
+    block = blocks.get(backbone) if isinstance(blocks, Mapping) and backbone is not None else None
+    fields = _editor_options(ed.get("name"))
+    ed = _with_backbone_block("editor", ed, backbone)
+    if fields is not None:
+        ed = _apply_preset_values(ed, carried, fields)
+        if block and block.get(EDITOR_KEY):
+            ed = _apply_preset_values(ed, block[EDITOR_KEY], fields)
+    return inv, ed
 
 
 def resolve(cfg: Mapping[str, Any]) -> DictConfig:
@@ -400,8 +551,9 @@ def full_options(registry: Any, node: Mapping[str, Any]) -> dict[str, Any]:
     through :func:`literal`). The result is plain data."""
     import dataclasses
 
-    # a preset's settings (num_steps/skip) are no plugin option; compose applies them
-    node = {k: v for k, v in node.items() if k != SETTINGS}
+    # a preset's settings (num_steps/skip), backbones and editor blocks are no plugin options;
+    # compose applies them
+    node = {k: v for k, v in node.items() if k not in (*RESERVED, EDITOR_KEY)}
     try:  # configuration: its interpolations (e.g. ${oc.env:...}) resolve here, once
         node = OmegaConf.to_container(OmegaConf.create(node), resolve=True)
     except OmegaConfBaseException as exc:

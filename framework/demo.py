@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.errors import ConfigError, EditFriendlyError, InputError
+from framework.prompts import check_edit_prompts
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ ProgressFn = Callable[[float, str], None]
 #: A bound of a numeric option from the page: (lowest, highest) or None (the plugin's own checks).
 Bound = tuple[float, float] | None
 _STEPS_BOUND: Bound = (0, 50)  # inner optimisation steps and the like: each costs network calls
+_OFFSET_BOUND: Bound = (0, 1)  # the scheduler's steps_offset (the models' 1, or 0 as some reference code)
 
 #: The options each plugin takes from the page's options boxes, with bounds for numbers. Every
 #: other option keeps its preset's value; :data:`SERVER_FILE_OPTIONS` lists those that name files.
@@ -92,10 +94,10 @@ PAGE_OPTIONS: dict[str, dict[str, Bound]] = {
              "regularization_steps": _STEPS_BOUND, "autocorrelation_rolls": _STEPS_BOUND, "random_shift": None},
     "ddpm_edit_friendly": {"eta": None, "guidance_scale": INVERTER_GUIDANCE, "zero_last_noise": None,
                            "timestep_batch": None},
-    "edict": {"guidance_scale": INVERTER_GUIDANCE, "mix_weight": None},
-    "negative_prompt": {"guidance_scale": INVERTER_GUIDANCE},
+    "edict": {"guidance_scale": INVERTER_GUIDANCE, "mix_weight": None, "steps_offset": _OFFSET_BOUND},
+    "negative_prompt": {"guidance_scale": INVERTER_GUIDANCE, "steps_offset": _OFFSET_BOUND},
     "null_text": {"guidance_scale": INVERTER_GUIDANCE, "num_inner_steps": _STEPS_BOUND,
-                  "early_stop_epsilon": None, "learning_rate": None},
+                  "early_stop_epsilon": None, "learning_rate": None, "steps_offset": _OFFSET_BOUND},
     "color_strokes": {"strength": None, "start_step": None, "end_step": None, "guidance_scale": EDITOR_GUIDANCE,
                       "clip_prediction": None},
     "plug_and_play": {"guidance_scale": EDITOR_GUIDANCE, "feature_injection": None, "attention_injection": None,
@@ -714,6 +716,8 @@ class DemoEngine:
         editor = self.build_plugin(EDITORS, cfg["editor"], literal)
         check_conditional(editor, self.backbone)
         source, targets = self.check_prompts(req, editor)
+        # what the text encoder cannot take is refused before the inversion, as by `edit`
+        check_edit_prompts(self.backbone.prompt_rules(), source, targets, (inverter, editor), warn=False)
         if not req.image:
             raise InputError("upload an image (PNG, JPEG, WebP, ...) or click one of the examples")
         image_name = str(req.image_name or Path(req.image).name)

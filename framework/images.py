@@ -53,6 +53,10 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return to_rgb(img)
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"{path} is too large to decode safely ({exc}); scale it down (for example to 4096 pixels a side) first"
+        ) from None
     except UnidentifiedImageError:
         raise InputError(
             f"{path} is not an image Pillow can read; accepted: PNG, JPEG, WebP, TIFF, BMP, GIF and "

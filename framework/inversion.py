@@ -92,6 +92,16 @@ class Inversion:
             uncond_embeddings=None if self.uncond_embeddings is None else self.uncond_embeddings.to(device),
         )
 
+    def schedule(self, backbone: Backbone, eta: float | None = None) -> ProcessSchedule:
+        """The :class:`framework.process.ProcessSchedule` of this inversion's own timesteps (those its
+        inverter ran: the backbone's, or shifted by an inverter's ``steps_offset``) for ``eta``
+        (default: the inversion's); every regeneration steps through it."""
+        eta = self.eta if eta is None else eta
+        own = backbone.timesteps(self.num_steps)
+        if torch.equal(own, self.timesteps.to(own.device, own.dtype)):
+            return backbone.schedule(self.num_steps, eta)
+        return backbone.process.discretize(self.timesteps.flip(0), eta)
+
     def regeneration(
         self,
         backbone: Backbone,
@@ -185,7 +195,7 @@ class Inverter(abc.ABC):
         nfe0 = backbone.nfe
         x0 = as_batch(x0, backbone.device)
         prompts = as_prompts(source_prompt, x0.shape[0])
-        schedule = backbone.schedule(num_steps, eta)
+        schedule = self.schedule(backbone, num_steps, eta)
         guidance = float(self.options.guidance_scale)
         cond = backbone.encode_prompt(prompts)
         uncond = backbone.null_condition() if guidance != 1 else None
@@ -208,6 +218,17 @@ class Inverter(abc.ABC):
             nfe=backbone.nfe - nfe0,
             **fields,
         )
+
+    def schedule(self, backbone: Backbone, num_steps: int, eta: float) -> ProcessSchedule:
+        """The backbone's schedule for ``num_steps``, or, where the inverter has a ``steps_offset``
+        option that is set, the same spacing with that offset (see
+        :func:`framework.schedule.offset_schedule`)."""
+        offset = getattr(self.options, "steps_offset", None)
+        if offset is None:
+            return backbone.schedule(num_steps, eta)
+        from framework.schedule import offset_schedule
+
+        return offset_schedule(backbone, num_steps, eta, offset, f"{self.registered_name}.steps_offset")
 
     @abc.abstractmethod
     def trajectory(

@@ -226,7 +226,7 @@ def ddpm_regeneration(
     if transform is not None:
         x = transform(x)
     return DDPMRule(
-        backbone.schedule(inversion.num_steps, inversion.eta),
+        inversion.schedule(backbone),
         expand_rows(x, rows).float(),
         zs,
         generator,

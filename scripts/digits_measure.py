@@ -3,8 +3,9 @@
 Prints and writes (``--out``, JSON) the classifier's held-out accuracy, the prompt-following
 rates (generation from held-out prompts read back by the classifier), the reconstruction error
 of edit-friendly and CycleDiffusion inversions, and foreground-colour edit rates (colour reached,
-shape IoU, attributes kept) of the probe's rows: edit-friendly, CycleDiffusion and DDIM text
-edits, Prompt-to-Prompt and Plug-and-Play on edit-friendly and DDIM inversions.
+shape IoU, attributes kept) of the rows of docs/digits.md's foreground-edit table: edit-friendly,
+CycleDiffusion and DDIM text edits, Prompt-to-Prompt and Plug-and-Play on edit-friendly and DDIM
+inversions.
 
     python scripts/digits_measure.py --n 24 --out docs/figures/digits_measure.json
 """
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-#: (label, inverter, editor, skip): the probe's table rows, 100 steps
+#: (label, inverter, editor, skip): the rows of docs/digits.md's foreground-edit table, 100 steps
 ROWS = [
     (
         "edit-friendly + text",

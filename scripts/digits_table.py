@@ -1,6 +1,6 @@
 """The digits benchmark's table by edit kind, from a run's ``results.csv`` (markdown to stdout).
 
-One row per method setting; for foreground-colour edits (the probe's table), background-colour
+One row per method setting; for foreground-colour edits, background-colour
 edits and digit edits: the rate at which the changed attribute was reached, the shape IoU
 (colour edits) and the rate at which the other attributes were kept. ``n`` counts the edits.
 

@@ -257,3 +257,28 @@ def test_unfinished_output_folders_of_a_stopped_server_are_removed(tmp_path: Pat
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     assert engine.remove_partial_outputs() == [old]
     assert not old.exists() and fresh.exists() and done.exists()
+
+
+def test_prompts_the_text_encoder_cannot_take_are_refused_before_the_inversion(tmp_path: Path) -> None:
+    """On digits (16 tokens), a too-long target and Plug-and-Play's reference negative prompt are
+    refused with the CLI's message before any network evaluation."""
+    from framework.backbone import load_backbone
+    from framework.demo import InversionCache
+
+    backbone = load_backbone("digits", device="cpu")
+    engine = DemoEngine(backbone=backbone, backbone_cfg={"name": "digits"}, backbone_name="digits", out=tmp_path)
+    image = Path(__file__).resolve().parent.parent / "data" / "digit_seven.png"
+    source = "a red seven on a black background"
+    long_target = "a blue seven on a black background " * 3
+    cases = [
+        (_request(image=str(image), source_prompt=source, target_prompts=long_target, editor="text"), InputError),
+        (_request(image=str(image), source_prompt=source, target_prompts="a blue seven on a black background",
+                  editor_options="negative_prompt: ugly, blurry, black, low res, unrealistic"),
+         ConfigError),  # pnp-diffusers' negative prompt is 30 tokens
+    ]
+    for req, error in cases:
+        backbone.nfe = 0
+        with pytest.raises(error, match="tokens"):
+            engine.run(req, InversionCache())
+        assert backbone.nfe == 0
+    assert not list((tmp_path / "runs").glob("*"))  # nothing written for a refused request

@@ -221,7 +221,8 @@ def test_benchmark_config_runs_and_compare_draws_the_tradeoff(tmp_path: Path) ->
     rows = list(csv.DictReader(open(out / "results.csv")))
     methods = {r["method"] for r in rows}
     assert methods == {"ef_text", "cycle_text", "ddim_text", "ddim_early_text", "ef_p2p", "ddim_p2p", "ef_pnp",
-                       "ddim_pnp", "ddim_zero_shot", "ef_zero_shot", "sdedit"}
+                       "ddim_pnp", "ddim_zero_shot", "ef_zero_shot", "sdedit", "nt_p2p", "np_p2p", "np_text",
+                       "edict_text"}
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
     assert all(r["shape_iou"] and r["color_reached"] and r["attr_reached"] for r in rows)
     report = subprocess.run([sys.executable, "-m", "framework.cli", "compare", str(out), "--sample", "1"],

@@ -1,6 +1,6 @@
-"""Issue 16: first use and failure, on the tiny backbone and the CPU.
+"""First use and failure, on the tiny backbone and the CPU.
 
-One test (or a few) per point of the issue:
+One test (or a few) per point:
 
 1. a run never damages an earlier one (refused reruns, --force, every config kept, the summary of
    every row, unknown top-level override keys refused);
@@ -396,6 +396,18 @@ def test_failed_first_run_leaves_no_folder(items2: Path, tmp_path: Path, capsys)
 # ----------------------------------------------------------------------------- 6
 
 
+def wait_for_bytes(path: Path, needle: bytes, seconds: float) -> bytes:
+    """The file's bytes once they hold ``needle`` (or when ``seconds`` have passed)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    data = path.read_bytes()
+    while needle not in data and time.monotonic() < deadline:
+        time.sleep(0.5)
+        data = path.read_bytes()
+    return data
+
+
 def test_wandb_offline_run_holds_images_and_config(items2: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     out = tmp_path / "out"
     cfg = experiment(tmp_path / "exp.yaml", items2, out, logger="{name: wandb, mode: offline, project: ef-test, "
@@ -441,8 +453,9 @@ def test_wandb_offline_run_holds_images_and_config(items2: Path, tmp_path: Path,
         match = [r for r in by_id.values() if hashlib.sha256((out / r["output_path"]).read_bytes()).hexdigest()
                  == out_cell["sha256"]]
         assert len(match) >= 1
-    # the resolved config and the metrics reach the run's transaction log
-    log = next(run.glob("run-*.wandb")).read_bytes()
+    # the resolved config and the metrics reach the run's transaction log (written by wandb's
+    # service process, which may still be flushing it when the run returns: wait up to 60 s)
+    log = wait_for_bytes(next(run.glob("run-*.wandb")), b"ef/edit_nfe_mean", 60)
     assert b"output_dir" in log and str(out).encode() in log and b"ddpm_edit_friendly" in log
     assert b"ef/edit_nfe_mean" in log
 

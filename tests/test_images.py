@@ -79,3 +79,12 @@ def test_bad_files(tmp_path) -> None:
         load_image(cut)
     with pytest.raises(InputError, match="directory"):
         load_image_tensor(tmp_path, 32, 4)
+
+
+def test_an_image_too_large_to_decode_safely_is_one_error(tmp_path, monkeypatch) -> None:
+    """Pillow's decompression-bomb guard (over 2 × MAX_IMAGE_PIXELS) becomes an InputError."""
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is then a "bomb"
+    with pytest.raises(InputError, match="too large to decode safely"):
+        load_image(path)

@@ -64,6 +64,90 @@ def test_edit_resolved_config_carries_the_preset_settings(tmp_path: Path) -> Non
     assert cfg["skip"] == 4
 
 
+def test_edit_resolved_config_carries_the_references_settings_of_the_three_newest_inverters(tmp_path: Path) -> None:
+    """negative-prompt inversion as PnPInversion runs it (50 steps, targets at 7.5, P2P 0.4 / 0.6),
+    EDICT as its code (inversion and edit at guidance 3, 50 steps, skip 10), null-text inversion
+    with Prompt-to-Prompt as its notebook (50 steps, targets at 7.5, self replace 0.5)."""
+    cfg = edit_config(tmp_path, "inverter=negative_prompt")
+    assert (cfg["num_steps"], cfg["skip"]) == (50, 0)
+    assert cfg["editor"] == {"name": "text", "guidance_scale": 7.5}
+    assert cfg["inverter"] == {"name": "negative_prompt", "guidance_scale": 1.0, "steps_offset": 0}
+    cfg = edit_config(tmp_path, "inverter=negative_prompt", "editor=prompt_to_prompt")
+    p2p = cfg["editor"]
+    assert (p2p["guidance_scale"], p2p["cross_replace_steps"], p2p["self_replace_steps"]) == (7.5, 0.4, 0.6)
+    cfg = edit_config(tmp_path, "inverter=edict")
+    assert (cfg["num_steps"], cfg["skip"]) == (50, 10)
+    assert cfg["inverter"]["guidance_scale"] == 3.0 and cfg["editor"]["guidance_scale"] == 3.0
+    assert cfg["inverter"]["steps_offset"] == 0  # EDICT's scheduler: 980 ... 0
+    # one optimisation iteration per step keeps the run short; the settings checked are the preset's
+    cfg = edit_config(tmp_path, "inverter=null_text", "editor=prompt_to_prompt", "inverter.num_inner_steps=1")
+    p2p = cfg["editor"]
+    assert (cfg["num_steps"], cfg["skip"]) == (50, 0) and cfg["inverter"]["guidance_scale"] == 7.5
+    assert cfg["inverter"]["steps_offset"] is None  # the notebook's scheduler sets steps_offset=1, as ours
+    assert (p2p["guidance_scale"], p2p["cross_replace_steps"], p2p["self_replace_steps"]) == (7.5, 0.8, 0.5)
+    assert "editor" not in cfg["inverter"] and "_from_preset" not in cfg["editor"]
+
+
+def test_inverter_carried_editor_options_yield_to_explicit_ones() -> None:
+    def editor(*overrides: str, layers=()) -> dict:
+        return dict(compose(overrides=overrides, extra_layers=list(layers)).editor)
+
+    assert editor("inverter=negative_prompt", "editor.guidance_scale=9")["guidance_scale"] == 9
+    assert editor("inverter=negative_prompt", "editor=prompt_to_prompt", "editor.self_replace_steps=0.2")[
+        "self_replace_steps"] == 0.2
+    # a mapping naming the plugin is explicit: its values stay, the others come from the inverter preset
+    got = editor("inverter=edict", layers=[{"editor": {"name": "prompt_to_prompt", "cross_replace_steps": 0.3}}])
+    assert (got["guidance_scale"], got["cross_replace_steps"]) == (3.0, 0.3)
+    # an editor preset's values are presets too: the inverter's reference settings replace them
+    assert editor("inverter=edict", "editor=prompt_to_prompt_ef")["guidance_scale"] == 3.0
+    # options the editor does not have are left out (text has no replace steps)
+    assert set(editor("inverter=negative_prompt")) == {"name", "guidance_scale"}
+    # without the inverter preset nothing changes
+    assert editor(layers=[{"inverter": {"name": "negative_prompt"}}])["guidance_scale"] == 15
+    # the per-backbone block applies only to its backbone, and explicit values still win
+    assert editor("inverter=negative_prompt", "backbone=digits")["guidance_scale"] == 1.5
+    assert editor("inverter=negative_prompt", "backbone=tiny")["guidance_scale"] == 7.5
+    assert editor("inverter=negative_prompt", "backbone=digits", "editor.guidance_scale=7.5")["guidance_scale"] == 7.5
+    assert editor("backbone=digits")["guidance_scale"] == 7.5 and editor("backbone=tiny")["guidance_scale"] == 15
+
+
+def test_methods_get_their_inverter_presets_editor_options(tmp_path: Path) -> None:
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        "backbone: {name: tiny}\n"
+        "methods:\n"
+        "  - {name: plain}\n"
+        "  - {name: np, inverter: negative_prompt}\n"
+        "  - {name: np_p2p, inverter: negative_prompt, editor: prompt_to_prompt}\n"
+        "  - {name: np_own, inverter: negative_prompt, editor: {name: text, guidance_scale: 4}}\n"
+    )
+    plan = {v.label: v for v in expand_methods(compose(experiment=exp))}
+    assert plan["plain"].editor["guidance_scale"] == 15
+    assert (plan["np"].editor["guidance_scale"], plan["np"].num_steps, plan["np"].skip) == (7.5, 50, 0)
+    assert plan["np_p2p"].editor["self_replace_steps"] == 0.6
+    assert plan["np_own"].editor["guidance_scale"] == 4
+
+
+def test_bad_backbones_and_editor_blocks_in_a_preset_are_refused(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    root = tmp_path / "configs"
+    shutil.copytree(config_dir(), root)
+    monkeypatch.setenv("EDITFRIENDLY_CONFIG_DIR", str(root))
+    (root / "editor" / "odd.yaml").write_text("name: text\nbackbones: [digits]\n")
+    with pytest.raises(ConfigError, match="backbones must map backbone names"):
+        compose(overrides=["editor=odd"])
+    (root / "editor" / "odd.yaml").write_text("name: text\nbackbones: {digits: {settings: {seed: 1}}}\n")
+    with pytest.raises(ConfigError, match="unknown keys \\['seed'\\]"):
+        compose(overrides=["editor=odd"])
+    (root / "editor" / "odd.yaml").write_text("name: text\nbackbones: {digits: {strength: 2}}\n")
+    with pytest.raises(ConfigError, match="unknown option 'strength'"):
+        compose(overrides=["editor=odd", "backbone=digits"])
+    (root / "inverter" / "odd.yaml").write_text("name: ddim\neditor: 3\n")
+    with pytest.raises(ConfigError, match="editor must map editor options"):
+        compose(overrides=["inverter=odd"])
+
+
 def test_compose_preset_settings_and_precedence() -> None:
     def settings(*overrides: str, **flags: int) -> tuple[int, int]:
         cfg = compose(overrides=overrides, extra_layers=[flags])

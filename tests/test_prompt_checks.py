@@ -181,10 +181,16 @@ def test_run_refuses_a_method_option_no_item_can_take_before_the_trainer_starts(
     assert not (tmp_path / "out").exists()
 
 
-def test_run_checks_with_the_loaded_model_where_the_tokenizer_cannot_be_read_alone(tmp_path, tiny) -> None:
+@pytest.mark.parametrize("when", ["planning", "loaded"])
+def test_run_records_items_the_text_encoder_cannot_take_as_failed(tmp_path, tiny, monkeypatch, when) -> None:
+    """At planning where the backbone reads its tokenizer alone (tiny builds its cache entry for
+    it), else by each process once the model is loaded (a backbone whose rules need the model)."""
     from framework.backbone import load_prompt_rules
+    from plugins.backbones.tiny import TinyBackbone
 
-    assert load_prompt_rules("tiny") is None  # the tiny model is built on first load
+    if when == "loaded":
+        monkeypatch.setattr(TinyBackbone, "load_prompt_rules", classmethod(lambda cls, options: None))
+    assert (load_prompt_rules("tiny") is None) == (when == "loaded")
     words = " ".join(["cat"] * 80)
     cfg = _experiment(tmp_path, "tiny", "text", [("a photo of a cat", ["a photo of a dog"]), (words, ["a dog"])])
     assert run_inprocess(cfg) == 1

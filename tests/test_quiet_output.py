@@ -53,7 +53,7 @@ def assert_quiet(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, out[-3000:]
     found = [n for n in NOISE if n in out]
     assert not found, (found, out[-3000:])
-    assert "wrote " in proc.stderr and "results.csv (2 rows)" in proc.stderr
+    assert "wrote " in proc.stderr and "results.csv (2 rows: 2 computed, 0 reused)" in proc.stderr
 
 
 def test_run_output_holds_no_library_noise(tmp_path: Path) -> None:

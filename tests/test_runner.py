@@ -337,7 +337,7 @@ def test_offline_wandb_run_holds_the_table(failing_run: tuple[int, Path]) -> Non
 
 
 def test_example_config_composes_verbatim() -> None:
-    """configs/experiment/example.yaml (the issue's shape) composes, expands and lists its data."""
+    """configs/experiment/example.yaml composes, expands and lists its data."""
     from framework.config import compose
     from framework.dataset import build_dataset
     from framework.experiment.plan import expand_methods, inversion_groups, metric_configs

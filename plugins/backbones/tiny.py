@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from framework.prompts import PromptRules
 from framework.registry import BACKBONES
-from plugins.backbones.stable_diffusion import StableDiffusionBackbone, StableDiffusionOptions
+from plugins.backbones.stable_diffusion import StableDiffusionBackbone, StableDiffusionOptions, text_prompt_rules
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +321,15 @@ class TinyBackbone(StableDiffusionBackbone):
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+
+    @classmethod
+    def load_prompt_rules(cls, options: Any) -> PromptRules | None:
+        """The tokenizer of the cached tiny model (built into the cache first if it is not there,
+        as loading it would), so that a run checks its prompts when it is planned."""
+        if not isinstance(options, TinyOptions):
+            return None
+        folder = tiny_model_path(options)
+        return text_prompt_rules(str(folder), None, truncate=bool(options.truncate_prompts))
 
     def describe(self) -> dict:
         d = super().describe()

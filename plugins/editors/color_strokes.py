@@ -260,7 +260,7 @@ class ColorStrokesEditor(StrokesEditor):
             )
         start = inversion.check_skip(skip)
         lo, hi = self.steps_range(start)
-        schedule = backbone.schedule(inversion.num_steps, inversion.eta)
+        schedule = inversion.schedule(backbone)
         g = inversion.guidance_scale if self.options.guidance_scale is None else self.options.guidance_scale
         k, cond, _ = prompt_free_conditioning(backbone, target_prompts, g)
         x0 = inversion.x0.to(backbone.device)

@@ -129,7 +129,7 @@ class ShiftEditor(Editor):
         check_single_image(inversion)
         start = inversion.check_skip(skip)
         o = self.options
-        schedule = backbone.schedule(inversion.num_steps, inversion.eta)
+        schedule = inversion.schedule(backbone)
         g = inversion.guidance_scale if o.guidance_scale is None else o.guidance_scale
         k, cond, _ = prompt_free_conditioning(backbone, target_prompts, g)
         x_start = inversion.x_at(start).to(backbone.device)

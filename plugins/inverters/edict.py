@@ -52,6 +52,10 @@ class EDICTOptions:
 
     guidance_scale: float = 3.0  # classifier-free guidance on the source prompt (EDICT: 3)
     mix_weight: float = 0.93  # p of the mixing layers, in (0.5, 1]
+    # the scheduler's steps_offset for this inversion and its edits: null keeps the backbone's
+    # (SD: 1, 981 ... 1 for 50 steps); 0 gives 980 ... 0 with a first step that changes nothing,
+    # as the EDICT code's DDIMScheduler
+    steps_offset: int | None = None
 
 
 def denoise_step(schedule: ProcessSchedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
@@ -149,7 +153,7 @@ def edict_regeneration(
             z = transform(z)
         pair.append(expand_rows(z, rows))
     return EDICTRule(
-        backbone.schedule(inversion.num_steps, 0.0),
+        inversion.schedule(backbone, 0.0),
         pair[0],
         pair[1],
         inversion.rule_options.get("mix_weight", 0.93),

@@ -28,6 +28,10 @@ class NegativePromptOptions:
     # guidance of the DDIM pivot on the source prompt (the method's: 1); the source row of an
     # edit is unaffected by it (its unconditional embedding is its prompt)
     guidance_scale: float = 1.0
+    # the scheduler's steps_offset for this inversion and its edits: null keeps the backbone's
+    # (SD: 1, 981 ... 1 for 50 steps); 0 gives 980 ... 0 with a first step that changes nothing,
+    # as PnPInversion's DDIMSchedulerDev
+    steps_offset: int | None = None
 
 
 @INVERTERS.register("negative_prompt")

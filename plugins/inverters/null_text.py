@@ -55,6 +55,10 @@ class NullTextOptions:
     num_inner_steps: int = 10  # Adam iterations per step at most
     early_stop_epsilon: float = 1e-5  # stop a step once loss < epsilon + k·2e-5
     learning_rate: float = 1e-2  # Adam's lr at the first step, decayed as lr·(1 - k/100)
+    # the scheduler's steps_offset for this inversion and its edits: null keeps the backbone's
+    # (SD: 1, 981 ... 1 for 50 steps); 0 gives 980 ... 0 with a first step that changes nothing,
+    # as copies of the notebook whose DDIMScheduler has no steps_offset
+    steps_offset: int | None = None
 
 
 def optimise_null_text(
