@@ -138,6 +138,22 @@ def record(out: Path, threads: int, only: list[str] | None) -> None:
                         continue
                     results[f"{ekey}/out"] = edited.detach().cpu().clone()
                     results[f"{ekey}/nfe"] = backbone.nfe - nfe0
+        # inverters with a steps_offset option, on the timesteps shifted by it (and an edit of each)
+        for iname in invs:
+            cls, _ = INVERTERS.options({"name": iname})
+            if "steps_offset" not in getattr(cls.Options, "__dataclass_fields__", {}):
+                continue
+            key = f"{bname}/{iname}/steps_offset0"
+            try:
+                inv = INVERTERS.build({"name": iname, "steps_offset": 0, **INVERTER_OPTIONS.get(iname, {})}).invert(
+                    backbone, x0, source, num_steps=NUM_STEPS, skip=1, generator=torch.Generator().manual_seed(13))
+                results[f"{key}/xts"] = inv.xts.detach().cpu().clone()
+                results[f"{key}/timesteps"] = inv.timesteps.cpu().clone()
+                ename = "text" if backbone.conditional else "sdedit"
+                results[f"{key}/{ename}/out"] = EDITORS.build(configs[ename]).edit(
+                    backbone, inv, source, targets, skip=1, generator=torch.Generator().manual_seed(6)).cpu()
+            except Exception as exc:
+                results[f"{key}/error"] = f"{type(exc).__name__}: {exc}"
         # the plain reverse pass and the batched noise-map extraction
         schedule = backbone.schedule(NUM_STEPS, 1.0)
         cond = backbone.encode_prompt([source]) if backbone.conditional else None
