@@ -50,7 +50,7 @@ def test_row_operations_apply_to_every_field() -> None:
     assert c.clone().embeds is not c.embeds
 
 
-def test_the_helpers_on_plain_tensors_are_the_tensor_operations() -> None:
+def test_the_row_functions_on_plain_tensors_are_the_tensor_operations() -> None:
     x = torch.randn(1, 5, 8)
     y = torch.randn(3, 5, 8)
     assert broadcast_rows(None, 3) is None and broadcast_rows(y, 3) is y
