@@ -11,6 +11,7 @@ import abc
 import json
 import os
 import re
+import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from framework.conditioning import Cond, broadcast_rows, cat_rows
 from framework.errors import EditFriendlyError, InputError
+from framework.process import DDPMProcess, NoiseProcess, ProcessSchedule
 from framework.prompts import PromptRules, short_prompt  # noqa: F401 (short_prompt: for the backbones)
-from framework.schedule import Schedule, make_schedule
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -134,11 +136,15 @@ class Backbone(abc.ABC):
         """(N,) int64 model timesteps in paper order: ``timesteps(N)[i-1]`` is step i's."""
         return self.scheduler_timesteps(num_steps).to("cpu", torch.int64).flip(0)
 
-    def schedule(self, num_steps: int, eta: float) -> Schedule:
-        """Per-step float32 coefficients for ``num_steps`` steps and stochasticity ``eta``."""
-        return make_schedule(
-            self.alphas_cumprod, self.scheduler_timesteps(num_steps), self.final_alpha_cumprod, eta
-        )
+    @property
+    def process(self) -> NoiseProcess:
+        """The model's noise process (DDPM/DDIM from ``alphas_cumprod``, ``final_alpha_cumprod``
+        and ``prediction_type``); a family with another process overrides this."""
+        return DDPMProcess(self.alphas_cumprod, self.final_alpha_cumprod, self.prediction_type)
+
+    def schedule(self, num_steps: int, eta: float) -> ProcessSchedule:
+        """The noise process at ``num_steps`` steps and stochasticity ``eta`` (float32)."""
+        return self.process.discretize(self.scheduler_timesteps(num_steps), eta)
 
     # ----------------------------------------------------------------- images and prompts
     @abc.abstractmethod
@@ -150,12 +156,38 @@ class Backbone(abc.ABC):
         """x0 (B, C, h, w) -> images in [-1, 1], (B, 3, H, W) float32."""
 
     @abc.abstractmethod
-    def encode_prompt(self, prompts: Sequence[str]) -> Tensor | None:
+    def encode_prompt(self, prompts: Sequence[str]) -> Cond:
         """Prompts (K,) -> conditioning (K, ...), or None for an unconditional model."""
 
-    def null_condition(self) -> Tensor | None:
+    def null_condition(self) -> Cond:
         """The unconditional ("") conditioning used as classifier-free guidance's other branch."""
         return self.encode_prompt([""])
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt the text encoder reads, in tokens (start and end included): the
+        length of the token axis of the conditioning and of the cross-attention maps."""
+        return int(getattr(self, "max_tokens", 77))
+
+    @property
+    def prompt_tokenizer(self) -> Any:
+        """The tokenizer whose token positions the cross-attention maps index (a transformers
+        tokenizer: ``tokenizer(text, add_special_tokens=...).input_ids``), or None."""
+        return getattr(self, "tokenizer", None)
+
+    def token_positions(self, prompt: str, word: str) -> list[int]:
+        """Token positions (start token = 0) of every occurrence of ``word`` in ``prompt``, as the
+        cross-attention maps index them (:func:`word_positions` with ``prompt_tokenizer``)."""
+        tokenizer = self.prompt_tokenizer
+        if tokenizer is None:
+            raise InputError(f"{type(self).__name__} has no prompt tokenizer, so words cannot be located in prompts")
+        return word_positions(tokenizer, prompt, word)
+
+    def attention_network(self) -> torch.nn.Module | None:
+        """The denoising network whose attention modules editors may hook (a diffusers UNet:
+        ``attn_processors``, ``attn1``/``attn2`` modules), or None."""
+        net = getattr(self, "unet", None)
+        return net if isinstance(net, torch.nn.Module) else None
 
     def prompt_rules(self) -> PromptRules:
         """What this model's text encoder accepts (token limit, closed vocabulary). The default
@@ -175,7 +207,7 @@ class Backbone(abc.ABC):
 
     # ----------------------------------------------------------------- the network
     @abc.abstractmethod
-    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Cond) -> Tensor:
         """One batched forward pass of the raw network (its own prediction type), float32.
 
         ``t`` is one timestep for every row (an int), or a (B,) int64 tensor with one timestep
@@ -185,9 +217,10 @@ class Backbone(abc.ABC):
         self,
         x_t: Tensor,
         t: int | Tensor,
-        cond: Tensor | None,
-        uncond: Tensor | None = None,
+        cond: Cond,
+        uncond: Cond = None,
         guidance_scale: float | Tensor = 1.0,
+        x_cond: Tensor | None = None,
     ) -> Tensor:
         """ε̂(x_t, t) with classifier-free guidance, (B, C, h, w) float32.
 
@@ -198,50 +231,38 @@ class Backbone(abc.ABC):
         conditional branches run as one batched forward pass (2B rows, the timesteps repeated):
         ε̂ = ε_u + w (ε_c - ε_u). ``guidance_scale`` may be a (B,) tensor, one scale per row
         (e.g. the source row of Prompt-to-Prompt keeps the inversion's scale). v- and
-        sample-prediction outputs are converted to epsilon here.
+        sample-prediction outputs are converted to epsilon here. ``x_cond`` (B, C, h, w), if
+        given, is what the conditional branch sees instead of x_t (Zero-Shot's cross-attention
+        guidance moves the conditional branch's latent); the pass is still one evaluation.
         """
         b = x_t.shape[0]
         t = timestep_rows(t, b)
         x_t = x_t.float()
         if isinstance(guidance_scale, Tensor):
-            scale = guidance_scale.to(x_t.device, torch.float32).reshape(-1, *([1] * (x_t.dim() - 1)))
-            use_cfg = bool((scale != 1).any())
+            use_cfg = bool((guidance_scale.to(torch.float32) != 1).any())
         else:
-            scale = float(guidance_scale)
-            use_cfg = scale != 1.0
+            use_cfg = float(guidance_scale) != 1.0
         use_cfg = use_cfg and self.conditional and uncond is not None
         if use_cfg:
             assert cond is not None and uncond is not None
-            emb = torch.cat([_rows(uncond, b), _rows(cond, b)])
-            x_in = torch.cat([x_t, x_t])
+            emb = cat_rows([broadcast_rows(uncond, b), broadcast_rows(cond, b)])
+            x_in = torch.cat([x_t, x_t if x_cond is None else x_cond.float()])
             t_in = t if isinstance(t, int) else torch.cat([t, t])
             out = self.to_epsilon(self.model_output(x_in, t_in, emb), x_in, t_in)
             self.nfe += 1
             eps_u, eps_c = out.chunk(2)
-            return eps_u + scale * (eps_c - eps_u)
-        emb = _rows(cond, b) if (self.conditional and cond is not None) else cond
+            return guide(eps_u, eps_c, guidance_scale)
+        emb = broadcast_rows(cond, b) if (self.conditional and cond is not None) else cond
+        if x_cond is not None:
+            x_t = x_cond.float()
         out = self.model_output(x_t, t, emb)
         self.nfe += 1
         return self.to_epsilon(out, x_t, t)
 
-    def abar_at(self, t: int | Tensor, like: Tensor) -> Tensor:
-        """ᾱ_t as float32 on ``like``'s device: 0-d for an int t, (B, 1, ..., 1) for (B,) rows."""
-        if isinstance(t, Tensor) and t.dim() > 0:
-            a = self.alphas_cumprod[t.to("cpu", torch.int64)]
-            return a.to(like.device, torch.float32).reshape(-1, *([1] * (like.dim() - 1)))
-        return self.alphas_cumprod[int(t)].to(like.device, torch.float32)
-
     def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
-        """Convert the network's output at timestep(s) t to the noise prediction ε (float32)."""
-        out = out.float()
-        if self.prediction_type == "epsilon":
-            return out
-        a = self.abar_at(t, out)
-        if self.prediction_type == "v_prediction":
-            return a.sqrt() * out + (1 - a).sqrt() * x_t
-        if self.prediction_type == "sample":
-            return (x_t - a.sqrt() * out) / (1 - a).sqrt()
-        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        """Convert the network's output at timestep(s) t to the noise prediction ε (float32):
+        the process' conversion (:meth:`framework.process.NoiseProcess.to_epsilon`)."""
+        return self.process.to_epsilon(out, x_t, t)
 
     # ----------------------------------------------------------------- helpers
     def resolved_options(self) -> dict[str, Any]:
@@ -253,6 +274,50 @@ class Backbone(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """A short JSON-able description, for logs and result rows."""
         return {"class": type(self).__name__, "prediction_type": self.prediction_type}
+
+
+def guide(eps_u: Tensor, eps_c: Tensor, scale: float | Tensor) -> Tensor:
+    """Classifier-free guidance, the one place it is written: ε̂ = ε_u + w (ε_c - ε_u).
+
+    ``scale`` w is a number, or a (B,) tensor with one scale per row of the (B, ...) predictions.
+    """
+    if isinstance(scale, Tensor):
+        w: float | Tensor = scale.to(eps_u.device, torch.float32).reshape(-1, *([1] * (eps_u.dim() - 1)))
+    else:
+        w = float(scale)
+    return eps_u + w * (eps_c - eps_u)
+
+
+def _norm_word(word: str) -> str:
+    return word.strip().strip(string.punctuation).lower()
+
+
+def word_positions(tokenizer: Any, prompt: str, word: str) -> list[int]:
+    """Token positions (start token = position 0) of every occurrence of ``word`` in ``prompt``.
+
+    Words are split on whitespace; a word of several tokens gives all its positions.
+    """
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    pos, out = 1, []
+    for w in prompt.split():
+        w_ids = tokenizer(w, add_special_tokens=False).input_ids
+        if _norm_word(w) == _norm_word(word) and _norm_word(word):
+            # leave out punctuation tokens ("cat," -> the tokens of "cat" only)
+            core = tokenizer(_norm_word(w), add_special_tokens=False).input_ids
+            first = next(
+                (s for s in range(len(w_ids) - len(core) + 1) if w_ids[s : s + len(core)] == core), None
+            )
+            if core and first is not None:
+                out.extend(range(pos + first, pos + first + len(core)))
+            else:
+                out.extend(range(pos, pos + len(w_ids)))
+        pos += len(w_ids)
+    if pos - 1 != len(ids):
+        raise InputError(
+            f"could not locate the words of prompt {prompt!r} in its tokens; write the prompt's "
+            "words separated by spaces"
+        )
+    return out
 
 
 def timestep_rows(t: int | Tensor, b: int) -> int | Tensor:
@@ -275,15 +340,6 @@ def check_finite(x: Tensor, what: str, dtype: torch.dtype, option: str) -> None:
             f"set {option}=float32" + (" or bfloat16" if dtype == torch.float16 else "")
         )
     raise PrecisionError(f"{what} has NaN/inf in float32: the model's weights or inputs are broken")
-
-
-def _rows(x: Tensor | None, b: int) -> Tensor | None:
-    """Broadcast a (1, ...) conditioning to b rows; leave a (b, ...) one as it is."""
-    if x is None or x.shape[0] == b:
-        return x
-    if x.shape[0] == 1:
-        return x.expand(b, *x.shape[1:])
-    raise InputError(f"conditioning has {x.shape[0]} rows for a batch of {b}")
 
 
 #: seconds to wait for the model hub before calling it unreachable

@@ -46,14 +46,19 @@ import math
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from framework import progress
+from framework.conditioning import tile
 from framework.errors import ConfigError
-from framework.schedule import Schedule
+from framework.process import ProcessSchedule
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
+    from framework.conditioning import Cond
 
 #: doubling stops when the next size improves seconds/step by less than this fraction
 AUTO_MIN_GAIN = 0.05
@@ -76,12 +81,12 @@ def check_timestep_batch(value: Any, what: str = "ddpm_edit_friendly timestep_ba
 
 
 def evaluate_steps(
-    backbone: Any,
+    backbone: Backbone,
     xts: Tensor,
     steps: list[int],
-    schedule: Schedule,
-    cond: Tensor | None,
-    uncond: Tensor | None,
+    schedule: ProcessSchedule,
+    cond: Cond,
+    uncond: Cond,
     guidance_scale: float,
 ) -> Tensor:
     """ε̂(x_i, t_i) for the given steps in ONE forward pass: (len(steps), B, C, h, w) float32.
@@ -94,37 +99,16 @@ def evaluate_steps(
         t: int | Tensor = int(schedule.timesteps[steps[0] - 1])
     else:
         t = schedule.timesteps[[i - 1 for i in steps]].repeat_interleave(b).to(x.device)
-    eps = backbone.predict_noise(x, t, _tile(cond, s, b), _tile(uncond, s, b), guidance_scale)
+    eps = backbone.predict_noise(x, t, tile(cond, s, b), tile(uncond, s, b), guidance_scale)
     return eps.reshape(s, b, *xts.shape[2:])
 
 
-def _tile(c: Tensor | None, s: int, b: int) -> Tensor | None:
-    """Conditioning for s steps of b images: (1, ...) stays (broadcast), (b, ...) -> (s·b, ...)."""
-    if c is None or c.shape[0] == 1 or s == 1:
-        return c
-    return c.repeat(s, *([1] * (c.dim() - 1)))
-
-
-def noise_map_step(xts: Tensor, zs: Tensor, i: int, eps: Tensor, schedule: Schedule, zero_last_noise: bool) -> None:
-    """Eq. 5 at step i, in place: z_i = (x_{i-1} - μ̂_i(x_i)) / σ_i into ``zs[i-1]`` (0 where σ_i = 0,
-    or at i = 1 with ``zero_last_noise``), then x_{i-1} := μ̂_i + σ_i z_i (i > 1) so that the
-    reverse pass reproduces the sequence to float precision."""
-    mu = schedule.mu(xts[i], eps, i)
-    sigma = float(schedule.sigma[i - 1])
-    if sigma == 0 or (i == 1 and zero_last_noise):
-        zs[i - 1] = 0
-    else:
-        zs[i - 1] = (xts[i - 1] - mu) / sigma
-    if i > 1:
-        xts[i - 1] = mu + sigma * zs[i - 1]
-
-
 def extract_noise_maps_batched(
-    backbone: Any,
+    backbone: Backbone,
     xts: Tensor,
-    schedule: Schedule,
-    cond: Tensor | None,
-    uncond: Tensor | None,
+    schedule: ProcessSchedule,
+    cond: Cond,
+    uncond: Cond,
     guidance_scale: float,
     batch: int | str,
     zero_last_noise: bool = False,
@@ -151,7 +135,7 @@ def extract_noise_maps_batched(
             eps = evaluate_steps(backbone, xts, steps, schedule, cond, uncond, guidance_scale)
             sizes.feedback(size, _now(backbone) - start if sizes.timed else 0.0)
             for j, i in enumerate(steps):  # the sequential loop's sweep, in its order
-                noise_map_step(xts, zs, i, eps[j], schedule, zero_last_noise)
+                schedule.noise_map_step(xts, zs, i, eps[j], zero_last_noise)
             if bar_update is not None:
                 bar_update(size)
             top -= size
@@ -161,7 +145,7 @@ def extract_noise_maps_batched(
     return zs
 
 
-def _now(backbone: Any) -> float:
+def _now(backbone: Backbone) -> float:
     """perf_counter after the device has finished its queued work (CUDA is asynchronous)."""
     device = torch.device(getattr(backbone, "device", "cpu"))
     if device.type == "cuda":
@@ -188,12 +172,12 @@ class _FixedSizes(_Sizes):
         return self.batch
 
 
-def _auto_key(backbone: Any, xts: Tensor, uncond: Tensor | None, guidance_scale: float) -> tuple:
+def _auto_key(backbone: Backbone, xts: Tensor, uncond: Cond, guidance_scale: float) -> tuple:
     cfg = uncond is not None and float(guidance_scale) != 1 and getattr(backbone, "conditional", True)
     return (str(getattr(backbone, "device", "cpu")), str(getattr(backbone, "dtype", "")), tuple(xts.shape[1:]), cfg)
 
 
-def _auto_sizes(backbone: Any, xts: Tensor, uncond: Tensor | None, guidance_scale: float) -> _Sizes:
+def _auto_sizes(backbone: Backbone, xts: Tensor, uncond: Cond, guidance_scale: float) -> _Sizes:
     cache = _AUTO_CACHE.setdefault(backbone, {})
     key = _auto_key(backbone, xts, uncond, guidance_scale)
     n = xts.shape[0] - 1
@@ -286,7 +270,7 @@ class _CudaMemorySizes(_Sizes):
             self.chosen = self._fit(max(torch.cuda.max_memory_allocated(self.device) - self.base, 1))
 
 
-def auto_choice(backbone: Any) -> dict[tuple, Any]:
+def auto_choice(backbone: Backbone) -> dict[tuple, Any]:
     """What ``auto`` has settled on for ``backbone``: {(device, dtype, (B, C, h, w), cfg):
     steps per pass} (on CUDA the last inversion's; ``"measuring"`` while the CPU measurement
     has not finished). For reports and the benchmark."""
@@ -299,7 +283,7 @@ def auto_choice(backbone: Any) -> dict[tuple, Any]:
     return out
 
 
-def auto_measurements(backbone: Any) -> dict[tuple, Any]:
+def auto_measurements(backbone: Backbone) -> dict[tuple, Any]:
     """What ``auto`` measured: {key: {steps per pass: seconds per step}} on the CPU,
     {key: {"bytes_per_step": ..., "steps_per_pass": ...}} on CUDA."""
     out: dict[tuple, Any] = {k: dict(m.per_step) for k, m in _MEASURED.get(backbone, {}).items()}

@@ -121,3 +121,32 @@ def split_indices(split: str) -> list[int]:
     if split in ("heldout", "test"):
         return list(range(TRAIN_END, N_IMAGES))
     raise InputError(f"unknown digits split {split!r}; accepted: train, heldout")
+
+
+# ----------------------------------------------------------------------------- held-out edit items
+def item_spec(index: int, seed: int, edits: list[str]) -> tuple[int, str, str, list[str], list[str]]:
+    """(digit, fg, bg, target prompts, their edit kinds) of held-out image ``index``."""
+    g = torch.Generator().manual_seed(seed * 100003 + index)
+    digit = int(labels([index])[0])
+    fg_i, bg_i = (int(v[0]) for v in random_colourings(1, g))
+    fg, bg = COLORS[fg_i], COLORS[bg_i]
+    others = [c for c in COLORS if c not in (fg, bg)]
+    new_fg = others[int(torch.randint(len(others), (), generator=g))]
+    new_bg = others[int(torch.randint(len(others), (), generator=g))]
+    digits = [d for d in range(10) if d != digit]
+    new_digit = digits[int(torch.randint(len(digits), (), generator=g))]
+    targets = {
+        "fg": prompt(digit, new_fg, bg),
+        "bg": prompt(digit, fg, new_bg),
+        "digit": prompt(new_digit, fg, bg),
+    }
+    return digit, fg, bg, [targets[k] for k in edits], list(edits)
+
+
+def pick_indices(per_digit: int) -> list[int]:
+    """Held-out indices, round-robin over the digits: the first ``per_digit`` of each digit."""
+    held = split_indices("heldout")
+    y = labels(held).tolist()
+    by_digit: dict[int, list[int]] = {d: [i for i, lab in zip(held, y) if lab == d] for d in range(10)}
+    depth = max(len(v) for v in by_digit.values()) if per_digit <= 0 else per_digit
+    return [by_digit[d][r] for r in range(depth) for d in range(10) if r < len(by_digit[d])]

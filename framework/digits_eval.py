@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,10 +27,13 @@ from torch import Tensor
 from framework import digits as D
 from framework.schema import DEFAULT_NUM_STEPS, DEFAULT_SKIP
 
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
+
 
 @torch.no_grad()
 def generate(
-    backbone: Any,
+    backbone: Backbone,
     prompts: Sequence[str],
     seed: int = 0,
     guidance_scale: float = 3.0,
@@ -168,17 +171,15 @@ def classifier(resolution: int = 16) -> DigitClassifier:
 def edit_cases(n: int, kind: str = "fg", seed: int = 0, resolution: int = 16) -> list[tuple[Tensor, str, str]]:
     """``n`` held-out edit cases (image (1, 3, R, R) in [-1, 1], source prompt, target prompt) that
     change ``kind`` (fg, bg or digit), round-robin over the digits as the ``digits`` dataset."""
-    from plugins.datasets.digits import item_spec, pick_indices
-
     out = []
-    for index in pick_indices(0)[:n]:
-        digit, fg, bg, targets, _ = item_spec(index, seed, [kind])
+    for index in D.pick_indices(0)[:n]:
+        digit, fg, bg, targets, _ = D.item_spec(index, seed, [kind])
         out.append((D.render_indices([index], [fg], [bg], resolution), D.prompt(digit, fg, bg), targets[0]))
     return out
 
 
 def run_edits(
-    backbone: Any,
+    backbone: Backbone,
     inverter: Any,
     editor: Any,
     cases: Sequence[tuple[Tensor, str, str]],
@@ -200,10 +201,9 @@ def run_edits(
 def edit_rates(cases: Sequence[tuple[Tensor, str, str]], edited: Tensor) -> dict[str, float]:
     """Means over the cases of the ``digit_attributes`` and ``shape_iou`` columns (None skipped)."""
     from framework.metrics import MetricInput
-    from plugins.metrics.digit_attributes import DigitAttributesMetric
-    from plugins.metrics.shape_iou import ShapeIoUMetric
+    from framework.registry import METRICS
 
-    attrs, shape = DigitAttributesMetric(), ShapeIoUMetric()
+    attrs, shape = METRICS.build("digit_attributes"), METRICS.build("shape_iou")
     sums: dict[str, list[float]] = {}
     for (image, source, target), edit in zip(cases, edited):
         batch = MetricInput(source_image=image, edited_images=edit[None], source_prompt=source,
@@ -215,7 +215,7 @@ def edit_rates(cases: Sequence[tuple[Tensor, str, str]], edited: Tensor) -> dict
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
-def prompt_following(backbone: Any, n: int = 50, seed: int = 0, guidance_scale: float = 3.0,
+def prompt_following(backbone: Backbone, n: int = 50, seed: int = 0, guidance_scale: float = 3.0,
                      num_steps: int = 50) -> dict[str, float]:
     """Generate from the prompts of ``n`` held-out digits (their digit, random colourings) and
     read them back: the rates of digit, fg, bg and all three matching the prompt."""

@@ -8,7 +8,8 @@ model timestep of step i for all N steps. An edit that skips ``skip`` steps star
 
 An inversion also says how to regenerate from it (see ``framework/sampling.py``): ``rule``
 names its step rule (``ddpm``: eq. 3 with ``zs`` and ``eta``, DDIM where σ = 0; ``edict``: the
-coupled pair, whose second sequence is ``coupled``), and ``uncond_embeddings`` is its
+coupled pair, whose second sequence is ``coupled``) and ``rule_factory`` builds it (None: eq. 3;
+an inverter with its own rule sets it, so the loop needs no table of rules), and ``uncond_embeddings`` is its
 unconditional embedding per step (null-text inversion; one row for all steps: negative-prompt
 inversion), used instead of the null text wherever an edit applies classifier-free guidance.
 """
@@ -17,15 +18,20 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from framework.errors import InputError
 from framework.schema import DEFAULT_NUM_STEPS
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
+    from framework.conditioning import Cond
+    from framework.process import ProcessSchedule
 
 
 @dataclass
@@ -43,7 +49,9 @@ class Inversion:
     guidance_scale: float
     nfe: int = 0  # network evaluations the inversion took (its wall time: framework.edit.measure_cost)
     extras: dict[str, Any] = field(default_factory=dict)
-    rule: str = "ddpm"  # the step rule regenerating from it: ddpm (eq. 3) | edict
+    rule: str = "ddpm"  # the name of the step rule regenerating from it: ddpm (eq. 3) | edict
+    # the factory of that rule (see ``regeneration``); None: eq. 3, framework.sampling.ddpm_regeneration
+    rule_factory: Callable[..., Any] | None = None
     rule_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"mix_weight": 0.93}
     coupled: Tensor | None = None  # (n+1, B, C, h, w): EDICT's second sequence y_i
     uncond_embeddings: Tensor | None = None  # (n or 1, 1, L, D): unconditional embedding of step i
@@ -84,21 +92,19 @@ class Inversion:
             uncond_embeddings=None if self.uncond_embeddings is None else self.uncond_embeddings.to(device),
         )
 
-    def schedule(self, backbone: Any, eta: float | None = None) -> Any:
-        """The :class:`framework.schedule.Schedule` of this inversion's own timesteps (those its
+    def schedule(self, backbone: Backbone, eta: float | None = None) -> ProcessSchedule:
+        """The :class:`framework.process.ProcessSchedule` of this inversion's own timesteps (those its
         inverter ran: the backbone's, or shifted by an inverter's ``steps_offset``) for ``eta``
         (default: the inversion's); every regeneration steps through it."""
         eta = self.eta if eta is None else eta
         own = backbone.timesteps(self.num_steps)
         if torch.equal(own, self.timesteps.to(own.device, own.dtype)):
             return backbone.schedule(self.num_steps, eta)
-        from framework.schedule import make_schedule
-
-        return make_schedule(backbone.alphas_cumprod, self.timesteps.flip(0), backbone.final_alpha_cumprod, eta)
+        return backbone.process.discretize(self.timesteps.flip(0), eta)
 
     def regeneration(
         self,
-        backbone: Any,
+        backbone: Backbone,
         start: int,
         rows: int,
         *,
@@ -116,17 +122,18 @@ class Inversion:
         inversion's own). The first ``n_source`` rows are source rows; ``shared_noise``: fresh
         noise (no maps, σ > 0) is one draw for every row (see ``DDPMRule``).
         """
-        from framework.registry import _load_plugins
-        from framework.sampling import STEP_RULES
+        factory = self.rule_factory
+        if factory is None:
+            if self.rule != "ddpm":
+                raise InputError(
+                    f"the {self.method} inversion names step rule {self.rule!r} but carries no rule_factory; "
+                    "an inverter with its own step rule sets both"
+                )
+            from framework.sampling import ddpm_regeneration
 
-        _load_plugins()  # plugins register their step rules on import
-        if self.rule not in STEP_RULES:
-            raise InputError(
-                f"the {self.method} inversion regenerates with step rule {self.rule!r}, which is not "
-                f"registered; known: {', '.join(sorted(STEP_RULES))}"
-            )
+            factory = ddpm_regeneration
         maps = self.zs if isinstance(zs, str) else zs
-        return STEP_RULES[self.rule](
+        return factory(
             self, backbone, start, rows, generator=generator, n_source=n_source, transform=transform, zs=maps,
             shared_noise=shared_noise,
         )
@@ -168,7 +175,7 @@ class Inverter(abc.ABC):
 
     def invert(
         self,
-        backbone: Any,
+        backbone: Backbone,
         x0: Tensor,
         source_prompt: str | Sequence[str],
         *,
@@ -212,7 +219,7 @@ class Inverter(abc.ABC):
             **fields,
         )
 
-    def schedule(self, backbone: Any, num_steps: int, eta: float) -> Any:
+    def schedule(self, backbone: Backbone, num_steps: int, eta: float) -> ProcessSchedule:
         """The backbone's schedule for ``num_steps``, or, where the inverter has a ``steps_offset``
         option that is set, the same spacing with that offset (see
         :func:`framework.schedule.offset_schedule`)."""
@@ -226,12 +233,12 @@ class Inverter(abc.ABC):
     @abc.abstractmethod
     def trajectory(
         self,
-        backbone: Any,
+        backbone: Backbone,
         x0: Tensor,
-        schedule: Any,
+        schedule: ProcessSchedule,
         n: int,
-        cond: Tensor | None,
-        uncond: Tensor | None,
+        cond: Cond,
+        uncond: Cond,
         guidance_scale: float,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, dict[str, Any]]:

@@ -24,17 +24,22 @@ import abc
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from framework import progress
+from framework.conditioning import replace_rows
 from framework.errors import InputError
 from framework.inversion import Inversion
+from framework.process import ProcessSchedule
 from framework.random import randn
-from framework.schedule import Schedule
 from framework.schema import DEFAULT_SKIP
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
+    from framework.conditioning import Cond
 
 #: ``noise_fn(i, x_i, eps, z) -> z``: may change the noise of step i before it is added.
 NoiseFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -53,35 +58,32 @@ class Guidance:
     (all rows when None).
     """
 
-    cond: Tensor | None
-    uncond: Tensor | None
+    cond: Cond
+    uncond: Cond
     scale: float | Tensor
     per_step: Tensor | None = None
     per_step_rows: slice | None = None
 
-    def uncond_at(self, i: int, batch: int) -> Tensor | None:
+    def uncond_at(self, i: int, batch: int) -> Cond:
         """The unconditional embedding of step i for a batch of ``batch`` rows."""
         if self.uncond is None or self.per_step is None:
             return self.uncond
         u = self.per_step[min(i - 1, self.per_step.shape[0] - 1)].to(self.uncond.device, self.uncond.dtype)
         if self.per_step_rows is None:
             return u
-        base = self.uncond if self.uncond.shape[0] == batch else self.uncond.expand(batch, *self.uncond.shape[1:])
-        out = base.clone()
-        out[self.per_step_rows] = u
-        return out
+        return replace_rows(self.uncond, self.per_step_rows, u, batch)
 
-    def eps(self, backbone: Any, x: Tensor, t: int, i: int) -> Tensor:
+    def eps(self, backbone: Backbone, x: Tensor, t: int, i: int) -> Tensor:
         """ε̂(x_i, t) of every row, (B, C, h, w) float32: one batched forward pass."""
         return backbone.predict_noise(x, t, self.cond, self.uncond_at(i, x.shape[0]), self.scale)
 
 
 def inversion_guidance(
-    backbone: Any,
+    backbone: Backbone,
     inversion: Inversion,
-    cond: Tensor | None,
+    cond: Cond,
     scale: float | Tensor,
-    uncond: Tensor | None = None,
+    uncond: Cond = None,
     per_step_rows: slice | None = None,
 ) -> Guidance:
     """Guidance for an edit of ``inversion``: no unconditional branch where every scale is 1;
@@ -103,7 +105,7 @@ class _EpsOverride:
     def __init__(self, fn: EpsFn) -> None:
         self.fn = fn
 
-    def eps(self, backbone: Any, x: Tensor, t: int, i: int) -> Tensor:
+    def eps(self, backbone: Backbone, x: Tensor, t: int, i: int) -> Tensor:
         return self.fn(i, x)
 
 
@@ -112,7 +114,7 @@ class StepRule(abc.ABC):
     """How one reverse step is taken; holds the loop's state (one or more latent sequences,
     each (B, C, h, w) float32). Built by ``Inversion.regeneration`` (or directly)."""
 
-    schedule: Schedule
+    schedule: ProcessSchedule
 
     @abc.abstractmethod
     def sequences(self) -> list[Tensor]:
@@ -157,7 +159,7 @@ class DDPMRule(StepRule):
 
     def __init__(
         self,
-        schedule: Schedule,
+        schedule: ProcessSchedule,
         x: Tensor,
         zs: Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -188,7 +190,7 @@ class DDPMRule(StepRule):
         x = self.x
         eps = eps_fn(x)
         mu = self.schedule.mu(x, eps, i)
-        sigma = float(self.schedule.sigma[i - 1])
+        sigma = self.schedule.sigma_at(i)
         if sigma == 0:
             self.x = mu
             return
@@ -209,7 +211,7 @@ class DDPMRule(StepRule):
 
 def ddpm_regeneration(
     inversion: Inversion,
-    backbone: Any,
+    backbone: Backbone,
     start: int,
     rows: int,
     *,
@@ -233,10 +235,6 @@ def ddpm_regeneration(
         shared_noise,
     )
 
-
-#: step-rule factories by the name an Inversion carries in ``rule`` (plugins add theirs):
-#: ``factory(inversion, backbone, start, rows, *, generator, n_source, transform, zs, shared_noise)``
-STEP_RULES: dict[str, Callable[..., StepRule]] = {"ddpm": ddpm_regeneration}
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -302,7 +300,7 @@ class NoiseHook(StepHook):
 
 # ----------------------------------------------------------------------------- the loop
 def denoise(
-    backbone: Any,
+    backbone: Backbone,
     rule: StepRule,
     start_step: int,
     guidance: Any,
@@ -350,12 +348,12 @@ def denoise(
 
 
 def reverse_process(
-    backbone: Any,
+    backbone: Backbone,
     x_start: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     start_step: int,
-    cond: Tensor | None,
-    uncond: Tensor | None,
+    cond: Cond,
+    uncond: Cond,
     guidance_scale: float,
     zs: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -392,7 +390,7 @@ class Editor(abc.ABC):
     @abc.abstractmethod
     def edit(
         self,
-        backbone: Any,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -408,7 +406,7 @@ class Editor(abc.ABC):
         before the inversion. The default: none."""
         return []
 
-    def check_inputs(self, backbone: Any, inversion: Inversion, target_prompts: Sequence[str] | str) -> list[str]:
+    def check_inputs(self, backbone: Backbone, inversion: Inversion, target_prompts: Sequence[str] | str) -> list[str]:
         """The checks a prompt-driven edit starts with (targets, a conditional backbone, one
         image); returns the targets as a list."""
         targets = check_targets(target_prompts)
@@ -430,7 +428,7 @@ def check_targets(target_prompts: Sequence[str] | str) -> list[str]:
     return targets
 
 
-def check_conditional(editor: Editor, backbone: Any) -> None:
+def check_conditional(editor: Editor, backbone: Backbone) -> None:
     """Prompt-driven editors need a text-conditional backbone."""
     if getattr(editor, "needs_prompts", True) and not getattr(backbone, "conditional", True):
         raise InputError(
@@ -455,8 +453,8 @@ def expand_rows(x: Tensor, k: int) -> Tensor:
 
 
 def prompt_free_conditioning(
-    backbone: Any, target_prompts: Sequence[str] | str | None, guidance_scale: float
-) -> tuple[int, Tensor | None, Tensor | None]:
+    backbone: Backbone, target_prompts: Sequence[str] | str | None, guidance_scale: float
+) -> tuple[int, Cond, Cond]:
     """(K, cond, uncond) for editors that do not need prompts (shift, color strokes, SDEdit).
 
     A conditional backbone is conditioned on the target prompts as given (K = their number;

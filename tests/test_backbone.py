@@ -40,6 +40,19 @@ def test_guidance_is_one_batched_pass_and_matches_two_passes(tiny) -> None:
     torch.testing.assert_close(per_row[0], eps_c[0], atol=1e-5, rtol=1e-4)
 
 
+def test_conditional_branch_at_its_own_latent_is_one_pass(tiny) -> None:
+    """``x_cond``: the conditional branch sees another latent, still one network evaluation."""
+    g = torch.Generator().manual_seed(2)
+    x, x_c = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    cond, uncond = tiny.encode_prompt(["a cat", "a dog"]), tiny.null_condition()
+    n0 = tiny.nfe
+    guided = tiny.predict_noise(x, 301, cond, uncond, 5.0, x_cond=x_c)
+    assert tiny.nfe - n0 == 1
+    eps_u, eps_c = tiny.predict_noise(x, 301, uncond), tiny.predict_noise(x_c, 301, cond)
+    torch.testing.assert_close(guided, eps_u + 5.0 * (eps_c - eps_u), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(tiny.predict_noise(x, 301, cond, x_cond=x_c), eps_c)
+
+
 def test_half_precision_networks_keep_float32_arithmetic(tmp_path) -> None:
     from framework.registry import EDITORS, INVERTERS
 
@@ -75,3 +88,13 @@ def test_bad_shapes_and_steps(tiny) -> None:
     assert int(tiny.timesteps(999).max()) == 999
     with pytest.raises(InputError, match="dtype"):
         load_backbone("tiny", device="cpu", dtype="float8")
+
+
+def test_attention_editors_ask_the_backbone_for_tokens_and_layers(tiny, tiny_pixel) -> None:
+    """Token positions, the token length and the attention network come from the backbone."""
+    assert tiny.token_positions("a photo of a cat", "cat") == [5]
+    assert tiny.max_prompt_tokens == tiny.max_tokens
+    assert tiny.attention_network() is tiny.unet and tiny.prompt_tokenizer is tiny.tokenizer
+    assert tiny_pixel.prompt_tokenizer is None
+    with pytest.raises(InputError, match="no prompt tokenizer"):
+        tiny_pixel.token_positions("a cat", "cat")

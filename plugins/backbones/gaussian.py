@@ -121,7 +121,7 @@ class GaussianBackbone(Backbone):
             timestep_spacing="leading",
             prediction_type="epsilon",
         ))
-        self._abar64 = self.scheduler.alphas_cumprod.to(torch.float64).clone()
+        self._alphas_cumprod64 = self.scheduler.alphas_cumprod.to(torch.float64).clone()
 
     # ----------------------------------------------------------------- data
     def _check(self, x: Tensor, what: str) -> Tensor:
@@ -155,9 +155,9 @@ class GaussianBackbone(Backbone):
     def optimal_epsilon(self, x_t: Tensor, t: int | Tensor) -> Tensor:
         """E[ε | x_t] = sqrt(1-ᾱ)(ᾱΣ + (1-ᾱ)I)^{-1}(x_t - sqrt(ᾱ)μ), (B, d, 1, 1) float32."""
         if isinstance(t, Tensor) and t.dim() > 0:  # one timestep per row: ᾱ is (B, 1)
-            a = self._abar64[t.to("cpu", torch.int64)].reshape(-1, 1)
+            a = self._alphas_cumprod64[t.to("cpu", torch.int64)].reshape(-1, 1)
         else:
-            a = self._abar64[int(t)]
+            a = self._alphas_cumprod64[int(t)]
         x = self._check(x_t, "x_t").reshape(x_t.shape[0], self.dim).to("cpu", torch.float64)
         r = x - a.sqrt() * self.mean64  # (B, d)
         coeff = (1 - a).sqrt() / (a * self.eigvals64 + (1 - a))  # (d,) or (B, d)

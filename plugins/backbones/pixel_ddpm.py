@@ -162,10 +162,10 @@ class PixelDDPMBackbone(Backbone):
         eps = super().to_epsilon(out, x_t, t)
         if not self.clip_sample:
             return eps
-        a = self.abar_at(t, eps)
-        x0 = (x_t.float() - (1 - a).sqrt() * eps) / a.sqrt()
+        process = self.process
+        x0 = process.x0_from_epsilon(x_t.float(), eps, t)
         r = self.clip_sample_range
-        return (x_t.float() - a.sqrt() * x0.clamp(-r, r)) / (1 - a).sqrt()
+        return process.epsilon_from_x0(x_t.float(), x0.clamp(-r, r), t)
 
     def resolved_options(self) -> dict[str, Any]:
         """``clip_sample`` as the scheduler config set it, where the options left it to the model."""

@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from framework import digits as D
 from framework.dataset import DatasetPlugin, Item, check_unique
+from framework.digits import item_spec, pick_indices
 from framework.errors import ConfigError
 from framework.images import tensor_to_pil
 from framework.registry import DATASETS
@@ -38,34 +37,6 @@ class DigitsDataOptions:
     seed: int = 0
     image_dir: str = ""  # where the PNGs are written (default: a cache folder)
     limit: int = 0  # use only the first ``limit`` items (0: all)
-
-
-def item_spec(index: int, seed: int, edits: list[str]) -> tuple[int, str, str, list[str], list[str]]:
-    """(digit, fg, bg, target prompts, their edit kinds) of held-out image ``index``."""
-    g = torch.Generator().manual_seed(seed * 100003 + index)
-    digit = int(D.labels([index])[0])
-    fg_i, bg_i = (int(v[0]) for v in D.random_colourings(1, g))
-    fg, bg = D.COLORS[fg_i], D.COLORS[bg_i]
-    others = [c for c in D.COLORS if c not in (fg, bg)]
-    new_fg = others[int(torch.randint(len(others), (), generator=g))]
-    new_bg = others[int(torch.randint(len(others), (), generator=g))]
-    digits = [d for d in range(10) if d != digit]
-    new_digit = digits[int(torch.randint(len(digits), (), generator=g))]
-    targets = {
-        "fg": D.prompt(digit, new_fg, bg),
-        "bg": D.prompt(digit, fg, new_bg),
-        "digit": D.prompt(new_digit, fg, bg),
-    }
-    return digit, fg, bg, [targets[k] for k in edits], list(edits)
-
-
-def pick_indices(per_digit: int) -> list[int]:
-    """Held-out indices, round-robin over the digits: the first ``per_digit`` of each digit."""
-    held = D.split_indices("heldout")
-    y = D.labels(held).tolist()
-    by_digit: dict[int, list[int]] = {d: [i for i, lab in zip(held, y) if lab == d] for d in range(10)}
-    depth = max(len(v) for v in by_digit.values()) if per_digit <= 0 else per_digit
-    return [by_digit[d][r] for r in range(depth) for d in range(10) if r < len(by_digit[d])]
 
 
 @DATASETS.register("digits")

@@ -6,7 +6,7 @@ replaced during regeneration by
 
     z_i ← z_i + s · B ⊙ (M − P(f_i(x_i)))
 
-where P(f_i(x_i)) is the clean image predicted at step i (eq. 4, ``Schedule.predict_x0``) and
+where P(f_i(x_i)) is the clean image predicted at step i (eq. 4, ``ProcessSchedule.predict_x0``) and
 s the strength. The difference between the wanted colors and the current prediction is pushed
 into the noise of that step, so the region drifts toward M while the texture the noise maps
 imprint is kept. Outside [start_step, end_step] and outside the mask the maps are unchanged, so
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor
 
 from framework.errors import InputError
 from framework.inversion import Inversion
+from framework.process import ProcessSchedule
 from framework.registry import EDITORS
 from framework.sampling import (
     Editor,
@@ -44,8 +45,10 @@ from framework.sampling import (
     inversion_guidance,
     prompt_free_conditioning,
 )
-from framework.schedule import Schedule
 from framework.schema import DEFAULT_SKIP
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -131,18 +134,18 @@ def check_stroke_tensors(mask: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
     return (mask > 0.5).float(), colors.float()
 
 
-def is_pixel_space(backbone: Any) -> bool:
+def is_pixel_space(backbone: Backbone) -> bool:
     """Whether the backbone's x0 is the image itself (``pixel_space`` attribute of pixel models)."""
     return bool(getattr(backbone, "pixel_space", False))
 
 
-def image_size(backbone: Any, x0: Tensor) -> tuple[int, int]:
+def image_size(backbone: Backbone, x0: Tensor) -> tuple[int, int]:
     """(W, H) of the image whose x0 (…, h, w) is given (latents are 1/vae_scale of it)."""
     f = int(getattr(backbone, "vae_scale", 1))
     return int(x0.shape[-1]) * f, int(x0.shape[-2]) * f
 
 
-def to_model_space(backbone: Any, x0: Tensor, mask: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
+def to_model_space(backbone: Backbone, x0: Tensor, mask: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
     """Image-space strokes -> (B, M) on x0's grid, (1, 1, h, w) and (1, C, h, w), float32.
 
     Pixel models: as given (a 1-channel model takes the RGB mean). Latent models: the mask is
@@ -219,7 +222,7 @@ class ColorStrokesEditor(StrokesEditor):
         return o.start_step, min(o.end_step, first_step)
 
     def noise_function(
-        self, schedule: Schedule, mask: Tensor, colors: Tensor, lo: int, hi: int, clip: bool = False
+        self, schedule: ProcessSchedule, mask: Tensor, colors: Tensor, lo: int, hi: int, clip: bool = False
     ) -> NoiseFn:
         """noise_fn(i, x_i, eps, z) -> z + s·B⊙(M − x̂0(x_i, eps)) for lo <= i <= hi, else z.
 
@@ -240,7 +243,7 @@ class ColorStrokesEditor(StrokesEditor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],

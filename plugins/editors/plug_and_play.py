@@ -66,10 +66,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from framework.backbone import guide
+from framework.conditioning import broadcast_rows, cat_rows
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.prompts import PromptOption
@@ -92,6 +95,9 @@ from plugins.editors.unet_hooks import (
     resolve_layers,
     unet_of,
 )
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 #: PnP's feature layer for Stable Diffusion (decoder layer 4)
 PNP_FEATURE_LAYERS = ("up_blocks.1.resnets.1",)
@@ -216,7 +222,7 @@ class _EmptyPromptGuidance:
             rows.append(self.source.cond)
         return rows
 
-    def eps(self, backbone, x: Tensor, t: int, i: int) -> Tensor:
+    def eps(self, backbone: Backbone, x: Tensor, t: int, i: int) -> Tensor:
         src, tgt = x[:1], x[1:]
         extra = self._source_rows(i)
         n_src = 1 + len(extra)
@@ -224,13 +230,13 @@ class _EmptyPromptGuidance:
         emb = [self.empty, *extra]
         xs = [src] * n_src
         if u_t is not None:
-            emb.append(u_t.expand(self.k, *u_t.shape[1:]) if u_t.shape[0] == 1 else u_t)
+            emb.append(broadcast_rows(u_t, self.k))
             xs.append(tgt)
         emb.append(self.targets.cond)
         xs.append(tgt)
         self.injection.n_source = n_src
         # one pass, each row with its own conditioning (guidance combined below)
-        out = backbone.predict_noise(torch.cat(xs), t, torch.cat(emb))
+        out = backbone.predict_noise(torch.cat(xs), t, cat_rows(emb))
         e_empty = out[:1]
         if self.source is None:
             e_src = e_empty
@@ -243,19 +249,12 @@ class _EmptyPromptGuidance:
             else:
                 e_src_u, pos = out[pos : pos + 1], pos + 1
             e_src_c = e_empty if self.source_cond_shared else out[pos : pos + 1]
-            e_src = e_src_c if e_src_u is None else e_src_u + _scale(self.source.scale) * (e_src_c - e_src_u)
+            e_src = e_src_c if e_src_u is None else guide(e_src_u, e_src_c, self.source.scale)
         e_t = out[n_src:]
         if u_t is not None:
             e_u, e_c = e_t[: self.k], e_t[self.k :]
-            e_t = e_u + _scale(self.targets.scale) * (e_c - e_u)
+            e_t = guide(e_u, e_c, self.targets.scale)
         return torch.cat([e_src, e_t])
-
-
-def _scale(s: float | Tensor) -> float | Tensor:
-    """A guidance scale as a multiplier of (B, C, h, w) predictions."""
-    if isinstance(s, Tensor):
-        return s.to(torch.float32).reshape(-1, 1, 1, 1)
-    return float(s)
 
 
 def copy_row_over(x: Tensor, row: int, first: int) -> Tensor:
@@ -311,7 +310,7 @@ class PlugAndPlay(Editor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -340,7 +339,7 @@ class PlugAndPlay(Editor):
 
     def _edit_batch(
         self,
-        backbone,
+        backbone: Backbone,
         unet: torch.nn.Module,
         inversion: Inversion,
         source: str,
@@ -396,7 +395,7 @@ class PlugAndPlay(Editor):
 
     def _guided(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         src_cond: Tensor,
         tgt_cond: Tensor,
@@ -407,11 +406,11 @@ class PlugAndPlay(Editor):
         o = self.options
         k = tgt_cond.shape[0]
         null = backbone.null_condition()
-        uncond = null if negative is None else torch.cat([null, negative.expand(k, -1, -1)])
+        uncond = null if negative is None else cat_rows([null, broadcast_rows(negative, k)])
         scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)
         # the inversion's own unconditional embedding: every row, or the source row where the
         # targets have a negative prompt
         return inversion_guidance(
-            backbone, inversion, torch.cat([src_cond, tgt_cond]), scale, uncond,
+            backbone, inversion, cat_rows([src_cond, tgt_cond]), scale, uncond,
             slice(0, 1) if negative is not None else None,
         )

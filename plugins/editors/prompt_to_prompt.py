@@ -42,20 +42,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from framework.backbone import word_positions  # noqa: F401 (importable from here too)
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.registry import EDITORS
 from framework.sampling import Editor, StepHook, denoise, inversion_guidance
 from framework.schema import DEFAULT_SKIP
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 #: (cross_replace_steps, self_replace_steps) defaults by kind of inversion (reference code)
 DEFAULT_STEPS = {"noise_maps": (0.6, 0.2), "ddim": (0.8, 0.4)}
@@ -203,38 +206,6 @@ def token_mapping(
         index[j] = max(i, 0)
         alpha[j] = 1.0 if i >= 0 else 0.0
     return F.one_hot(index, length).T.float(), alpha, mode
-
-
-def _norm_word(word: str) -> str:
-    return word.strip().strip(string.punctuation).lower()
-
-
-def word_positions(tokenizer: Any, prompt: str, word: str) -> list[int]:
-    """Token positions (start token = position 0) of every occurrence of ``word`` in ``prompt``.
-
-    Words are split on whitespace; a word of several tokens gives all its positions.
-    """
-    ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    pos, out = 1, []
-    for w in prompt.split():
-        w_ids = tokenizer(w, add_special_tokens=False).input_ids
-        if _norm_word(w) == _norm_word(word) and _norm_word(word):
-            # leave out punctuation tokens ("cat," -> the tokens of "cat" only)
-            core = tokenizer(_norm_word(w), add_special_tokens=False).input_ids
-            first = next(
-                (s for s in range(len(w_ids) - len(core) + 1) if w_ids[s : s + len(core)] == core), None
-            )
-            if core and first is not None:
-                out.extend(range(pos + first, pos + first + len(core)))
-            else:
-                out.extend(range(pos, pos + len(w_ids)))
-        pos += len(w_ids)
-    if pos - 1 != len(ids):
-        raise InputError(
-            f"could not locate the words of prompt {prompt!r} in its tokens; write the prompt's "
-            "words separated by spaces"
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- step windows
@@ -604,7 +575,7 @@ class PromptToPrompt(Editor):
 
     def edit(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -618,7 +589,7 @@ class PromptToPrompt(Editor):
     @torch.no_grad()
     def run(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str | None,
         target_prompts: Sequence[str],
@@ -629,7 +600,8 @@ class PromptToPrompt(Editor):
         """The edit with its source row, masks and bookkeeping (see :class:`PromptToPromptResult`)."""
         o = self.options
         targets = self.check_inputs(backbone, inversion, target_prompts)
-        if getattr(backbone, "unet", None) is None or getattr(backbone, "tokenizer", None) is None:
+        unet, tokenizer = backbone.attention_network(), backbone.prompt_tokenizer
+        if unet is None or tokenizer is None:
             raise InputError(
                 "prompt_to_prompt controls the attention of a diffusers UNet with a tokenizer; "
                 f"{type(backbone).__name__} has none (use stable_diffusion or tiny)"
@@ -642,17 +614,17 @@ class PromptToPrompt(Editor):
         n_steps = inversion.num_steps
         prompts = [source_prompt, *targets]
         k = len(targets)
-        length = int(getattr(backbone, "max_tokens", 77))
+        length = backbone.max_prompt_tokens
 
         # token maps of each target (replace or refine)
         maps = torch.empty(k, length, length)
         alpha = torch.empty(k, length)
         modes = []
         for j, tgt in enumerate(targets):
-            maps[j], alpha[j], mode = token_mapping(backbone.tokenizer, source_prompt, tgt, o.mode, length)
+            maps[j], alpha[j], mode = token_mapping(tokenizer, source_prompt, tgt, o.mode, length)
             modes.append(mode)
-        equalizer = self._equalizer(backbone.tokenizer, targets, length)
-        blend = self._blend_weights(backbone.tokenizer, prompts, length)
+        equalizer = self._equalizer(backbone, targets, length)
+        blend = self._blend_weights(backbone, prompts, length)
 
         cross_w, self_w = self.windows(inversion)
         cross_steps, self_steps = step_range(cross_w, n_steps), step_range(self_w, n_steps)
@@ -665,7 +637,7 @@ class PromptToPrompt(Editor):
             backbone, start, len(prompts), generator=generator, n_source=1, shared_noise=True
         )
         h, w = rule.output().shape[-2:]
-        layers = unet_layers(backbone.unet, h, w)
+        layers = unet_layers(unet, h, w)
         self_limit = (o.max_self_resolution * h) * (o.max_self_resolution * w)
         self_on = self_steps[1] > self_steps[0]
         blend_grid = None
@@ -681,12 +653,12 @@ class PromptToPrompt(Editor):
             elif self_on and layer.positions <= self_limit + 1e-6:
                 layer.controls_self = True
                 chosen.append(layer)
-        before = backbone.unet.attn_processors
+        before = unet.attn_processors
         processors = {ly.name: ControlledAttnProcessor(controller, ly, before[ly.name]) for ly in chosen}
 
         cond = backbone.encode_prompt(prompts)
         scales = torch.tensor([float(inversion.guidance_scale)] + [float(o.guidance_scale)] * k)
-        hook = _P2PHook(backbone.unet, processors, controller, start, blend_grid, (h, w), o.threshold)
+        hook = _P2PHook(unet, processors, controller, start, blend_grid, (h, w), o.threshold)
         x = denoise(
             backbone, rule, start, inversion_guidance(backbone, inversion, cond, scales), [hook], "prompt_to_prompt"
         )
@@ -702,7 +674,7 @@ class PromptToPrompt(Editor):
             controlled_calls=controller.calls,
         )
 
-    def _equalizer(self, tokenizer: Any, targets: list[str], length: int) -> Tensor | None:
+    def _equalizer(self, backbone: Backbone, targets: list[str], length: int) -> Tensor | None:
         """(K, L) reweighting factors: the weights at the chosen words' positions, else 1."""
         o = self.options
         if not o.equalizer_words:
@@ -714,7 +686,7 @@ class PromptToPrompt(Editor):
         found = False
         for row, prompt in enumerate(targets):
             for word, weight in zip(o.equalizer_words, weights):
-                pos = [p for p in word_positions(tokenizer, prompt, word) if p < length]
+                pos = [p for p in backbone.token_positions(prompt, word) if p < length]
                 eq[row, pos] = float(weight)
                 found = found or bool(pos)
         if not found:
@@ -723,7 +695,7 @@ class PromptToPrompt(Editor):
             )
         return eq
 
-    def _blend_weights(self, tokenizer: Any, prompts: list[str], length: int) -> Tensor | None:
+    def _blend_weights(self, backbone: Backbone, prompts: list[str], length: int) -> Tensor | None:
         """(B, L): 1 at the positions of the blend words in each prompt (source first)."""
         o = self.options
         if not o.blend_words:
@@ -731,7 +703,7 @@ class PromptToPrompt(Editor):
         weights = torch.zeros(len(prompts), length)
         for row, prompt in enumerate(prompts):
             for word in o.blend_words:
-                pos = [p for p in word_positions(tokenizer, prompt, word) if p < length]
+                pos = [p for p in backbone.token_positions(prompt, word) if p < length]
                 weights[row, pos] = 1.0
         if not bool(weights.any()):
             raise InputError(f"none of the blend_words {list(o.blend_words)} occurs in the prompts {prompts}")

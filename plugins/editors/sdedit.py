@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -34,6 +35,9 @@ from framework.sampling import (
 from framework.schema import DEFAULT_SKIP
 from plugins.editors.color_strokes import StrokesEditor, image_size, load_stroke_files
 
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
+
 
 @dataclass
 class SDEditOptions:
@@ -48,7 +52,7 @@ class SDEditOptions:
     guidance_scale: float | None = None  # conditional backbones; None: the inversion's
 
 
-def paint_strokes(backbone, x0: Tensor, mask: Tensor, colors: Tensor) -> Tensor:
+def paint_strokes(backbone: Backbone, x0: Tensor, mask: Tensor, colors: Tensor) -> Tensor:
     """x0 (1, C, h, w) with the strokes painted onto its image: encode(B⊙M + (1-B)⊙decode(x0))."""
     image = backbone.decode(x0).to(x0.device)
     mask, colors = mask.to(x0.device), colors.to(x0.device)
@@ -85,7 +89,7 @@ class SDEditEditor(StrokesEditor):
             raise InputError(f"sdedit {what} gives step {step}; accepted: 1..{num_steps}")
         return step
 
-    def edited_x0(self, backbone, x0: Tensor) -> Tensor:
+    def edited_x0(self, backbone: Backbone, x0: Tensor) -> Tensor:
         """The input x0 (1, C, h, w) with the strokes painted on, or as it is without strokes."""
         o = self.options
         if self.strokes is not None:
@@ -99,7 +103,7 @@ class SDEditEditor(StrokesEditor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -115,9 +119,8 @@ class SDEditEditor(StrokesEditor):
         g = inversion.guidance_scale if self.options.guidance_scale is None else self.options.guidance_scale
         k, cond, uncond = prompt_free_conditioning(backbone, target_prompts, g)
         x0 = self.edited_x0(backbone, inversion.x0.to(backbone.device))
-        a, b = schedule.noise_level(start)
         x0 = expand_rows(x0, k)
-        x_start = a * x0 + b * randn(x0.shape, generator, x0.device)
+        x_start = schedule.add_noise(x0, randn(x0.shape, generator, x0.device), start)
         # SDEdit uses only x0 of the inversion: its own fresh-noise DDPM rule and the null text
         rule = DDPMRule(schedule, x_start.float(), None, generator)
         return denoise(backbone, rule, start, Guidance(cond, uncond, g), desc="sdedit")

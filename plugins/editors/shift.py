@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,9 @@ from framework.sampling import (
     prompt_free_conditioning,
 )
 from framework.schema import DEFAULT_SKIP
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 BORDERS = ("noise", "reflect", "wrap")
 
@@ -113,7 +117,7 @@ class ShiftEditor(Editor):
     @torch.no_grad()
     def edit(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],

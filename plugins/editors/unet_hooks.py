@@ -22,21 +22,24 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from framework.errors import ConfigError, InputError
 
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
+
 _LAYER = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)\.(\d+)$")
 
 Hook = Callable[[nn.Module, Any, Any], Any]
 
 
-def unet_of(backbone: Any, editor: str) -> nn.Module:
+def unet_of(backbone: Backbone, editor: str) -> nn.Module:
     """The backbone's diffusers UNet; editors that control layers need one."""
-    unet = getattr(backbone, "unet", None)
+    unet = backbone.attention_network()
     if not isinstance(unet, nn.Module):
         raise InputError(
             f"the {editor} editor controls UNet layers, but the backbone {type(backbone).__name__} "

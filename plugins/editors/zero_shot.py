@@ -55,7 +55,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -74,6 +74,9 @@ from plugins.editors.unet_hooks import (
     forward_hooks,
     unet_of,
 )
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 #: sentences encoded per text-encoder batch when computing a direction
 SENTENCE_BATCH = 32
@@ -130,7 +133,7 @@ def read_sentences(path: Any, what: str) -> list[str]:
     return sentences
 
 
-def mean_embedding(backbone: Any, sentences: Sequence[str]) -> Tensor:
+def mean_embedding(backbone: Backbone, sentences: Sequence[str]) -> Tensor:
     """Mean text embedding of ``sentences``: (1, L, D) float32."""
     total = None
     for k in range(0, len(sentences), SENTENCE_BATCH):
@@ -162,7 +165,7 @@ class _ZeroShotStep(StepHook):
 
     def __init__(
         self,
-        backbone: Any,
+        backbone: Backbone,
         unet: torch.nn.Module,
         rule: Any,
         guidance: Guidance,
@@ -212,7 +215,7 @@ class _ZeroShotStep(StepHook):
             self._shifts.append(torch.cat([torch.zeros_like(x[:1]), x_c - x_u]))
         return torch.cat([x[:1], x_u])
 
-    def eps(self, backbone: Any, x: Tensor, t: int, i: int) -> Tensor:
+    def eps(self, backbone: Backbone, x: Tensor, t: int, i: int) -> Tensor:
         """ε̂ of every row at step i, (1+K, C, h, w) float32, in one batched forward pass."""
         g = self.guidance
         b = x.shape[0]
@@ -224,21 +227,7 @@ class _ZeroShotStep(StepHook):
         x_c = x + shift.float()
         if uncond is None:
             return backbone.predict_noise(x_c, t, g.cond)
-        emb = torch.cat([_rows(uncond, b), _rows(g.cond, b)])
-        x_in = torch.cat([x, x_c])
-        out = backbone.to_epsilon(backbone.model_output(x_in, t, emb), x_in, t)
-        backbone.nfe += 1
-        eps_u, eps_c = out.chunk(2)
-        scale = g.scale
-        if isinstance(scale, Tensor):
-            scale = scale.to(x.device, torch.float32).reshape(-1, *([1] * (x.dim() - 1)))
-        return eps_u + scale * (eps_c - eps_u)
-
-
-def _rows(x: Tensor | None, b: int) -> Tensor:
-    """A (1, ...) or (b, ...) conditioning as (b, ...)."""
-    assert x is not None
-    return x if x.shape[0] == b else x.expand(b, *x.shape[1:])
+        return backbone.predict_noise(x, t, g.cond, uncond, g.scale, x_cond=x_c)
 
 
 @EDITORS.register("zero_shot")
@@ -303,7 +292,7 @@ class ZeroShot(Editor):
                 "file for all targets or one per target"
             )
 
-    def directions(self, backbone: Any, source_prompt: str, targets: Sequence[str]) -> Tensor:
+    def directions(self, backbone: Backbone, source_prompt: str, targets: Sequence[str]) -> Tensor:
         """Δc_k = mean E(target sentences of k) - mean E(source sentences): (K, L, D)."""
         o = self.options
         src = (
@@ -329,7 +318,7 @@ class ZeroShot(Editor):
 
     def edit(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -344,7 +333,7 @@ class ZeroShot(Editor):
 
     def run(
         self,
-        backbone,
+        backbone: Backbone,
         inversion: Inversion,
         source_prompt: str,
         target_prompts: Sequence[str],
@@ -382,7 +371,7 @@ class ZeroShot(Editor):
 
     def _edit_batch(
         self,
-        backbone,
+        backbone: Backbone,
         unet: torch.nn.Module,
         inversion: Inversion,
         source: str,
@@ -420,7 +409,7 @@ class ZeroShot(Editor):
 
     @staticmethod
     def attention_gradient(
-        backbone,
+        backbone: Backbone,
         unet: torch.nn.Module,
         x: Tensor,
         t: int,

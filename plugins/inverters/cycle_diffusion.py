@@ -24,16 +24,20 @@ inversion); CycleDiffusion's own paper uses η = 0.1 (``configs/inverter/cycle_d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from framework.batched_inversion import check_timestep_batch
 from framework.inversion import Inverter
+from framework.process import ProcessSchedule
 from framework.random import randn
 from framework.registry import INVERTERS
-from framework.schedule import Schedule
 from plugins.inverters.ddpm_edit_friendly import noise_maps
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -49,19 +53,14 @@ class CycleDiffusionOptions:
 
 
 def posterior_chain(
-    x0: Tensor, schedule: Schedule, n: int, generator: torch.Generator | None
+    x0: Tensor, schedule: ProcessSchedule, n: int, generator: torch.Generator | None
 ) -> Tensor:
     """One chain x_n ~ q(x_n|x0), x_{i-1} ~ q(x_{i-1}|x_i, x0): (n+1, B, C, h, w), xts[0] = x0."""
     xts = torch.empty((n + 1, *x0.shape), dtype=torch.float32, device=x0.device)
     xts[0] = x0
-    a_n, b_n = schedule.noise_level(n)
-    xts[n] = a_n * x0 + b_n * randn(x0.shape, generator, x0.device)
-    sigmas = schedule.sigma
+    xts[n] = schedule.add_noise(x0, randn(x0.shape, generator, x0.device), n)
     for i in range(n, 1, -1):
-        a, a_prev, sigma = float(schedule.abar[i - 1]), float(schedule.abar_prev[i - 1]), float(sigmas[i - 1])
-        eps = (xts[i] - a**0.5 * x0) / (1 - a) ** 0.5
-        mean = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
-        xts[i - 1] = mean + sigma * randn(x0.shape, generator, x0.device)
+        xts[i - 1] = schedule.posterior_sample(xts[i], x0, i, randn(x0.shape, generator, x0.device))
     return xts
 
 
@@ -75,7 +74,7 @@ class CycleDiffusion(Inverter):
         super().__init__(options)
         check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """The posterior chain, then eq. 5 along it."""
         xts = posterior_chain(x0, schedule, n, generator)
         zs = noise_maps(

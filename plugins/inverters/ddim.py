@@ -40,6 +40,7 @@ reproducible.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +49,11 @@ from torch import Tensor
 from framework import progress
 from framework.errors import ConfigError
 from framework.inversion import Inverter
+from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
-from framework.schedule import Schedule
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -135,9 +139,9 @@ def regularize_noise(eps: Tensor, reg: NoiseRegularization, generator: torch.Gen
 
 
 def ddim_inversion_sequence(
-    backbone,
+    backbone: Backbone,
     x0: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     n: int,
     cond: Tensor | None,
     uncond: Tensor | None,
@@ -153,14 +157,11 @@ def ddim_inversion_sequence(
     xts[0] = x0
     x = x0
     for i in progress.steps(range(1, n + 1), desc=desc, total=n):
-        a = float(schedule.abar[i - 1])
-        a_prev = float(schedule.abar_prev[i - 1])
         t = int(schedule.timesteps[i - 1])
         eps = backbone.predict_noise(x, t, cond, uncond, guidance_scale)
         if reg is not None:
             eps = regularize_noise(eps, reg, generator)
-        x0_pred = (x - (1 - a_prev) ** 0.5 * eps) / a_prev**0.5
-        x = a**0.5 * x0_pred + (1 - a) ** 0.5 * eps
+        x = schedule.inverse_step(x, eps, i)
         xts[i] = x
     return xts
 
@@ -191,7 +192,7 @@ class DDIMInversion(Inverter):
             int(o.autocorrelation_rolls), bool(o.random_shift),
         )
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """DDIM steps 1..n backwards; no noise maps. ``generator`` only draws the
         regulariser's random shifts (seed 0 when None); plain DDIM does not use it."""
         reg = self.regularization()

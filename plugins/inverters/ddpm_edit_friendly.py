@@ -16,18 +16,21 @@ tolerance (the network sees rounding-different inputs), not bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from framework import progress
 from framework.backbone import check_finite
-from framework.batched_inversion import check_timestep_batch, extract_noise_maps_batched, noise_map_step
+from framework.batched_inversion import check_timestep_batch, extract_noise_maps_batched
 from framework.inversion import Inverter
+from framework.process import ProcessSchedule
 from framework.random import randn
 from framework.registry import INVERTERS
-from framework.schedule import Schedule
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -42,21 +45,20 @@ class DDPMEditFriendlyOptions:
 
 
 def auxiliary_sequence(
-    x0: Tensor, schedule: Schedule, n: int, generator: torch.Generator | None
+    x0: Tensor, schedule: ProcessSchedule, n: int, generator: torch.Generator | None
 ) -> Tensor:
     """Eq. 6: (n+1, B, C, h, w) with xts[0] = x0 and independent noise at every step."""
     xts = torch.empty((n + 1, *x0.shape), dtype=torch.float32, device=x0.device)
     xts[0] = x0
     for i in range(1, n + 1):
-        a, b = schedule.noise_level(i)
-        xts[i] = a * x0 + b * randn(x0.shape, generator, x0.device)
+        xts[i] = schedule.add_noise(x0, randn(x0.shape, generator, x0.device), i)
     return xts
 
 
 def extract_noise_maps(
-    backbone,
+    backbone: Backbone,
     xts: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     cond: Tensor | None,
     uncond: Tensor | None,
     guidance_scale: float,
@@ -73,7 +75,7 @@ def extract_noise_maps(
     for i in progress.steps(range(n, 0, -1), desc=desc, total=n):
         t = int(schedule.timesteps[i - 1])
         eps = backbone.predict_noise(xts[i], t, cond, uncond, guidance_scale)
-        noise_map_step(xts, zs, i, eps, schedule, zero_last_noise)
+        schedule.noise_map_step(xts, zs, i, eps, zero_last_noise)
     return zs
 
 
@@ -87,7 +89,7 @@ class DDPMEditFriendly(Inverter):
         super().__init__(options)
         check_timestep_batch(self.options.timestep_batch)  # a bad value fails when built
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """Eq. 6 then eq. 5: the independent-noise sequence and its noise maps."""
         xts = auxiliary_sequence(x0, schedule, n, generator)
         zs = noise_maps(
@@ -98,9 +100,9 @@ class DDPMEditFriendly(Inverter):
 
 
 def noise_maps(
-    backbone: Any,
+    backbone: Backbone,
     xts: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     cond: Tensor | None,
     uncond: Tensor | None,
     guidance_scale: float,

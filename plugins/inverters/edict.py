@@ -22,15 +22,15 @@ source prompt when inverting, the target prompts when editing) at every network 
 two evaluations per step, 2n per inversion and 2·(N - skip) per edit. Regeneration with the
 source prompt and the inversion's guidance reproduces x0 to float precision at any guidance
 scale. The inversion stores x_i in ``xts`` and y_i in ``coupled``; its ``rule`` is ``edict``
-(registered here), which every editor's loop then uses. The edit's result is the x sequence
-(the reference's first image).
+and its ``rule_factory`` ``edict_regeneration``, which every editor's loop then uses. The
+edit's result is the x sequence (the reference's first image).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -38,9 +38,12 @@ from torch import Tensor
 from framework import progress
 from framework.errors import ConfigError
 from framework.inversion import Inversion, Inverter
+from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
-from framework.sampling import STEP_RULES, NoiseFn, StepRule, expand_rows
-from framework.schedule import Schedule
+from framework.sampling import NoiseFn, StepRule, expand_rows
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -55,22 +58,14 @@ class EDICTOptions:
     steps_offset: int | None = None
 
 
-def _coefficients(schedule: Schedule, i: int) -> tuple[float, float, float]:
-    """(q = sqrt(ᾱ_i/ᾱ_prev), sqrt(1-ᾱ_i), sqrt(1-ᾱ_prev)) of step i."""
-    a, a_prev = float(schedule.abar[i - 1]), float(schedule.abar_prev[i - 1])
-    return (a / a_prev) ** 0.5, (1 - a) ** 0.5, (1 - a_prev) ** 0.5
+def denoise_step(schedule: ProcessSchedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
+    """D: the deterministic step i (x_i -> x_{i-1}) of ``z`` with the noise prediction ``eps``."""
+    return schedule.deterministic_step(z, eps, i)
 
 
-def denoise_step(schedule: Schedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
-    """D: DDIM's step i (x_i -> x_{i-1}) of ``z`` with the noise prediction ``eps``."""
-    q, b, b_prev = _coefficients(schedule, i)
-    return z / q - b * eps / q + b_prev * eps
-
-
-def noise_step(schedule: Schedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
+def noise_step(schedule: ProcessSchedule, i: int, z: Tensor, eps: Tensor) -> Tensor:
     """R = D⁻¹ for the same ``eps``: x_{i-1} -> x_i."""
-    q, b, b_prev = _coefficients(schedule, i)
-    return q * z + b * eps - q * b_prev * eps
+    return schedule.deterministic_inverse(z, eps, i)
 
 
 def x_first(k: int) -> bool:
@@ -84,7 +79,7 @@ class EDICTRule(StepRule):
 
     def __init__(
         self,
-        schedule: Schedule,
+        schedule: ProcessSchedule,
         x: Tensor,
         y: Tensor,
         mix_weight: float,
@@ -137,7 +132,7 @@ class EDICTRule(StepRule):
 
 def edict_regeneration(
     inversion: Inversion,
-    backbone: Any,
+    backbone: Backbone,
     start: int,
     rows: int,
     *,
@@ -168,8 +163,6 @@ def edict_regeneration(
     )
 
 
-STEP_RULES["edict"] = edict_regeneration
-
 
 @INVERTERS.register("edict")
 class EDICT(Inverter):
@@ -179,7 +172,7 @@ class EDICT(Inverter):
 
     stochastic = False
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """Steps 1..n backwards from (x0, x0): (xts, None, {rule, coupled})."""
         p = float(self.options.mix_weight)
         if not 0.5 < p <= 1.0:
@@ -203,4 +196,6 @@ class EDICT(Inverter):
                 x = noise_step(schedule, i, x, eps(y))
                 y = noise_step(schedule, i, y, eps(x))
             xts[i], ys[i] = x, y
-        return xts, None, {"rule": "edict", "rule_options": {"mix_weight": p}, "coupled": ys}
+        return xts, None, {
+            "rule": "edict", "rule_factory": edict_regeneration, "rule_options": {"mix_weight": p}, "coupled": ys,
+        }

@@ -11,10 +11,14 @@ w, i.e. DDIM sampling from the pivot without guidance; a target prompt c' gives
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from framework.inversion import Inverter
 from framework.registry import INVERTERS
 from plugins.inverters.ddim import ddim_inversion_sequence
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -38,7 +42,7 @@ class NegativePromptInversion(Inverter):
 
     stochastic = False
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """The DDIM pivot and the source embedding (1, B, L, D) as every step's uncond."""
         pivot = ddim_inversion_sequence(
             backbone, x0, schedule, n, cond, uncond, guidance_scale, desc="negative-prompt pivot"

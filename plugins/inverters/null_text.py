@@ -29,17 +29,22 @@ caller's) no-grad or inference mode; only the embedding receives gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from framework import progress
+from framework.backbone import guide
 from framework.errors import ConfigError
 from framework.inversion import Inverter
+from framework.process import ProcessSchedule
 from framework.registry import INVERTERS
-from framework.schedule import Schedule
 from plugins.inverters.ddim import ddim_inversion_sequence
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 
 @dataclass
@@ -57,9 +62,9 @@ class NullTextOptions:
 
 
 def optimise_null_text(
-    backbone,
+    backbone: Backbone,
     pivot: Tensor,
-    schedule: Schedule,
+    schedule: ProcessSchedule,
     cond: Tensor,
     null: Tensor,
     guidance_scale: float,
@@ -90,7 +95,7 @@ def optimise_null_text(
             done, loss_value = 0, float("nan")
             for _ in range(options.num_inner_steps):
                 eps_u = backbone.predict_noise(latent, t, u)
-                eps = eps_u + w * (eps_c - eps_u)
+                eps = guide(eps_u, eps_c, w)
                 loss = F.mse_loss(schedule.mu(latent, eps, i), target)
                 optimizer.zero_grad()
                 loss.backward()
@@ -107,7 +112,7 @@ def optimise_null_text(
             losses.append(loss_value)
             with torch.no_grad():
                 eps_u = backbone.predict_noise(latent, t, u)
-                latent = schedule.mu(latent, eps_u + w * (eps_c - eps_u), i)
+                latent = schedule.mu(latent, guide(eps_u, eps_c, w), i)
     return embeddings.detach(), iterations, first, losses
 
 
@@ -119,7 +124,7 @@ class NullTextInversion(Inverter):
 
     stochastic = False
 
-    def trajectory(self, backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
+    def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
         """The pivot (DDIM at guidance 1) and the optimised embeddings (deterministic)."""
         o = self.options
         if o.num_inner_steps < 0 or o.learning_rate <= 0 or o.early_stop_epsilon < 0:

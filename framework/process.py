@@ -1,0 +1,335 @@
+"""The noise process of a model family as an object: the one home of its arithmetic.
+
+Two levels:
+
+* :class:`NoiseProcess`: the family over the model's own time axis (its training timesteps).
+  It converts the network's output at timestep(s) t to the noise prediction ε
+  (:meth:`~NoiseProcess.to_epsilon`) and discretises itself for N inference steps and a
+  stochasticity η (:meth:`~NoiseProcess.discretize`).
+* :class:`ProcessSchedule`: the process at N steps in paper indexing. Steps are numbered
+  i = 1..N: step i takes x_i to x_{i-1} at model timestep ``timesteps[i-1]``. Every inverter
+  and editor does its arithmetic through these methods; none writes the process' coefficients
+  itself.
+
+The interface is written in terms of ε (the noise a latent holds) and x̂0 (the clean
+prediction), which every family has. The contract of a :class:`ProcessSchedule`:
+
+* forward marginal (eq. 2): x_i = a_i·x0 + b_i·ε with ``(a_i, b_i) = noise_level(i)``;
+  :meth:`add_noise` computes it;
+* clean prediction (eq. 4): :meth:`predict_x0` inverts the marginal for a given ε;
+* the reverse step (eq. 3): x_{i-1} = μ̂_i(x_i, ε) + σ_i·z (:meth:`mu`, :attr:`sigma`,
+  :meth:`step`); σ_i = 0 at every step is the process' deterministic sampler;
+* the noise map of a step (eq. 5): z_i = (x_{i-1} − μ̂_i)/σ_i (:meth:`noise_map`), and its
+  in-place form along a stored sequence (:meth:`noise_map_step`), which also resets
+  x_{i-1} := μ̂_i + σ_i z_i so the reverse pass reproduces the sequence to float precision;
+* the posterior of the forward chain given x0 (:meth:`posterior_sample`, CycleDiffusion);
+* the deterministic step's inverse as DDIM inversion takes it: ε evaluated at x_{i-1}, then
+  x_i = a_i·x̂0 + b_i·ε with x̂0 predicted at step i-1's level (:meth:`inverse_step`);
+* the deterministic step as an affine map of x for a fixed ε, and its exact inverse
+  (:meth:`deterministic_step`, :meth:`deterministic_inverse`: EDICT's coupled updates).
+
+DDPM/DDIM (:class:`DDPMProcess`, :class:`Schedule`): a_i = sqrt(ᾱ_i), b_i = sqrt(1−ᾱ_i),
+
+    x̂0   = (x_i − sqrt(1−ᾱ_i) ε) / sqrt(ᾱ_i)
+    σ_i  = η sqrt((1−ᾱ_prev)/(1−ᾱ_i) · (1−ᾱ_i/ᾱ_prev))
+    μ̂_i  = sqrt(ᾱ_prev) x̂0 + sqrt(1−ᾱ_prev−σ_i²) ε
+
+which is DDIM's formula for every η in [0, 1] (η = 1 is DDPM's posterior variance, η = 0
+DDIM); ᾱ_prev of step 1 is the scheduler's ``final_alpha_cumprod``. All of it in float32.
+
+A flow-matching family (SD3, FLUX) is a second implementation of the same interface, with
+t_i in [0, 1] the step's time and s = t_{i-1}:
+
+* marginal x_i = (1−t_i)·x0 + t_i·ε, so ``noise_level(i) = (1−t_i, t_i)``;
+* the network predicts the velocity v = ε − x0; ``to_epsilon`` returns ε = x_t + (1−t)·v
+  (classifier-free guidance is linear, so guiding ε or v is the same), and
+  x̂0 = (x_i − t_i·ε)/(1−t_i);
+* the stochastic sampler x_s = (1−s)·x̂0 + sqrt(s² − σ²)·ε̂ + σ·z: μ̂ = (1−s)·x̂0 +
+  sqrt(s² − σ²)·ε̂, with σ_i > 0 (an η-scaled choice) giving noise maps through the same eq. 5;
+* σ = 0 is the Euler step x_s = x_t + (s − t)·v, and its inverse x_t = x_s + (t − s)·v (the
+  velocity evaluated at x_s) is ``inverse_step``.
+Loops, inverters and editors then run unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from framework.errors import InputError
+
+
+# ----------------------------------------------------------------------------- the interface
+class ProcessSchedule(abc.ABC):
+    """A noise process discretised for ``num_steps`` inference steps (see the module docstring
+    for the contract every implementation keeps)."""
+
+    timesteps: Tensor  # (N,) int64, ascending: timesteps[i-1] is the model timestep of step i
+    eta: float
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    @property
+    @abc.abstractmethod
+    def sigma(self) -> Tensor:
+        """(N,) float32: σ_i of the reverse step i at index i-1 (all 0 for a deterministic one)."""
+
+    def sigma_at(self, i: int) -> float:
+        """σ_i as a Python float."""
+        return float(self.sigma[i - 1])
+
+    def timestep(self, i: int) -> int:
+        """The model timestep of step i."""
+        return int(self.timesteps[i - 1])
+
+    @abc.abstractmethod
+    def noise_level(self, i: int) -> tuple[float, float]:
+        """(a_i, b_i) with x_i = a_i·x0 + b_i·ε: the forward marginal at step i (eq. 2, 6)."""
+
+    def add_noise(self, x0: Tensor, noise: Tensor, i: int) -> Tensor:
+        """x_i = a_i·x0 + b_i·noise (eq. 2 with the given noise)."""
+        a, b = self.noise_level(i)
+        return a * x0 + b * noise
+
+    @abc.abstractmethod
+    def predict_x0(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """x̂0 of x_i for the noise prediction ε (eq. 4's P(f_i(x_i)))."""
+
+    @abc.abstractmethod
+    def mu(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """μ̂_i(x_i, ε): the deterministic part of the reverse step i (eq. 3)."""
+
+    def step(self, x_t: Tensor, eps: Tensor, i: int, z: Tensor | None = None) -> Tensor:
+        """The reverse step i: μ̂_i + σ_i·z (μ̂_i where σ_i = 0 or no z is given)."""
+        mu = self.mu(x_t, eps, i)
+        sigma = self.sigma_at(i)
+        if sigma == 0 or z is None:
+            return mu
+        return mu + sigma * z
+
+    def noise_map(self, x_prev: Tensor, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """Eq. 5: z_i = (x_{i-1} − μ̂_i(x_i, ε)) / σ_i (zeros where σ_i = 0)."""
+        mu = self.mu(x_t, eps, i)
+        sigma = self.sigma_at(i)
+        if sigma == 0:
+            return torch.zeros_like(mu)
+        return (x_prev - mu) / sigma
+
+    def noise_map_step(self, xts: Tensor, zs: Tensor, i: int, eps: Tensor, zero_last_noise: bool = False) -> None:
+        """Eq. 5 at step i, in place along a stored sequence ``xts`` (n+1, B, ...): z_i into
+        ``zs[i-1]`` (0 where σ_i = 0, or at i = 1 with ``zero_last_noise``), then
+        x_{i-1} := μ̂_i + σ_i z_i (i > 1), so that the reverse pass fed with the maps reproduces
+        the sequence to float precision."""
+        mu = self.mu(xts[i], eps, i)
+        sigma = self.sigma_at(i)
+        if sigma == 0 or (i == 1 and zero_last_noise):
+            zs[i - 1] = 0
+        else:
+            zs[i - 1] = (xts[i - 1] - mu) / sigma
+        if i > 1:
+            xts[i - 1] = mu + sigma * zs[i - 1]
+
+    @abc.abstractmethod
+    def posterior_sample(self, x_t: Tensor, x0: Tensor, i: int, noise: Tensor) -> Tensor:
+        """x_{i-1} drawn from the forward chain's posterior given x_i and x0, with ``noise``
+        the standard normal draw: the step's mean for the ε that x_i holds given x0, plus
+        σ_i·noise."""
+
+    @abc.abstractmethod
+    def inverse_step(self, x_prev: Tensor, eps: Tensor, i: int) -> Tensor:
+        """DDIM inversion's step i: x_{i-1} -> x_i with ε evaluated at x_{i-1} (approximate:
+        the reverse step evaluates ε at x_i)."""
+
+    @abc.abstractmethod
+    def deterministic_step(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """The deterministic reverse step i (x_i -> x_{i-1}) written as an affine map of x for
+        a fixed ε, in the form whose :meth:`deterministic_inverse` undoes it exactly in exact
+        arithmetic (EDICT)."""
+
+    @abc.abstractmethod
+    def deterministic_inverse(self, x_prev: Tensor, eps: Tensor, i: int) -> Tensor:
+        """The inverse of :meth:`deterministic_step` for the same ε: x_{i-1} -> x_i."""
+
+
+class NoiseProcess(abc.ABC):
+    """A model family's noise process over its training timesteps."""
+
+    prediction_type: str
+
+    @abc.abstractmethod
+    def discretize(self, timesteps_desc: Tensor, eta: float) -> ProcessSchedule:
+        """The process at the given inference timesteps (descending, diffusers order) and η."""
+
+    @abc.abstractmethod
+    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """The network's output at timestep(s) t (an int, or (B,) one per row) as ε, float32."""
+
+    @abc.abstractmethod
+    def x0_from_epsilon(self, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
+        """x̂0 of x_t at model timestep(s) t for the noise ε."""
+
+    @abc.abstractmethod
+    def epsilon_from_x0(self, x_t: Tensor, x0: Tensor, t: int | Tensor) -> Tensor:
+        """The ε that x_t holds at model timestep(s) t given x0."""
+
+
+# ----------------------------------------------------------------------------- DDPM / DDIM
+@dataclass(frozen=True)
+class Schedule(ProcessSchedule):
+    """The DDPM/DDIM process at ``num_steps`` inference steps (index i-1 is step i)."""
+
+    timesteps: Tensor  # (N,) int64, ascending: timesteps[i-1] is the model timestep of step i
+    abar: Tensor  # (N,) float32, ᾱ at step i
+    abar_prev: Tensor  # (N,) float32, ᾱ at step i-1 (final_alpha_cumprod for i = 1)
+    eta: float
+
+    @cached_property
+    def sigma(self) -> Tensor:
+        """(N,) σ_i = η sqrt((1-ᾱ_prev)/(1-ᾱ_i)·(1-ᾱ_i/ᾱ_prev)), computed once per schedule."""
+        var = (1 - self.abar_prev) / (1 - self.abar) * (1 - self.abar / self.abar_prev)
+        return self.eta * var.clamp(min=0).sqrt()
+
+    def coefficients(self, i: int) -> tuple[float, float, float, float]:
+        """(ᾱ_i, ᾱ_prev, σ_i, timestep) of step ``i`` (1-based) as Python floats."""
+        return (
+            float(self.abar[i - 1]),
+            float(self.abar_prev[i - 1]),
+            float(self.sigma[i - 1]),
+            int(self.timesteps[i - 1]),
+        )
+
+    def predict_x0(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """x̂0 = (x_i - sqrt(1-ᾱ_i) ε) / sqrt(ᾱ_i), the clean prediction P(f_t(x_t)) of eq. 4."""
+        a = float(self.abar[i - 1])
+        return (x_t - (1 - a) ** 0.5 * eps) / a**0.5
+
+    def _mean(self, x0: Tensor, eps: Tensor, i: int) -> Tensor:
+        """sqrt(ᾱ_prev) x0 + sqrt(1-ᾱ_prev-σ_i²) ε."""
+        _, a_prev, sigma, _ = self.coefficients(i)
+        direction = max(1 - a_prev - sigma**2, 0.0) ** 0.5
+        return a_prev**0.5 * x0 + direction * eps
+
+    def mu(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """μ̂_i(x_i): the deterministic part of the reverse step i (float32)."""
+        return self._mean(self.predict_x0(x_t, eps, i), eps, i)
+
+    def noise_level(self, i: int) -> tuple[float, float]:
+        """(sqrt(ᾱ_i), sqrt(1-ᾱ_i)): x_i = sqrt(ᾱ_i) x0 + sqrt(1-ᾱ_i) ε for step i (eq. 2, 6)."""
+        a = float(self.abar[i - 1])
+        return a**0.5, (1 - a) ** 0.5
+
+    def posterior_sample(self, x_t: Tensor, x0: Tensor, i: int, noise: Tensor) -> Tensor:
+        """q(x_{i-1} | x_i, x0) of DDIM's η family: sqrt(ᾱ_prev) x0 + sqrt(1-ᾱ_prev-σ_i²) ε_i
+        + σ_i·noise with ε_i = (x_i - sqrt(ᾱ_i) x0) / sqrt(1-ᾱ_i)."""
+        a = float(self.abar[i - 1])
+        eps = (x_t - a**0.5 * x0) / (1 - a) ** 0.5
+        return self._mean(x0, eps, i) + self.sigma_at(i) * noise
+
+    def inverse_step(self, x_prev: Tensor, eps: Tensor, i: int) -> Tensor:
+        """x̂0 = (x_{i-1} - sqrt(1-ᾱ_prev) ε) / sqrt(ᾱ_prev), x_i = sqrt(ᾱ_i) x̂0 + sqrt(1-ᾱ_i) ε
+        (diffusers' ``DDIMInverseScheduler``)."""
+        a_prev = float(self.abar_prev[i - 1])
+        x0_pred = (x_prev - (1 - a_prev) ** 0.5 * eps) / a_prev**0.5
+        return self.add_noise(x0_pred, eps, i)
+
+    def _affine(self, i: int) -> tuple[float, float, float]:
+        """(q = sqrt(ᾱ_i/ᾱ_prev), sqrt(1-ᾱ_i), sqrt(1-ᾱ_prev)) of step i."""
+        a, a_prev = float(self.abar[i - 1]), float(self.abar_prev[i - 1])
+        return (a / a_prev) ** 0.5, (1 - a) ** 0.5, (1 - a_prev) ** 0.5
+
+    def deterministic_step(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """x_{i-1} = x_i/q − sqrt(1-ᾱ_i) ε/q + sqrt(1-ᾱ_prev) ε (DDIM, σ = 0)."""
+        q, b, b_prev = self._affine(i)
+        return x_t / q - b * eps / q + b_prev * eps
+
+    def deterministic_inverse(self, x_prev: Tensor, eps: Tensor, i: int) -> Tensor:
+        """x_i = q x_{i-1} + sqrt(1-ᾱ_i) ε − q sqrt(1-ᾱ_prev) ε."""
+        q, b, b_prev = self._affine(i)
+        return q * x_prev + b * eps - q * b_prev * eps
+
+
+#: the DDPM family's discretisation under its descriptive name
+DDPMSchedule = Schedule
+
+
+class DDPMProcess(NoiseProcess):
+    """The DDPM/DDIM family: ᾱ per training timestep (float32, (T,)), the ᾱ before the first
+    step (``final_alpha_cumprod``), and the network's prediction type (``epsilon``,
+    ``v_prediction`` or ``sample``)."""
+
+    def __init__(self, alphas_cumprod: Tensor, final_alpha_cumprod: float, prediction_type: str = "epsilon") -> None:
+        self.alphas_cumprod = alphas_cumprod
+        self.final_alpha_cumprod = float(final_alpha_cumprod)
+        self.prediction_type = prediction_type
+
+    def discretize(self, timesteps_desc: Tensor, eta: float) -> Schedule:
+        return make_schedule(self.alphas_cumprod, timesteps_desc, self.final_alpha_cumprod, eta)
+
+    def abar_at(self, t: int | Tensor, like: Tensor) -> Tensor:
+        """ᾱ_t as float32 on ``like``'s device: 0-d for an int t, (B, 1, ..., 1) for (B,) rows."""
+        if isinstance(t, Tensor) and t.dim() > 0:
+            a = self.alphas_cumprod[t.to("cpu", torch.int64)]
+            return a.to(like.device, torch.float32).reshape(-1, *([1] * (like.dim() - 1)))
+        return self.alphas_cumprod[int(t)].to(like.device, torch.float32)
+
+    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """ε from the network output: as it is, from v (sqrt(ᾱ) v + sqrt(1-ᾱ) x_t) or from x0."""
+        out = out.float()
+        if self.prediction_type == "epsilon":
+            return out
+        a = self.abar_at(t, out)
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * out + (1 - a).sqrt() * x_t
+        if self.prediction_type == "sample":
+            return (x_t - a.sqrt() * out) / (1 - a).sqrt()
+        raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+    def x0_from_epsilon(self, x_t: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
+        """(x_t - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t)."""
+        a = self.abar_at(t, eps)
+        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+    def epsilon_from_x0(self, x_t: Tensor, x0: Tensor, t: int | Tensor) -> Tensor:
+        """(x_t - sqrt(ᾱ_t) x0) / sqrt(1-ᾱ_t)."""
+        a = self.abar_at(t, x0)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def make_schedule(
+    alphas_cumprod: Tensor,
+    timesteps_desc: Tensor,
+    final_alpha_cumprod: float,
+    eta: float,
+) -> Schedule:
+    """Build a :class:`Schedule` from a scheduler's ᾱ table and its (descending) timesteps."""
+    if not 0.0 <= eta <= 1.0:
+        raise InputError(f"eta must be in [0, 1], got {eta}")
+    ac = alphas_cumprod.detach().to("cpu", torch.float64)
+    ts = timesteps_desc.detach().to("cpu", torch.int64).flip(0)
+    abar = ac[ts]
+    abar_prev = torch.cat([torch.tensor([float(final_alpha_cumprod)], dtype=torch.float64), abar[:-1]])
+    return Schedule(
+        timesteps=ts,
+        abar=abar.to(torch.float32),
+        abar_prev=abar_prev.to(torch.float32),
+        eta=float(eta),
+    )
+
+
+def check_steps(num_steps: int, skip: int) -> None:
+    """Reject step counts that cannot run: ``num_steps >= 1`` and ``0 <= skip < num_steps``."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise InputError(f"num_steps (--steps) must be an integer >= 1, got {num_steps!r}")
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise InputError(f"skip (--skip) must be an integer >= 0, got {skip!r}")
+    if skip >= num_steps:
+        raise InputError(
+            f"skip (--skip) must be smaller than the number of steps: got skip={skip} with "
+            f"num_steps={num_steps}; accepted: 0 <= skip <= {num_steps - 1}"
+        )
