@@ -26,21 +26,10 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]'")
 gradio_client = pytest.importorskip("gradio_client", reason="the demo tests need gradio_client (installed with Gradio)")
 
+from tests.helpers.browser import chromium  # noqa: E402
 from tests.helpers.demo_server import FLOWER, RESOLUTION, SKIP, STEPS, Server, client, request, unpack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-# no GPU, no sandbox (CI runs as root), and nothing a browser fetches by itself
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
 
 
 @pytest.fixture(scope="module")
@@ -81,59 +70,51 @@ def cli_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
 @pytest.mark.slow
 def test_page_in_chromium_uploads_edits_and_reuses_the_inversion(server: Server, tmp_path: Path) -> None:
     """A real Chromium uploads the example, types prompts, clicks Edit and sees 32x32 results."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no browser: {CHROMIUM} is missing (Debian: apt-get install -y chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extra)")
-
     requests: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(server.url, wait_until="load")
-            page.wait_for_selector("#ef-run", timeout=60_000)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(server.url, wait_until="load")
+        page.wait_for_selector("#ef-run", timeout=60_000)
 
-            page.locator("#ef-image input[type=file]").set_input_files(str(FLOWER))
-            page.wait_for_selector("#ef-image img", timeout=30_000)
-            page.locator("#ef-source textarea").fill("a pink flower with green leaves")
-            page.locator("#ef-targets textarea").fill("a yellow flower with green leaves\na pink flower made of paper")
-            for elem, value in (("#ef-steps", STEPS), ("#ef-skip", SKIP)):
-                box = page.locator(f"{elem} input[type=number]")
-                box.fill(str(value))
-                box.press("Enter")
-            page.locator("#ef-run").click()
-            page.wait_for_function(
-                "document.querySelectorAll('#ef-gallery img').length >= 4", timeout=120_000
-            )
-            page.wait_for_function(  # every image decoded
-                "[...document.querySelectorAll('#ef-gallery img')].every(i => i.complete && i.naturalWidth > 0)",
-                timeout=30_000,
-            )
-            images = page.evaluate(
-                "[...document.querySelectorAll('#ef-gallery img')].map(i => [i.naturalWidth, i.naturalHeight, i.alt])"
-            )
-            timings = page.locator("#ef-timings").inner_text()
-            page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
-
-            # the same settings again: the inversion comes from the session's cache
-            page.locator("#ef-run").click()
-            page.wait_for_function(
-                "document.querySelector('#ef-timings').innerText.includes('Inversion reused')", timeout=120_000
-            )
-            timings_again = page.locator("#ef-timings").inner_text()
-
-            # bad input: the CLI's message in the page, and the page keeps working
-            box = page.locator("#ef-skip input[type=number]")
-            box.fill(str(STEPS))
+        page.locator("#ef-image input[type=file]").set_input_files(str(FLOWER))
+        page.wait_for_selector("#ef-image img", timeout=30_000)
+        page.locator("#ef-source textarea").fill("a pink flower with green leaves")
+        page.locator("#ef-targets textarea").fill("a yellow flower with green leaves\na pink flower made of paper")
+        for elem, value in (("#ef-steps", STEPS), ("#ef-skip", SKIP)):
+            box = page.locator(f"{elem} input[type=number]")
+            box.fill(str(value))
             box.press("Enter")
-            page.locator("#ef-run").click()
-            message = page.get_by_text("must be smaller than the number of steps")
-            message.first.wait_for(timeout=60_000)
-            page.wait_for_timeout(1000)  # the toast slides in
-            page.screenshot(path=str(tmp_path / "demo-error.png"))  # the toast is in the viewport
-        finally:
-            browser.close()
+        page.locator("#ef-run").click()
+        page.wait_for_function(
+            "document.querySelectorAll('#ef-gallery img').length >= 4", timeout=120_000
+        )
+        page.wait_for_function(  # every image decoded
+            "[...document.querySelectorAll('#ef-gallery img')].every(i => i.complete && i.naturalWidth > 0)",
+            timeout=30_000,
+        )
+        images = page.evaluate(
+            "[...document.querySelectorAll('#ef-gallery img')].map(i => [i.naturalWidth, i.naturalHeight, i.alt])"
+        )
+        timings = page.locator("#ef-timings").inner_text()
+        page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+
+        # the same settings again: the inversion comes from the session's cache
+        page.locator("#ef-run").click()
+        page.wait_for_function(
+            "document.querySelector('#ef-timings').innerText.includes('Inversion reused')", timeout=120_000
+        )
+        timings_again = page.locator("#ef-timings").inner_text()
+
+        # bad input: the CLI's message in the page, and the page keeps working
+        box = page.locator("#ef-skip input[type=number]")
+        box.fill(str(STEPS))
+        box.press("Enter")
+        page.locator("#ef-run").click()
+        message = page.get_by_text("must be smaller than the number of steps")
+        message.first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)  # the toast slides in
+        page.screenshot(path=str(tmp_path / "demo-error.png"))  # the toast is in the viewport
 
     # input, reconstruction, two edits; all at the model's size
     assert len(images) == 4, images

@@ -9,20 +9,9 @@ from pathlib import Path
 import pytest
 
 from framework import cli
+from tests.helpers.browser import chromium
 from tests.helpers.runs import read_csv, run_inprocess
 
-CHROMIUM = "/usr/bin/chromium"
-# no GPU, no sandbox (CI runs as root), and nothing a browser fetches by itself
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
 WIDTH = 1400
 
 # digits_bench's kinds of methods at 10 steps on two items: ef_text sweeps a parameter that no
@@ -108,18 +97,11 @@ def test_rows_name_their_shared_inversion(report: Path) -> None:
 
 @pytest.mark.slow
 def test_report_fits_a_1400_px_window_in_chromium(report: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no browser: {CHROMIUM} is missing (Debian: apt-get install -y chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extra)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-            page.goto((report / "report" / "report.html").as_uri())
-            page.wait_for_load_state("load")
-            seen = page.evaluate(MEASURE)
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+        page.goto((report / "report" / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        seen = page.evaluate(MEASURE)
     assert seen["scrollWidth"] <= WIDTH
     assert seen["tables"] and all(t["width"] <= WIDTH for t in seen["tables"])
     assert [t["empty"] for t in seen["tables"]] == [[] for _ in seen["tables"]]
