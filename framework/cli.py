@@ -88,7 +88,10 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
         description="Invert IMAGE under the source prompt and regenerate it under each target "
         "prompt. " + SIZE_POLICY,
         epilog="Extra key=value arguments override the config, e.g. inverter.guidance_scale=2 "
-        "editor.guidance_scale=9 backbone.dtype=float16 inverter=ddpm_edit_friendly_reference.",
+        "editor.guidance_scale=9 backbone.dtype=float16 inverter=ddpm_edit_friendly_reference. "
+        f"Inverter presets (inverter=NAME): {', '.join(preset_names('inverter'))}. "
+        f"Editor presets (editor=NAME): {', '.join(preset_names('editor'))}. "
+        "`editfriendly list` shows every plugin's options.",
     )
     edit.add_argument("--image", required=True, help="the input image file")
     edit.add_argument("--source", required=True, help="a prompt describing the input image")

@@ -88,6 +88,9 @@ def test_edit_help_lists_every_backbone_preset(capsys) -> None:
     for name in presets:
         assert name in out, name
     assert "sd14 (default)" in out
+    for group in ("inverter", "editor"):  # the key=value presets too
+        for name in sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml")):
+            assert f" {name}," in out or f" {name}." in out, (group, name)
 
 
 def test_model_index_of_a_new_digits_folder_lists_its_words(tmp_path) -> None:
