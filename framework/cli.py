@@ -24,6 +24,7 @@ from pathlib import Path
 from framework.errors import ConfigError, EditFriendlyError, InputError
 from framework.naming import slug
 from framework.outputs import check_output_dir, make_output_dir
+from framework.presets import preset_names
 
 SIZE_POLICY = (
     "Any image size and mode (grayscale, RGBA, palette, 16-bit, ...) is accepted: it is converted "
@@ -32,22 +33,6 @@ SIZE_POLICY = (
     "scales the image to cover that size and center-crops it; sides must be multiples of the "
     "model's size multiple (64 for Stable Diffusion)."
 )
-
-
-def preset_names(group: str) -> list[str]:
-    """The preset names of a config group (``configs/<group>/*.yaml``), found where
-    :func:`framework.config.config_dir` finds them, without importing it (it loads OmegaConf)."""
-    import importlib.util
-    import os
-
-    env = os.environ.get("EDITFRIENDLY_CONFIG_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
-    if not env and not (root / "experiment").is_dir():
-        spec = importlib.util.find_spec("editfriendly_configs")  # the installed copy of configs/
-        if spec is not None and spec.submodule_search_locations:
-            root = Path(next(iter(spec.submodule_search_locations)))
-    folder = root / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def backbone_help() -> str:

@@ -39,7 +39,6 @@ config is fully resolved.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,6 +51,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from framework import schema
 from framework.errors import ConfigError
+from framework.presets import config_dir, preset_names
 from framework.schema import suggest
 
 GROUPS = ("backbone", "inverter", "editor")
@@ -73,23 +73,6 @@ FROM_PRESET = "_from_preset"
 RESERVED = (SETTINGS, BACKBONES_KEY, FROM_PRESET)
 
 
-def config_dir() -> Path:
-    """The folder of the shipped configs: $EDITFRIENDLY_CONFIG_DIR, the source tree's
-    ``configs/``, or the copy installed as package data."""
-    env = os.environ.get("EDITFRIENDLY_CONFIG_DIR")
-    if env:
-        return Path(env)
-    source = Path(__file__).resolve().parent.parent / "configs"
-    if (source / "experiment").is_dir():
-        return source
-    try:
-        import editfriendly_configs  # installed copy of configs/ (see pyproject.toml)
-
-        return Path(next(iter(editfriendly_configs.__path__)))
-    except ImportError:
-        return source
-
-
 def load_yaml(path: str | Path) -> DictConfig:
     """Load one YAML mapping; errors name the file."""
     path = Path(path)
@@ -102,12 +85,6 @@ def load_yaml(path: str | Path) -> DictConfig:
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return cfg
-
-
-def preset_names(group: str) -> list[str]:
-    """The preset files of a group, by name."""
-    folder = config_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def group_node(group: str, value: Any) -> dict[str, Any]:
