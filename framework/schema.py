@@ -86,6 +86,8 @@ class LoggerConfig:
 #: images in the logger's tables, and whether to save a reconstruction of every variant when no
 #: metric needs one (``auto``, true or false; read by the runner, not by the logger class)
 COMMON_LOGGER_KEYS = ("name", "save_dir", "run_name", "max_table_images", "reconstructions")
+#: the runner's defaults of the common keys it reads itself (the logger classes never see them)
+RUNNER_LOGGER_DEFAULTS: dict[str, Any] = {"max_table_images": 1000, "reconstructions": "auto"}
 #: what each logger accepts on top of :data:`COMMON_LOGGER_KEYS` (wandb: also the arguments of
 #: ``WandbLogger`` and ``wandb.init``, see :func:`logger_keys`)
 LOGGER_KEYS: dict[str, tuple[str, ...]] = {
@@ -165,6 +167,10 @@ def trainer_defaults() -> dict[str, Any]:
 
 def logger_defaults() -> dict[str, Any]:
     return defaults(LoggerConfig)
+
+
+#: an experiment's top-level defaults (``output_dir``, ``seed``, ...), as plain data
+RUN_DEFAULTS: dict[str, Any] = defaults(ExperimentConfig)
 
 
 def suggest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:

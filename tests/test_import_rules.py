@@ -38,6 +38,34 @@ def test_the_core_imports_no_plugin() -> None:
     assert not offenders, offenders
 
 
+def test_the_runner_and_the_report_do_not_import_each_other() -> None:
+    """``framework.experiment`` writes results tables and ``framework.report`` reads them; what
+    both need (the table format, the statistics) lives below both (``framework.tables``,
+    ``framework.stats``)."""
+    offenders = []
+    for pkg, other in (("experiment", "framework.report"), ("report", "framework.experiment")):
+        for path in sorted(ROOT.glob(f"framework/{pkg}/*.py")):
+            for line, module in _imported_modules(path):
+                if module == other or module.startswith(other + "."):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    for path in (ROOT / "framework" / "tables.py", ROOT / "framework" / "stats.py"):
+        for line, module in _imported_modules(path):
+            if module.startswith(("framework.experiment", "framework.report")):
+                offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not offenders, offenders
+
+
+def test_the_runner_takes_its_defaults_from_the_schema() -> None:
+    """The run's top-level defaults are written once, in ``framework.schema``: the runner's
+    source holds none of their values."""
+    from framework import schema
+
+    source = (ROOT / "framework" / "experiment" / "run.py").read_text(encoding="utf-8")
+    assert schema.RUN_DEFAULTS["output_dir"] == "runs/experiment" and schema.RUN_DEFAULTS["seed"] == 0
+    for literal in ('"runs/experiment"', '"seed", 0', '"max_table_images", 1000', '"reconstructions", "auto"'):
+        assert literal not in source, literal
+
+
 def test_the_loop_has_no_global_table_of_step_rules() -> None:
     import framework.sampling as sampling
 

@@ -33,79 +33,23 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-BASE_COLUMNS = [
-    "item_id",
-    "method",
-    "variant",
-    "setting",
-    "target_index",
-    "target_prompt",
-    "source_prompt",
-    "seed_index",
-    "seed",
-    "num_steps",
-    "skip",
-    "status",
-    "error",
-    "input_path",
-    "output_path",
-    "item_sha256",
-    "image_sha256",
-    "input_sha256",
-    "output_sha256",
-]
-#: columns some rows have: the variant's reconstruction (the edit with the source prompt),
-#: saved when a metric computes it or ``logger.reconstructions: true``
-OPTIONAL_COLUMNS = ["reconstruction_path", "reconstruction_sha256"]
-#: each image column of a row and the column holding the sha256 of its file
-FILE_COLUMNS = {
-    "input_path": "input_sha256",
-    "output_path": "output_sha256",
-    "reconstruction_path": "reconstruction_sha256",
-}
-KEY_COLUMNS = ("item_id", "variant", "setting", "target_index", "seed_index")
-
-
-def row_key(row: dict[str, Any]) -> tuple:
-    """The identity of a row (what resume and de-duplication go by)."""
-    return (
-        str(row["item_id"]),
-        str(row["variant"]),
-        str(row["setting"]),
-        int(row["target_index"]),
-        int(row["seed_index"]),
-    )
-
-
-def parts_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "parts"
-
-
-def read_rows(output_dir: str | Path) -> list[dict[str, Any]]:
-    """Every row of every part file, in file order (torn or malformed lines skipped)."""
-    rows = []
-    folder = parts_dir(output_dir)
-    if not folder.is_dir():
-        return rows
-    for path in sorted(folder.glob("rows-*.jsonl")):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    row = json.loads(line)
-                    row_key(row)
-                except (ValueError, KeyError, TypeError):
-                    continue
-                rows.append(row)
-    return rows
+from framework.tables import (  # noqa: F401 (the format, re-exported)
+    BASE_COLUMNS,
+    FILE_COLUMNS,
+    KEY_COLUMNS,
+    OPTIONAL_COLUMNS,
+    columns_for,
+    csv_cell,
+    merge_rows,
+    parts_dir,
+    read_rows,
+    row_key,
+)
 
 
 def done_keys(output_dir: str | Path) -> set[tuple]:
@@ -164,39 +108,6 @@ def _json_default(value: Any) -> Any:
         return str(value)
 
 
-def merge_rows(rows: Iterable[dict[str, Any]], order: dict[str, int] | None = None) -> list[dict[str, Any]]:
-    """One row per key (last ok wins, else last failed), sorted by item, variant order, target, seed."""
-    best: dict[tuple, dict[str, Any]] = {}
-    for row in rows:
-        key = row_key(row)
-        old = best.get(key)
-        if old is None or row.get("status") == "ok" or old.get("status") != "ok":
-            best[key] = row
-    order = order or {}
-
-    def sort_key(row: dict[str, Any]) -> tuple:
-        return (
-            str(row["item_id"]),
-            order.get(str(row["variant"]), len(order)),
-            str(row["variant"]),
-            str(row["setting"]),
-            int(row["target_index"]),
-            int(row["seed_index"]),
-        )
-
-    return sorted(best.values(), key=sort_key)
-
-
-def columns_for(rows: Sequence[dict[str, Any]], sweep: Sequence[str], metric_columns: Sequence[str]) -> list[str]:
-    """Base columns, then swept keys, then metric columns, then anything else seen (sorted)."""
-    cols = list(BASE_COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(c in r for r in rows)]
-    for c in list(sweep) + list(metric_columns):
-        if c not in cols:
-            cols.append(c)
-    rest = sorted({k for r in rows for k in r} - set(cols))
-    return cols + rest
-
-
 def current_rows(rows: Iterable[dict[str, Any]], item_digests: dict[str, str]) -> list[dict[str, Any]]:
     """The rows computed from the items as they are now: the item still exists and the row's
     ``item_sha256`` is the item's digest (image bytes, prompts, mask, fields). Other rows (of a
@@ -213,16 +124,8 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: _cell(row.get(c)) for c in columns})
+        writer.writerow({c: csv_cell(row.get(c)) for c in columns})
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
     return path
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return value

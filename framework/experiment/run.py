@@ -60,7 +60,7 @@ from framework.experiment.results import (
 )
 from framework.experiment.resume import ItemDigest, ResumePlan, item_digests, plan_resume
 from framework.experiment.writer import ResultsWriter
-from framework.report.stats import summarize, summary_columns
+from framework.stats import summarize, summary_columns
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +304,8 @@ def run_experiment(
     if "data" not in plain or not isinstance(plain["data"], dict):
         raise ConfigError("the experiment needs data: {name: yaml_list|pie_bench|folder, path: ...}")
     plain["data"] = resolve_data_path(plain["data"], experiment)
-    output_dir = Path(str(plain.get("output_dir") or "runs/experiment"))
-    seed = check_seed(plain.get("seed", 0))
+    output_dir = Path(str(plain.get("output_dir") or schema.RUN_DEFAULTS["output_dir"]))
+    seed = check_seed(plain.get("seed", schema.RUN_DEFAULTS["seed"]))
     backbone_cfg = plain.get("backbone")
     if backbone_cfg is None:
         raise ConfigError("the experiment needs a backbone, e.g. backbone: {name: tiny}")
@@ -333,8 +333,9 @@ def run_experiment(
     check_output_dir(output_dir, "output_dir")
     logger_cfg = plain.get("logger")
     opts = logger_cfg if isinstance(logger_cfg, dict) else {}
-    max_images = int(opts.get("max_table_images", 1000))
-    recon = opts.get("reconstructions", "auto")
+    opts = {**schema.RUNNER_LOGGER_DEFAULTS, **opts}
+    max_images = int(opts["max_table_images"])
+    recon = opts["reconstructions"]
     if recon not in ("auto", True, False):
         raise ConfigError(f"logger.reconstructions must be auto, true or false, got {recon!r}")
     # auto: save (and log) the reconstructions that a metric computes anyway

@@ -149,13 +149,13 @@ def read_config(path: Path) -> dict[str, Any] | None:
 def read_part_files(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The rows of an unfinished run, merged from its per-rank part files as the runner's final
     merge would (one row per key, the last ok one winning), as a header and string cells."""
-    from framework.experiment.results import _cell, columns_for, merge_rows, read_rows
+    from framework.tables import columns_for, csv_cell, merge_rows, read_rows
 
     rows = merge_rows(read_rows(path))
     header = columns_for(rows, [], [])
 
     def text(value: Any) -> str:  # the runner's CSV cell rule
-        out = _cell(value)
+        out = csv_cell(value)
         return "" if out is None else str(out)
 
     return header, [{c: text(r.get(c)) for c in header} for r in rows]
