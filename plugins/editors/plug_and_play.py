@@ -72,7 +72,7 @@ import torch
 from torch import Tensor
 
 from framework.backbone import guide
-from framework.conditioning import broadcast_rows, cat_rows
+from framework.conditioning import Cond, Conditioning, broadcast_rows, cat_rows, num_rows
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.prompts import PromptOption
@@ -190,7 +190,7 @@ class _EmptyPromptGuidance:
 
     def __init__(
         self,
-        empty: Tensor,
+        empty: Cond,
         source: Guidance | None,
         targets: Guidance,
         k: int,
@@ -205,9 +205,9 @@ class _EmptyPromptGuidance:
         self.source_uncond_shared = False
         self.source_cond_shared = False
         if source is not None:
-            self.source_cond_shared = bool(torch.equal(source.cond, empty))
-            self.source_uncond_shared = source.uncond is not None and source.per_step is None and bool(
-                torch.equal(source.uncond, empty)
+            self.source_cond_shared = same_condition(source.cond, empty)
+            self.source_uncond_shared = (
+                source.uncond is not None and source.per_step is None and same_condition(source.uncond, empty)
             )
 
     def _source_rows(self, i: int) -> list[Tensor]:
@@ -255,6 +255,16 @@ class _EmptyPromptGuidance:
             e_u, e_c = e_t[: self.k], e_t[self.k :]
             e_t = guide(e_u, e_c, self.targets.scale)
         return torch.cat([e_src, e_t])
+
+
+def same_condition(a: Cond, b: Cond) -> bool:
+    """Whether two conditionings are equal, field by field (tensors: ``torch.equal``)."""
+    if isinstance(a, Conditioning) or isinstance(b, Conditioning):
+        if type(a) is not type(b):
+            return False
+        fa, fb = a.tensors(), b.tensors()  # type: ignore[union-attr]
+        return fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+    return bool(torch.equal(a, b))
 
 
 def copy_row_over(x: Tensor, row: int, first: int) -> Tensor:
@@ -397,14 +407,14 @@ class PlugAndPlay(Editor):
         self,
         backbone: Backbone,
         inversion: Inversion,
-        src_cond: Tensor,
-        tgt_cond: Tensor,
-        negative: Tensor | None,
+        src_cond: Cond,
+        tgt_cond: Cond,
+        negative: Cond,
     ) -> Guidance:
         """The ``guided`` batch: [uncond: source, targets; cond: source, targets], the source
         row with the inversion's guidance scale and unconditional embeddings."""
         o = self.options
-        k = tgt_cond.shape[0]
+        k = num_rows(tgt_cond)
         null = backbone.null_condition()
         uncond = null if negative is None else cat_rows([null, broadcast_rows(negative, k)])
         scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)
