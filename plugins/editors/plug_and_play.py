@@ -72,7 +72,7 @@ import torch
 from torch import Tensor
 
 from framework.backbone import guide
-from framework.conditioning import Cond, Conditioning, broadcast_rows, cat_rows, num_rows
+from framework.conditioning import Conditioning, broadcast_rows, cat_rows, num_rows
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.prompts import PromptOption
@@ -190,29 +190,29 @@ class _EmptyPromptGuidance:
 
     def __init__(
         self,
-        empty: Cond,
+        empty: Conditioning,
         source: Guidance | None,
         targets: Guidance,
         k: int,
         injection: _Injection,
     ) -> None:
-        self.empty = empty  # (1, L, D)
+        self.empty = empty  # one row: the null text
         self.source = source  # the inversion's guidance of the source row where needed, else None
-        self.targets = targets  # the targets' guidance (cond (K, L, D), uncond or None)
+        self.targets = targets  # the targets' guidance (cond K rows, uncond or None)
         self.k = k
         self.injection = injection
         # which source rows the pass needs: the empty-prompt row is reused where it is equal
         self.source_uncond_shared = False
         self.source_cond_shared = False
         if source is not None:
-            self.source_cond_shared = same_condition(source.cond, empty)
-            self.source_uncond_shared = (
-                source.uncond is not None and source.per_step is None and same_condition(source.uncond, empty)
+            self.source_cond_shared = empty.equal(source.cond)
+            self.source_uncond_shared = source.uncond is not None and source.per_step is None and empty.equal(
+                source.uncond
             )
 
-    def _source_rows(self, i: int) -> list[Tensor]:
-        """The embeddings of the source rows after the empty-prompt row at step i."""
-        rows: list[Tensor] = []
+    def _source_rows(self, i: int) -> list[Conditioning]:
+        """The conditionings of the source rows after the empty-prompt row at step i."""
+        rows: list[Conditioning] = []
         if self.source is None:
             return rows
         u = self.source.uncond_at(i, 1)
@@ -255,16 +255,6 @@ class _EmptyPromptGuidance:
             e_u, e_c = e_t[: self.k], e_t[self.k :]
             e_t = guide(e_u, e_c, self.targets.scale)
         return torch.cat([e_src, e_t])
-
-
-def same_condition(a: Cond, b: Cond) -> bool:
-    """Whether two conditionings are equal, field by field (tensors: ``torch.equal``)."""
-    if isinstance(a, Conditioning) or isinstance(b, Conditioning):
-        if type(a) is not type(b):
-            return False
-        fa, fb = a.tensors(), b.tensors()  # type: ignore[union-attr]
-        return fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
-    return bool(torch.equal(a, b))
 
 
 def copy_row_over(x: Tensor, row: int, first: int) -> Tensor:
@@ -407,9 +397,9 @@ class PlugAndPlay(Editor):
         self,
         backbone: Backbone,
         inversion: Inversion,
-        src_cond: Cond,
-        tgt_cond: Cond,
-        negative: Cond,
+        src_cond: Conditioning,
+        tgt_cond: Conditioning,
+        negative: Conditioning | None,
     ) -> Guidance:
         """The ``guided`` batch: [uncond: source, targets; cond: source, targets], the source
         row with the inversion's guidance scale and unconditional embeddings."""
