@@ -5,17 +5,17 @@ unconditional one returns None), and its ``model_output`` reads the fields it ne
 Diffusion 1.x and the text-conditional pixel models condition on one tensor, the text encoder's
 hidden states (K, L, D), held as ``embeds``. A family that needs more adds fields to a
 subclass, each a tensor with one row per prompt. SDXL (diffusers'
-``StableDiffusionXLPipeline.encode_prompt`` and ``_get_add_time_ids``), for instance::
+``StableDiffusionXLPipeline.encode_prompt``; ``plugins/backbones/sdxl.py``), for instance::
 
     @dataclass(frozen=True)
     class SDXLConditioning(Conditioning):
         pooled: Tensor     # (K, 1280): the second text encoder's pooled output ("text_embeds")
-        time_ids: Tensor   # (K, 6): original size, crop corner, target size ("time_ids")
 
         learnable = ("embeds", "pooled")
 
 with ``embeds`` the two encoders' hidden states concatenated (K, 77, 2048); its backbone's
-``model_output`` passes ``added_cond_kwargs={"text_embeds": c.pooled, "time_ids": c.time_ids}``.
+``model_output`` passes ``added_cond_kwargs={"text_embeds": c.pooled, "time_ids": ...}`` with
+the added time ids made from the latent's size (they describe the image, not the prompt).
 
 Nothing outside a backbone touches a field by name. The loop, guidance and the batched
 inversion only select, broadcast, repeat, concatenate and replace rows (:meth:`~Conditioning.rows`,
@@ -30,7 +30,7 @@ that compute with conditionings do so field by field, so that every field comes 
 * null-text inversion optimises the fields a class declares in ``learnable`` (SD 1.x: the
   hidden states; SDXL: both encoders' parts, ``embeds`` and ``pooled``) of the unconditional
   conditioning, one optimizer over all of them (:meth:`~Conditioning.learnable_leaves`,
-  :meth:`~Conditioning.with_tensors`); the other fields (time ids) stay as encoded;
+  :meth:`~Conditioning.with_tensors`); the other fields stay as encoded;
 * per-step conditionings (null-text's per-step unconditional ones, negative-prompt
   inversion's one for all steps) are one conditioning of the same type whose fields have a
   leading step axis (:meth:`~Conditioning.stack`, :meth:`~Conditioning.at`); it is an ordinary

@@ -196,6 +196,14 @@ def test_attention_editors_control_sdxl_layers(xl, ef):
     ]
 
 
+def test_null_text_optimises_both_text_fields(xl, inversions):
+    """Null-text inversion learns SDXL's ``learnable`` fields (both encoders' hidden states and
+    the pooled embedding) of the unconditional conditioning, which starts at zeros here."""
+    per_step = inversions["null_text"].uncond_embeddings
+    assert type(per_step).__name__ == "SDXLConditioning" and type(per_step).learnable == ("embeds", "pooled")
+    assert per_step.embeds.abs().amax() > 0 and per_step.pooled.abs().amax() > 0
+
+
 # ----------------------------------------------------------------------------- the matrix
 INVERTER_NAMES = ["ddpm_edit_friendly", "cycle_diffusion", "ddim", "null_text", "negative_prompt", "edict"]
 INVERTER_OPTIONS = {"null_text": {"num_inner_steps": 2}}

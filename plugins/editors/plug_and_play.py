@@ -16,7 +16,11 @@ Default layers are the PnP paper's for Stable Diffusion: features from ``up_bloc
 ``up_blocks.2.attentions.*``, ``up_blocks.3.attentions.*``). On a smaller UNet missing layers
 are mapped by :func:`plugins.editors.unet_hooks.resolve_layers` (block index clamped to the last
 block, then layer index to the block's last layer): on the tiny test model the features come
-from ``up_blocks.1.resnets.1`` and the attention from ``up_blocks.1.attentions.0..1``.
+from ``up_blocks.1.resnets.1`` and the attention from ``up_blocks.1.attentions.0..1``. On SDXL
+(three decoder levels: 32², 64² with attention, 128² without, at 1024²) the same rule takes the
+features from ``up_blocks.1.resnets.1`` and the attention from every layer of ``up_blocks.1``
+(each of them two transformer blocks deep): the layers are placed by the decoder's structure,
+which SDXL shares with the digits model (see :mod:`plugins.editors.unet_hooks`).
 
 **The source branch** (``source_branch``):
 
