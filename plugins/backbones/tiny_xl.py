@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from framework.backbone import dtype_name
 from framework.prompts import PromptRules
 from framework.registry import BACKBONES
 from plugins.backbones.sdxl import SDXLBackbone, SDXLOptions, sdxl_prompt_rules
@@ -204,4 +205,5 @@ class TinyXLBackbone(SDXLBackbone):
         d = super().describe()
         d.update(asdict(self.tiny_options))
         d["class"] = type(self).__name__
+        d["dtype"], d["vae_dtype"] = dtype_name(self.dtype), dtype_name(self.vae_dtype)  # as resolved
         return d
