@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.backbone import load_backbone
+from framework.backbone import load_backbone, load_prompt_rules
 from framework.conditioning import Conditioning
-from framework.errors import InputError
+from framework.errors import InputError, WeightsNotFoundError
 from framework.random import make_generator
 from framework.registry import EDITORS, INVERTERS
 from framework.sampling import reverse_process
@@ -109,6 +109,8 @@ def test_vae_upcast_and_prompt_rules(xl):
     assert vae_upcast(torch.float16, "float16", {"force_upcast": True}) == torch.float16
     assert vae_upcast(torch.bfloat16, None, {"force_upcast": True}) == torch.bfloat16
     assert vae_upcast(torch.float16, None, {}) == torch.float16
+    half = load_backbone("tiny_xl", device="cpu", dtype="float16")  # the tiny VAE says force_upcast
+    assert half.unet.dtype == torch.float16 and half.vae.dtype == torch.float32
     rules = xl.prompt_rules()
     assert rules.problems([SOURCE]) == []
     long = " ".join(["cat"] * 80)
@@ -129,13 +131,20 @@ def test_sdxl_random_has_the_published_sizes():
     assert {n: sum(p.numel() for p in m.parameters()) for n, m in zip(names, modules)} == SDXL_PARAMETERS
 
 
-def test_config_picks_sdxl_for_an_sdxl_folder(xl):
+def test_config_picks_sdxl_for_an_sdxl_folder(xl, tmp_path):
     from framework.config import backbone_config
     from plugins.backbones.tiny_xl import TinyXLOptions, tiny_xl_model_path
 
     folder = str(tiny_xl_model_path(TinyXLOptions()))
     assert backbone_config(folder) == {"name": "sdxl", "model": folder}
     assert backbone_config("sdxl")["name"] == "sdxl" and backbone_config("sdxl_random")["name"] == "sdxl_random"
+    rules = load_prompt_rules(folder)  # the tokenizers alone, before any network loads
+    assert rules is not None and rules.max_tokens == 77 and rules.tokenizer_2 is not None
+    partial = tmp_path / "partial"
+    (partial / "unet").mkdir(parents=True)
+    (partial / "unet" / "config.json").write_text("{}")
+    with pytest.raises(WeightsNotFoundError, match="incomplete: vae/, .*text_encoder_2/.* are missing"):
+        load_backbone({"name": "sdxl", "model": str(partial)}, device="cpu")
 
 
 # ----------------------------------------------------------------------------- exactness
