@@ -121,14 +121,14 @@ def test_vae_upcast_and_prompt_rules(xl):
 
 
 def test_sdxl_random_has_the_published_sizes():
-    """The full-size architecture on the meta device (no memory, no weights)."""
-    from plugins.backbones.sdxl_random import SDXL_PARAMETERS, build_sdxl_modules
-    from plugins.backbones.tiny import build_tokenizer
+    """The full-size backbone on the meta device (shapes only: no memory, no weights)."""
+    from plugins.backbones.sdxl_random import SDXL_PARAMETERS
 
-    with torch.device("meta"):
-        modules = build_sdxl_modules((build_tokenizer(), build_tokenizer(pad_token="!")), torch.float32, torch.float32)
-    names = ("text_encoder", "text_encoder_2", "unet", "vae")
-    assert {n: sum(p.numel() for p in m.parameters()) for n, m in zip(names, modules)} == SDXL_PARAMETERS
+    bb = load_backbone("sdxl_random", device="meta", dtype="float16")
+    assert bb.parameter_counts() == SDXL_PARAMETERS
+    assert (bb.resolution, bb.size_multiple, bb.max_tokens, bb.embed_dim, bb.pooled_dim) == (1024, 32, 77, 2048, 1280)
+    assert bb.unet.dtype == torch.float16 and bb.vae.dtype == torch.float32  # force_upcast
+    assert bb.force_zeros and bb.describe()["random_weights"]
 
 
 def test_config_picks_sdxl_for_an_sdxl_folder(xl, tmp_path):
@@ -184,9 +184,23 @@ def test_p2p_without_replacement_and_pnp_without_injection_equal_the_text_edit(x
     torch.testing.assert_close(out, text, rtol=0, atol=1e-4)
 
 
-def test_attention_editors_control_sdxl_layers(xl, ef):
-    res = EDITORS.build({"name": "prompt_to_prompt"}).run(xl, ef, SOURCE, TARGETS, skip=SKIP)
-    assert res.controlled_calls > 0
+def test_attention_editors_control_sdxl_layers(xl, ef, x0):
+    longer = "a red photo of a cat"  # one more word: refine
+    res = EDITORS.build({"name": "prompt_to_prompt"}).run(xl, ef, SOURCE, [TARGETS[0], longer], skip=SKIP)
+    assert res.modes == ["replace", "refine"] and res.controlled_calls > 0
+    # the source row still reconstructs x0, to the float32 rounding of a batch of 3 rows through
+    # the explicit attention of the controlled layers (the inversion ran 1 row through SDPA)
+    assert (res.source - x0).abs().max() <= 1e-4
+    uncontrolled = EDITORS.build({"name": "prompt_to_prompt", "cross_replace_steps": 0.0, "self_replace_steps": 0.0})
+    plain = uncontrolled.run(xl, ef, SOURCE, [TARGETS[0], longer], skip=SKIP).targets
+    assert (res.targets - plain).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # the control acts on both
+    # Plug-and-Play's injection acts too
+    pnp = {"name": "plug_and_play", "negative_prompt": ""}
+    injected = EDITORS.build(pnp).edit(xl, ef, SOURCE, TARGETS, skip=SKIP)
+    none = EDITORS.build({**pnp, "feature_injection": 0.0, "attention_injection": 0.0}).edit(
+        xl, ef, SOURCE, TARGETS, skip=SKIP
+    )
+    assert (injected - none).abs().amax(dim=(1, 2, 3)).min() > 1e-3
     # cross-attention in both attention levels; self-attention only at the coarser one
     # (side <= 0.25 x the latent side: 4 of 16, as 16 of 64 in SD and 32 of 128 in SDXL)
     layers = res.controlled_layers

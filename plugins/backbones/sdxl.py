@@ -262,10 +262,13 @@ class SDXLBackbone(StableDiffusionBackbone):
         """(K,) prompts -> :class:`SDXLConditioning` (embeds (K, L, D1 + D2), pooled (K, P)),
         float32 on the device (``StableDiffusionXLPipeline.encode_prompt`` without CLIP skip)."""
         prompts = prompt_list(prompts)
+        truncate = bool(self.options.truncate_prompts)
+        check_prompt_lengths(self.tokenizer, prompts, self.max_tokens, truncate)
+        if not truncate:  # (a cut prompt is reported once, above)
+            check_prompt_lengths(self.tokenizer_2, prompts, self.max_tokens, truncate)
         hidden = []
         pooled = None
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            check_prompt_lengths(tokenizer, prompts, self.max_tokens, bool(self.options.truncate_prompts))
             ids = tokenizer(
                 prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
             ).input_ids.to(self.device)
