@@ -81,6 +81,17 @@ def test_conditioning_equals_the_pipelines_encode_prompt(xl, pipe):
     empty = xl.encode_prompt([""])
     torch.testing.assert_close(empty.embeds, negative[:1], rtol=0, atol=1e-6)
     torch.testing.assert_close(empty.pooled, negative_pooled[:1], rtol=0, atol=1e-6)
+    # a model without force_zeros_for_empty_prompt: the encoding of "" on both sides
+    pipe.register_to_config(force_zeros_for_empty_prompt=False)
+    xl.force_zeros = False
+    try:
+        _, negative, _, negative_pooled = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=True)
+        null = xl.null_condition()
+    finally:
+        pipe.register_to_config(force_zeros_for_empty_prompt=True)
+        xl.force_zeros = True
+    torch.testing.assert_close(null.embeds, negative[:1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(null.pooled, negative_pooled[:1], rtol=0, atol=1e-6)
     # the added time ids of a 32x24 image, from a latent of 16x12
     ids = pipe._get_add_time_ids((32, 24), (0, 0), (32, 24), torch.float32, text_encoder_projection_dim=24)
     assert torch.equal(xl.add_time_ids(16 * xl.vae_scale, 12 * xl.vae_scale), ids)

@@ -128,7 +128,7 @@ def force_zeros_for_empty_prompt(model: str, **kw: Any) -> bool:
             from huggingface_hub import hf_hub_download
 
             data = json.loads(Path(hf_hub_download(model, "model_index.json", **kw)).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
+    except Exception:  # not readable or not reachable (any transport error): the pipeline's default
         return True
     return bool(data.get("force_zeros_for_empty_prompt", True)) if isinstance(data, dict) else True
 
@@ -187,7 +187,7 @@ class SDXLBackbone(StableDiffusionBackbone):
             unet,
             vae,
             DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading"),
-            force_zeros_for_empty_prompt(options.model, **{**kw, "local_files_only": True}),
+            force_zeros_for_empty_prompt(options.model, **kw),
         )
 
     def attach_xl(
