@@ -549,6 +549,8 @@ def backbone_config(name_or_path: str) -> dict[str, Any]:
         return {"name": "pixel_ddpm", "model": name_or_path}
     if is_text_pixel_model_folder(name_or_path):
         return {"name": "text_pixel_ddpm", "model": name_or_path}
+    if is_sdxl_model_folder(name_or_path):
+        return {"name": "sdxl", "model": name_or_path}
     if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).exists():
         # Not a folder and not owner/name: a typo of a preset, not a hub id worth a lookup.
         names = sorted(set(preset_names("backbone")) | set(BACKBONES.names()))
@@ -559,6 +561,23 @@ def backbone_config(name_or_path: str) -> dict[str, Any]:
                 "or a hub id owner/name, or a local diffusers folder)"
             )
     return {"name": "stable_diffusion", "model": name_or_path}
+
+
+def is_sdxl_model_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a local diffusers folder of Stable Diffusion XL (``model_index.json``'s
+    ``_class_name`` an SDXL pipeline, or, without an index, a ``text_encoder_2/`` beside ``unet/``)."""
+    import json
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return False
+    index = folder / "model_index.json"
+    try:
+        if index.exists():
+            return str(json.loads(index.read_text()).get("_class_name", "")).startswith("StableDiffusionXL")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (folder / "unet").is_dir() and (folder / "text_encoder_2").is_dir()
 
 
 def is_text_pixel_model_folder(path: str | Path) -> bool:

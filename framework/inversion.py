@@ -10,8 +10,11 @@ An inversion also says how to regenerate from it (see ``framework/sampling.py``)
 names its step rule (``ddpm``: eq. 3 with ``zs`` and ``eta``, DDIM where σ = 0; ``edict``: the
 coupled pair, whose second sequence is ``coupled``) and ``rule_factory`` builds it (None: eq. 3;
 an inverter with its own rule sets it, so the loop needs no table of rules), and ``uncond_embeddings`` is its
-unconditional embedding per step (null-text inversion; one row for all steps: negative-prompt
-inversion), used instead of the null text wherever an edit applies classifier-free guidance.
+unconditional conditioning per step (null-text inversion; one entry for all steps: negative-prompt
+inversion), used instead of the null text wherever an edit applies classifier-free guidance. It
+is a :class:`~framework.conditioning.Conditioning` of the backbone's type stacked over the steps
+(:meth:`~framework.conditioning.Conditioning.stack`: every field (n or 1, B, ...)), so it carries
+every field of the backbone's conditioning.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from framework.schema import DEFAULT_NUM_STEPS
 
 if TYPE_CHECKING:
     from framework.backbone import Backbone
-    from framework.conditioning import Cond
+    from framework.conditioning import Cond, Conditioning
     from framework.process import ProcessSchedule
 
 
@@ -54,7 +57,9 @@ class Inversion:
     rule_factory: Callable[..., Any] | None = None
     rule_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"mix_weight": 0.93}
     coupled: Tensor | None = None  # (n+1, B, C, h, w): EDICT's second sequence y_i
-    uncond_embeddings: Tensor | None = None  # (n or 1, 1, L, D): unconditional embedding of step i
+    # unconditional conditioning of step i: entry i-1 of a stacked conditioning, every field
+    # (n or 1, B, ...) (SD 1.x: embeds (n or 1, B, L, D)); one entry: the same for every step
+    uncond_embeddings: Conditioning | None = None
 
     @property
     def deterministic(self) -> bool:

@@ -5,8 +5,8 @@ Design. An :class:`~framework.inversion.Inversion` decides how to regenerate fro
 * its **step rule** (:class:`StepRule`, built by ``Inversion.regeneration``): eq. 3,
   x_{i-1} = μ̂_i(x_i) + σ_i z_i with the inversion's noise maps (:class:`DDPMRule`; σ = 0 is
   DDIM), or another update such as EDICT's coupled pair (``plugins/inverters/edict.py``);
-* its **per-step conditioning**: an unconditional embedding per step (null-text inversion) or
-  one for all steps (negative-prompt inversion), used in place of the null text wherever the
+* its **per-step conditioning**: an unconditional conditioning per step (null-text inversion)
+  or one for all steps (negative-prompt inversion), used in place of the null text wherever the
   edit applies classifier-free guidance (:class:`Guidance`).
 
 An editor chooses the rows (targets, and a source row for the attention-controlling editors),
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from framework import progress
-from framework.conditioning import replace_rows
+from framework.conditioning import Conditioning, replace_rows
 from framework.errors import InputError
 from framework.inversion import Inversion
 from framework.process import ProcessSchedule
@@ -53,22 +53,22 @@ class Guidance:
     """Classifier-free guidance of a batch of B rows at step i.
 
     ``cond`` and ``uncond`` have 1 or B rows; ``uncond`` None means no guidance (ε = ε_c).
-    ``per_step`` (n or 1 rows of (1, ...)) is the inversion's unconditional embedding of step i
-    (row i-1, or row 0 for all steps); it replaces ``uncond`` in the rows ``per_step_rows``
-    (all rows when None).
+    ``per_step`` (a stacked conditioning, :meth:`Conditioning.stack`, of n or 1 entries) is the
+    inversion's unconditional conditioning of step i (entry i-1, or entry 0 for all steps); it
+    replaces ``uncond`` in the rows ``per_step_rows`` (all rows when None).
     """
 
     cond: Cond
     uncond: Cond
     scale: float | Tensor
-    per_step: Tensor | None = None
+    per_step: Conditioning | None = None
     per_step_rows: slice | None = None
 
     def uncond_at(self, i: int, batch: int) -> Cond:
-        """The unconditional embedding of step i for a batch of ``batch`` rows."""
+        """The unconditional conditioning of step i for a batch of ``batch`` rows."""
         if self.uncond is None or self.per_step is None:
             return self.uncond
-        u = self.per_step[min(i - 1, self.per_step.shape[0] - 1)].to(self.uncond.device, self.uncond.dtype)
+        u = self.per_step.at(min(i - 1, len(self.per_step) - 1)).to(self.uncond.device, self.uncond.dtype)
         if self.per_step_rows is None:
             return u
         return replace_rows(self.uncond, self.per_step_rows, u, batch)
@@ -88,7 +88,7 @@ def inversion_guidance(
 ) -> Guidance:
     """Guidance for an edit of ``inversion``: no unconditional branch where every scale is 1;
     else ``uncond`` (default: the null text), with the inversion's per-step unconditional
-    embedding (if it has one) in ``per_step_rows`` (default: every row)."""
+    conditioning (if it has one) in ``per_step_rows`` (default: every row)."""
     if isinstance(scale, Tensor):
         needs = bool((scale != 1).any())
     else:

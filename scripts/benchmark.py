@@ -19,9 +19,15 @@ and writes JSON (``--json``), a plot (``--plot``) and a Markdown table (stdout).
     python scripts/benchmark.py --backbone sd14_random --device cuda \\
         --dtypes float32,float16 --timestep-batch 1,auto                     # GPU, SD 1.4 sizes
     python scripts/benchmark.py --backbone sd14 --device cuda --dtypes float16   # real weights
+    python scripts/benchmark.py --backbone sdxl_random --device cuda \
+        --dtypes float32,float16 --timestep-batch 1,4,auto                   # GPU, SDXL at 1024²
+    python scripts/benchmark.py --backbone tiny_xl --device cpu              # CPU, SDXL's code path
 
-CUDA timings synchronise the device around every timed region. ``sd14_random`` has random
-weights: its timings and memory are SD 1.4's, its images are noise.
+CUDA timings synchronise the device around every timed region. ``sd14_random`` and
+``sdxl_random`` have random weights: their timings and memory are SD 1.4's and SDXL base's
+(1024² by default, the model's resolution), their images are noise. With ``float16`` the SDXL
+backbones keep the VAE in float32 (its ``force_upcast``), and the schedule and the noise maps
+are float32 with every backbone.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from framework.backbone import load_backbone
 from framework.batched_inversion import auto_choice, auto_measurements
+from framework.conditioning import broadcast_rows
 from framework.registry import EDITORS, INVERTERS
 
 SOURCE = "a photo of a cat"
@@ -97,7 +104,7 @@ def network_floor(backbone: Any, calls: list[tuple[tuple[int, ...], bool]]) -> f
     for shape, per_row in calls:
         x = torch.randn(shape, generator=g).to(device)
         t = torch.randint(1, 999, (shape[0],), generator=g).to(device) if per_row else 500
-        inputs.append((x, t, cond1.expand(shape[0], *cond1.shape[1:])))
+        inputs.append((x, t, broadcast_rows(cond1, shape[0])))
     for shape in {s for s, _ in calls}:  # warm-up, once per shape
         x, t, c = next(i for i in inputs if tuple(i[0].shape) == shape)
         backbone.model_output(x, t, c)

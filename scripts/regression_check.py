@@ -4,7 +4,7 @@ A refactor of the numerical core must not change a single bit of any result. Thi
 every registered inverter with every registered editor (a few steps, skip 0 and skip > 0) on
 the offline models (``tiny``, ``tiny_v``, ``digits``; ``tiny_pixel`` and ``gaussian`` with the
 prompt-free editors), on fixed inputs and seeds, and saves every output tensor (the inversion's
-x_i, noise maps, coupled sequence and per-step unconditional embeddings, and every edit), the
+x_i, noise maps, coupled sequence and per-step unconditional conditionings, and every edit), the
 network-evaluation counts and the messages of combinations that refuse to run, to one file:
 
     python scripts/regression_check.py record before.pt
@@ -122,10 +122,14 @@ def record(out: Path, threads: int, only: list[str] | None) -> None:
                     results[f"{key}/error"] = f"{type(exc).__name__}: {exc}"
                     continue
                 results[f"{key}/nfe"] = inv.nfe
-                for field in ("xts", "zs", "coupled", "uncond_embeddings"):
+                for field in ("xts", "zs", "coupled"):
                     value = getattr(inv, field)
                     if value is not None:
                         results[f"{key}/{field}"] = value.detach().cpu().clone()
+                if inv.uncond_embeddings is not None:  # the per-step conditionings: embeds, and any other field
+                    for name, value in inv.uncond_embeddings.tensors().items():
+                        suffix = "" if name == "embeds" else f".{name}"
+                        results[f"{key}/uncond_embeddings{suffix}"] = value.detach().cpu().clone()
                 for ename in eds:
                     ekey = f"{key}/{ename}"
                     editor = EDITORS.build(configs[ename])

@@ -50,6 +50,37 @@ def test_row_operations_apply_to_every_field() -> None:
     assert c.clone().embeds is not c.embeds
 
 
+def test_field_by_field_arithmetic_stacks_and_learnable_fields() -> None:
+    a, b = _cond(3), _cond(3, seed=1)
+    diff = a.zip_map(b, torch.sub)
+    assert isinstance(diff, PooledConditioning)
+    assert torch.equal(diff.pooled, a.pooled - b.pooled) and torch.equal(diff.time_ids, a.time_ids - b.time_ids)
+    assert torch.equal(a.zip_map(b.rows(0), torch.add).embeds, a.embeds + b.embeds[:1])  # rows broadcast
+    with pytest.raises(InputError, match="cannot combine"):
+        a.zip_map(Conditioning(a.embeds), torch.add)
+    assert torch.equal(a.sum_rows().pooled, a.pooled.sum(0, keepdim=True))
+    assert torch.equal(a.mean_rows().embeds, a.embeds.mean(0, keepdim=True)) and len(a.mean_rows()) == 1
+    assert a.equal(_cond(3)) and not a.equal(b) and not a.equal(Conditioning(a.embeds)) and not a.equal(a.embeds)
+    # a stack over steps: entry s is the conditioning s, every field
+    stacked = PooledConditioning.stack([a, b])
+    assert len(stacked) == 2 and stacked.pooled.shape == (2, 3, 3)
+    assert stacked.at(1).equal(b) and stacked.at(0).equal(a)
+    # the learnable fields: leaves that require grad; the class declares which
+    assert PooledConditioning.learnable == ("embeds",)
+    leaves = a.learnable_leaves()
+    assert list(leaves) == ["embeds"] and leaves["embeds"].is_leaf and leaves["embeds"].requires_grad
+    assert leaves["embeds"].data_ptr() != a.embeds.data_ptr()
+    back = a.with_tensors(leaves)
+    assert back.embeds is leaves["embeds"] and back.pooled is a.pooled
+
+    @dataclass(frozen=True)
+    class Broken(PooledConditioning):
+        learnable = ("embeds", "missing")
+
+    with pytest.raises(TypeError, match="missing"):
+        Broken(a.embeds, a.pooled, a.time_ids).learnable_leaves()
+
+
 def test_the_row_functions_on_plain_tensors_are_the_tensor_operations() -> None:
     x = torch.randn(1, 5, 8)
     y = torch.randn(3, 5, 8)

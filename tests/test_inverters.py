@@ -56,8 +56,8 @@ def test_ddim_matches_diffusers_inverse_scheduler(request, backbone_name, guidan
     sched.set_timesteps(N)
     assert sched.timesteps.tolist() == inv.timesteps.tolist()
     assert float(sched.initial_alpha_cumprod) == pytest.approx(bb.final_alpha_cumprod)
-    cond = bb.encode_prompt([PROMPT])
-    uncond = bb.encode_prompt([""])
+    cond = bb.encode_prompt([PROMPT]).embeds  # the UNet is called directly below
+    uncond = bb.encode_prompt([""]).embeds
     x = photo_x0.clone()
     with torch.no_grad():
         for k, t in enumerate(sched.timesteps):

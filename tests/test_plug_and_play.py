@@ -256,9 +256,9 @@ def test_injected_values_come_from_the_empty_prompt_source_row(tiny, ef_inversio
     of every target during the first ⌊0.8 n⌋ / ⌊0.5 n⌋ steps."""
     k, start = len(TARGETS), N - SKIP
     rec, _ = _record(tiny, monkeypatch, pnp(), ef_inversion)
-    empty = tiny.encode_prompt([""])[0]
-    negative = tiny.encode_prompt(["ugly, blurry, black, low res, unrealistic"])[0]
-    prompts = tiny.encode_prompt(TARGETS)
+    empty = tiny.encode_prompt([""]).embeds[0]
+    negative = tiny.encode_prompt(["ugly, blurry, black, low res, unrealistic"]).embeds[0]
+    prompts = tiny.encode_prompt(TARGETS).embeds
     assert len(rec.calls) == start
     for j, (sample, emb) in enumerate(rec.calls):
         i = start - j  # the step
@@ -290,7 +290,7 @@ def test_guided_variant_injects_per_guidance_half(tiny, ef_inversion, monkeypatc
     k, start = len(TARGETS), N - SKIP
     editor = pnp(source_branch="guided", negative_prompt="")
     rec, _ = _record(tiny, monkeypatch, editor, ef_inversion)
-    empty, source = tiny.encode_prompt([""])[0], tiny.encode_prompt([SOURCE])[0]
+    empty, source = tiny.encode_prompt([""]).embeds[0], tiny.encode_prompt([SOURCE]).embeds[0]
     for _sample, emb in rec.calls:
         assert torch.equal(emb[0], empty) and torch.equal(emb[1 + k], source)
     for call, kind, raw, final in rec.values:
@@ -308,12 +308,12 @@ def test_empty_prompt_source_regenerated_with_per_step_unconditional(tiny, photo
         tiny, photo_x0, SOURCE, num_steps=n, skip=0
     )
     rec, _ = _record(tiny, monkeypatch, pnp(source_latents="regenerate"), inv, TARGETS[:1], 0)
-    empty = tiny.encode_prompt([""])[0]
-    source = tiny.encode_prompt([SOURCE])[0]
+    empty = tiny.encode_prompt([""]).embeds[0]
+    source = tiny.encode_prompt([SOURCE]).embeds[0]
     assert len(rec.calls) == n
     for j, (_sample, emb) in enumerate(rec.calls):  # [source "", source u_i, source prompt, target u, c]
         assert emb.shape[0] == 5 and torch.equal(emb[0], empty)
-        assert torch.equal(emb[1], inv.uncond_embeddings[n - j - 1, 0]) and torch.equal(emb[2], source)
+        assert torch.equal(emb[1], inv.uncond_embeddings.embeds[n - j - 1, 0]) and torch.equal(emb[2], source)
     _call, _kind, raw, final = rec.values[0]  # conv2 at the first step
     assert torch.equal(final[3], raw[0]) and torch.equal(final[4], raw[0])
     assert torch.equal(final[:3], raw[:3])  # the source's own rows are left alone

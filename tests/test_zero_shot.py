@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from framework.conditioning import Conditioning
 from framework.config import group_node, preset_node
 from framework.errors import ConfigError, InputError
 from framework.random import make_generator
@@ -33,9 +34,8 @@ def ef_inversion(tiny, photo_x0):
     return inverter.invert(tiny, photo_x0, SOURCE, num_steps=N, skip=0, generator=make_generator(5))
 
 
-def zero_direction(tiny) -> torch.Tensor:
-    emb = tiny.encode_prompt([SOURCE])
-    return torch.zeros_like(emb)
+def zero_direction(tiny) -> Conditioning:
+    return tiny.encode_prompt([SOURCE]).map(torch.zeros_like)
 
 
 def test_no_guidance_zero_direction_reproduces_source(tiny, ef_inversion):
@@ -102,14 +102,15 @@ def test_direction_from_sentence_files(tiny, tmp_path: Path):
     (tmp_path / "tiger.txt").write_text("a tiger\n")
     editor = zero_shot(source_sentences=str(tmp_path / "cat.txt"), target_sentences=str(tmp_path / "dog.txt"))
     d = editor.directions(tiny, SOURCE, TARGETS)
-    expected = tiny.encode_prompt(dogs).mean(0) - tiny.encode_prompt(cats).mean(0)
-    assert d.shape == (2, 77, 32)
-    assert torch.allclose(d[0], expected, atol=1e-5) and torch.allclose(d[1], expected, atol=1e-5)
+    expected = tiny.encode_prompt(dogs).embeds.mean(0) - tiny.encode_prompt(cats).embeds.mean(0)
+    assert isinstance(d, Conditioning) and d.embeds.shape == (2, 77, 32)
+    assert torch.allclose(d.embeds[0], expected, atol=1e-5) and torch.allclose(d.embeds[1], expected, atol=1e-5)
     per_target = zero_shot(target_sentences=[str(tmp_path / "dog.txt"), str(tmp_path / "tiger.txt")])
-    d = per_target.directions(tiny, SOURCE, TARGETS)
-    assert torch.allclose(d[1], tiny.encode_prompt(["a tiger"])[0] - tiny.encode_prompt([SOURCE])[0], atol=1e-5)
-    plain = zero_shot().directions(tiny, SOURCE, TARGETS)
-    assert torch.allclose(plain, tiny.encode_prompt(TARGETS) - tiny.encode_prompt([SOURCE]), atol=1e-6)
+    d = per_target.directions(tiny, SOURCE, TARGETS).embeds
+    tiger, src = tiny.encode_prompt(["a tiger"]).embeds, tiny.encode_prompt([SOURCE]).embeds
+    assert torch.allclose(d[1], tiger[0] - src[0], atol=1e-5)
+    plain = zero_shot().directions(tiny, SOURCE, TARGETS).embeds
+    assert torch.allclose(plain, tiny.encode_prompt(TARGETS).embeds - src, atol=1e-6)
     with pytest.raises(InputError, match="does not exist"):
         zero_shot(source_sentences=str(tmp_path / "missing.txt"))  # at construction
 
@@ -171,7 +172,7 @@ def test_source_negative_zero_direction_leaves_nothing_to_push(tiny, photo_x0, e
     """pix2pix-zero's negative prompt is the source caption: with a zero direction both guidance
     branches of an edit row see the source prompt at the same latent, so the guided prediction
     is the source-conditioned one, whatever the guidance scale."""
-    src = tiny.encode_prompt([SOURCE])[0]
+    src = tiny.encode_prompt([SOURCE]).embeds[0]
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def record(module, args, kwargs, output):
@@ -240,7 +241,7 @@ def test_gradient_step_matches_pix2pix_zero(tiny, photo_x0, monkeypatch):
     lam, w, n_steps = 5.0, 5.0, 2
     inv = ddim_inversion(tiny, photo_x0, SOURCE, N, 1.0)
     src = tiny.encode_prompt([SOURCE])
-    direction = tiny.encode_prompt(TARGETS[:1]) - src
+    direction = tiny.encode_prompt(TARGETS[:1]).embeds - src.embeds  # a tensor: the direction of embeds
     ours = zero_shot(cross_attention_guidance=lam, guidance_scale=w).run(
         tiny, inv, SOURCE, TARGETS[:1], skip=N - n_steps, direction=direction
     )
@@ -254,7 +255,7 @@ def test_gradient_step_matches_pix2pix_zero(tiny, photo_x0, monkeypatch):
     ref = inv.xts[n_steps].clone()
     x = ref.clone()
     kept_updates = []
-    embeds = torch.cat([src, src + direction])  # [negative = source caption, caption + Δ]
+    embeds = Conditioning(torch.cat([src.embeds, src.embeds + direction]))  # [negative = source caption, caption + Δ]
     for i in range(n_steps, 0, -1):
         t = int(schedule.timesteps[i - 1])
         with torch.no_grad():

@@ -34,6 +34,7 @@ from framework.backbone import (
     resolve_dtype,
     short_prompt,
 )
+from framework.conditioning import Conditioning
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 from plugins.backbones.pixel_ddpm import PixelDDPMBackbone
@@ -149,8 +150,9 @@ class TextPixelBackbone(PixelDDPMBackbone):
         return text_prompt_rules(options.model, known_words=trained_words(options.model))
 
     @torch.no_grad()
-    def encode_prompt(self, prompts: Sequence[str]) -> Tensor:
-        """(K,) prompts -> CLIP text embeddings (K, L, D) float32, L = ``max_tokens``."""
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        """(K,) prompts -> their conditioning: ``embeds``, the CLIP text embeddings (K, L, D)
+        float32, L = ``max_tokens``."""
         prompts = prompt_list(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
@@ -167,13 +169,14 @@ class TextPixelBackbone(PixelDDPMBackbone):
             emb = self.text_encoder(ids)[0].float()
             for prompt, e in zip(missing, emb):
                 self._prompt_cache[prompt] = e
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+        return Conditioning(torch.stack([self._prompt_cache[p] for p in prompts]))
 
     # ----------------------------------------------------------------- network
-    def model_output(self, x_t: Tensor, t: int, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Conditioning | None) -> Tensor:
         if cond is None:
             raise InputError("this text-conditional model needs a prompt conditioning")
-        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype), return_dict=False)[0]
+        hidden = cond.embeds.to(self.dtype)
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=hidden, return_dict=False)[0]
         return out.float()
 
     def describe(self) -> dict[str, Any]:

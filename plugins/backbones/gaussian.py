@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from framework.backbone import Backbone, resolve_device
+from framework.conditioning import Conditioning
 from framework.errors import ConfigError, InputError
 from framework.random import randn
 from framework.registry import BACKBONES
@@ -141,7 +142,7 @@ class GaussianBackbone(Backbone):
         """Identity on (B, d, 1, 1)."""
         return self._check(x0, "x0").to(self.device, torch.float32)
 
-    def encode_prompt(self, prompts: Sequence[str]) -> Tensor | None:
+    def encode_prompt(self, prompts: Sequence[str]) -> None:
         """Unconditional model: prompts are ignored (returns None)."""
         return None
 
@@ -164,7 +165,7 @@ class GaussianBackbone(Backbone):
         eps = ((r @ self.eigvecs64) * coeff) @ self.eigvecs64.T
         return eps.to(x_t.device, torch.float32).reshape(x_t.shape)
 
-    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Conditioning | None) -> Tensor:
         """The optimal noise predictor (``cond`` is ignored)."""
         return self.optimal_epsilon(x_t, t)
 

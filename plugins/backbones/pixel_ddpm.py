@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from framework.backbone import Backbone, resolve_device, resolve_dtype
+from framework.conditioning import Conditioning
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 from plugins.backbones.tiny import cached_model_folder
@@ -153,7 +154,7 @@ class PixelDDPMBackbone(Backbone):
         return
 
     # ----------------------------------------------------------------- network
-    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Conditioning | None) -> Tensor:
         return self.unet(x_t.to(self.dtype), t, return_dict=False)[0].float()
 
     def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:

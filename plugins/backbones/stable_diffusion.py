@@ -40,6 +40,7 @@ from framework.backbone import (
     short_prompt,
     weights_hint,
 )
+from framework.conditioning import Conditioning
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 
@@ -181,35 +182,24 @@ class StableDiffusionBackbone(Backbone):
 
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()
-    def encode_prompt(self, prompts: Sequence[str]) -> Tensor:
-        """(K,) prompts -> CLIP text embeddings (K, L, D), float32 on the device."""
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        """(K,) prompts -> their conditioning: ``embeds``, the CLIP text embeddings (K, L, D),
+        float32 on the device."""
         prompts = prompt_list(prompts)
         limit = self.max_tokens
-        full = self.tokenizer(prompts, truncation=False, verbose=False).input_ids
-        for prompt, ids in zip(prompts, full):
-            if len(ids) > limit:
-                kept = self.tokenizer.decode(ids[1 : limit - 1])
-                msg = (
-                    f"prompt {short_prompt(prompt)!r} has {len(ids)} tokens but the text encoder takes {limit} "
-                    f"(start and end included)"
-                )
-                if not self.options.truncate_prompts:
-                    raise InputError(
-                        msg + "; shorten it, or set backbone.truncate_prompts=true to cut it after "
-                        f"...{kept[-30:]!r}"
-                    )
-                warnings.warn(msg + f"; truncated after ...{kept[-30:]!r}", stacklevel=2)
+        check_prompt_lengths(self.tokenizer, prompts, limit, bool(self.options.truncate_prompts))
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0].float()
+        return Conditioning(self.text_encoder(ids)[0].float())
 
     # ----------------------------------------------------------------- network
-    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: int | Tensor, cond: Conditioning | None) -> Tensor:
         if cond is None:
             raise InputError("Stable Diffusion needs a prompt conditioning")
         # Gradients follow the caller's grad mode (Zero-Shot guidance needs them).
-        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype), return_dict=False)[0]
+        hidden = cond.embeds.to(self.dtype)
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=hidden, return_dict=False)[0]
         return out.float()
 
     def describe(self) -> dict[str, Any]:
@@ -222,6 +212,24 @@ class StableDiffusionBackbone(Backbone):
             "resolution": self.resolution,
         }
 
+
+def check_prompt_lengths(tokenizer: Any, prompts: Sequence[str], limit: int, truncate: bool) -> None:
+    """Refuse a prompt longer than ``limit`` tokens (start and end included) with an
+    :class:`InputError`, or, with ``truncate``, warn that it is cut."""
+    full = tokenizer(list(prompts), truncation=False, verbose=False).input_ids
+    for prompt, ids in zip(prompts, full):
+        if len(ids) > limit:
+            kept = tokenizer.decode(ids[1 : limit - 1])
+            msg = (
+                f"prompt {short_prompt(prompt)!r} has {len(ids)} tokens but the text encoder takes {limit} "
+                f"(start and end included)"
+            )
+            if not truncate:
+                raise InputError(
+                    msg + "; shorten it, or set backbone.truncate_prompts=true to cut it after "
+                    f"...{kept[-30:]!r}"
+                )
+            warnings.warn(msg + f"; truncated after ...{kept[-30:]!r}", stacklevel=3)
 
 
 def text_prompt_rules(

@@ -55,8 +55,9 @@ class TinyOptions:
     truncate_prompts: bool = False
 
 
-def build_tokenizer(words: tuple[str, ...] | list[str] = WORDS):
-    """A CLIP BPE tokenizer over the 256 byte symbols plus merges that make ``words`` whole."""
+def build_tokenizer(words: tuple[str, ...] | list[str] = WORDS, pad_token: str = "<|endoftext|>"):
+    """A CLIP BPE tokenizer over the 256 byte symbols plus merges that make ``words`` whole
+    (padding with ``pad_token``: CLIP's end token, or ``"!"`` as SDXL's second tokenizer)."""
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
@@ -77,7 +78,7 @@ def build_tokenizer(words: tuple[str, ...] | list[str] = WORDS):
             vocab.setdefault(current, len(vocab))
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab.setdefault(special, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token=pad_token)
 
 
 def build_tiny_model(folder: Path, seed: int, prediction_type: str, resolution: int) -> None:

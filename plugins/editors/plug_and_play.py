@@ -16,7 +16,11 @@ Default layers are the PnP paper's for Stable Diffusion: features from ``up_bloc
 ``up_blocks.2.attentions.*``, ``up_blocks.3.attentions.*``). On a smaller UNet missing layers
 are mapped by :func:`plugins.editors.unet_hooks.resolve_layers` (block index clamped to the last
 block, then layer index to the block's last layer): on the tiny test model the features come
-from ``up_blocks.1.resnets.1`` and the attention from ``up_blocks.1.attentions.0..1``.
+from ``up_blocks.1.resnets.1`` and the attention from ``up_blocks.1.attentions.0..1``. On SDXL
+(three decoder levels: 32², 64² with attention, 128² without, at 1024²) the same rule takes the
+features from ``up_blocks.1.resnets.1`` and the attention from every layer of ``up_blocks.1``
+(each of them two transformer blocks deep): the layers are placed by the decoder's structure,
+which SDXL shares with the digits model (see :mod:`plugins.editors.unet_hooks`).
 
 **The source branch** (``source_branch``):
 
@@ -72,7 +76,7 @@ import torch
 from torch import Tensor
 
 from framework.backbone import guide
-from framework.conditioning import broadcast_rows, cat_rows
+from framework.conditioning import Conditioning, broadcast_rows, cat_rows, num_rows
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.prompts import PromptOption
@@ -190,29 +194,29 @@ class _EmptyPromptGuidance:
 
     def __init__(
         self,
-        empty: Tensor,
+        empty: Conditioning,
         source: Guidance | None,
         targets: Guidance,
         k: int,
         injection: _Injection,
     ) -> None:
-        self.empty = empty  # (1, L, D)
+        self.empty = empty  # one row: the null text
         self.source = source  # the inversion's guidance of the source row where needed, else None
-        self.targets = targets  # the targets' guidance (cond (K, L, D), uncond or None)
+        self.targets = targets  # the targets' guidance (cond K rows, uncond or None)
         self.k = k
         self.injection = injection
         # which source rows the pass needs: the empty-prompt row is reused where it is equal
         self.source_uncond_shared = False
         self.source_cond_shared = False
         if source is not None:
-            self.source_cond_shared = bool(torch.equal(source.cond, empty))
-            self.source_uncond_shared = source.uncond is not None and source.per_step is None and bool(
-                torch.equal(source.uncond, empty)
+            self.source_cond_shared = empty.equal(source.cond)
+            self.source_uncond_shared = source.uncond is not None and source.per_step is None and empty.equal(
+                source.uncond
             )
 
-    def _source_rows(self, i: int) -> list[Tensor]:
-        """The embeddings of the source rows after the empty-prompt row at step i."""
-        rows: list[Tensor] = []
+    def _source_rows(self, i: int) -> list[Conditioning]:
+        """The conditionings of the source rows after the empty-prompt row at step i."""
+        rows: list[Conditioning] = []
         if self.source is None:
             return rows
         u = self.source.uncond_at(i, 1)
@@ -397,14 +401,14 @@ class PlugAndPlay(Editor):
         self,
         backbone: Backbone,
         inversion: Inversion,
-        src_cond: Tensor,
-        tgt_cond: Tensor,
-        negative: Tensor | None,
+        src_cond: Conditioning,
+        tgt_cond: Conditioning,
+        negative: Conditioning | None,
     ) -> Guidance:
         """The ``guided`` batch: [uncond: source, targets; cond: source, targets], the source
         row with the inversion's guidance scale and unconditional embeddings."""
         o = self.options
-        k = tgt_cond.shape[0]
+        k = num_rows(tgt_cond)
         null = backbone.null_condition()
         uncond = null if negative is None else cat_rows([null, broadcast_rows(negative, k)])
         scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)

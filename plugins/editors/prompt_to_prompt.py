@@ -27,6 +27,15 @@ the reference code's "16×16 and smaller" (``att_replace.shape[2] <= 16 ** 2``, 
 google/prompt-to-prompt and the edit-friendly authors' copy) for Stable Diffusion's 64×64
 latents; 0.5 adds the 32×32 layers.
 
+The resolutions are fractions of the latent's side, so they carry over to other UNets: on SDXL
+at 1024² (128² latents, attention at 64² and 32²) the default 0.25 replaces self-attention at
+32² (``down_blocks.2``, the middle block and ``up_blocks.0``: the coarsest attention level and
+the middle block, as 16² and 8² are in SD) and takes the local blend's maps at 32². Every cross-attention
+layer is controlled, whatever its depth (SDXL's blocks have 2 or 10 transformer layers). Token
+positions are the tokenizer's (``Backbone.token_positions``); SDXL's two tokenizers give the
+same positions (its backbone checks it), and its cross-attention reads both encoders' features
+at each position.
+
 Steps follow the reference code: they are counted from the first step the edit runs (k = 0 at
 step N - skip), and a window [a, b] of ``cross_replace_steps`` / ``self_replace_steps`` means
 int(a·N) <= k < int(b·N) with N the inversion's number of steps; a single number f is [0, f].

@@ -9,12 +9,20 @@ processor the UNet uses (SDPA, xformers, sliced) keeps running.
 
 Layer names are module paths inside the UNet (``up_blocks.1.resnets.1``). Defaults are given
 for Stable Diffusion 1.x/2.x (4 up blocks of 3 resnets/attentions); :func:`resolve_layers`
-maps them onto smaller UNets (the tiny test model has 2 up blocks of 2) with this rule: a path
+maps them onto other UNets (the tiny test model has 2 up blocks of 2) with this rule: a path
 the UNet has is used as it is; a path ``{down_blocks|up_blocks}.B.{resnets|attentions}.J`` that
 it lacks is mapped to the nearest existing layer by clamping B to the last block (stepping back
 to the nearest earlier block that has such layers, as the digits model's attention-free outermost
 decoder block needs), then J to that block's last layer; duplicates are dropped. Any other
 missing path is a configuration error.
+
+The rule reads a layer name as a position in the decoder's structure, not as a module of SD 1.x:
+block B is the decoder's (B+1)-th level from the coarsest, J the layer within it, and a level a
+UNet lacks, or one without attention, falls back on the nearest level before it that has such
+layers. SDXL's decoder (three levels: two with attention, then an attention-free outermost one)
+has the digits model's structure, so both take the same levels: ``up_blocks.1.resnets.1`` (the
+second level: 64² of SDXL's 128² latents at 1024²) and the self-attention of every layer of
+``up_blocks.1`` (SD 1.x's finer attention levels 2 and 3 fall back on it).
 """
 
 from __future__ import annotations
@@ -43,8 +51,8 @@ def unet_of(backbone: Backbone, editor: str) -> nn.Module:
     if not isinstance(unet, nn.Module):
         raise InputError(
             f"the {editor} editor controls UNet layers, but the backbone {type(backbone).__name__} "
-            "has no diffusers UNet (.unet); use a Stable Diffusion backbone (sd14, sd15, sd21, "
-            "tiny, tiny_v)"
+            "has no diffusers UNet (.unet); use a Stable Diffusion backbone (sd14, sd15, sd21, sdxl, "
+            "tiny, tiny_v, tiny_xl)"
         )
     return unet
 

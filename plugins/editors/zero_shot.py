@@ -1,10 +1,12 @@
 """Zero-Shot image-to-image translation (pix2pix-zero, Parmar et al., SIGGRAPH 2023), on any
 inversion.
 
-- Edit direction: Δc = mean text embedding (the full (L, D) CLIP output) of the target sentences
-  minus that of the source sentences. The sentences come from files named in the options (one
-  sentence per line, blank lines ignored); without a file a side uses its prompt, so without any
-  file Δc_k = E(target_k) - E(source).
+- Edit direction: Δc = mean conditioning (for Stable Diffusion 1.x the full (L, D) CLIP output)
+  of the target sentences minus that of the source sentences, computed field by field (a
+  conditioning with more fields, as SDXL's pooled embeddings, gets a direction in each; a field
+  that does not depend on the prompt, as SDXL's time ids, gets zero). The sentences come from
+  files named in the options (one sentence per line, blank lines ignored); without a file a
+  side uses its prompt, so without any file Δc_k = E(target_k) - E(source).
 - Reference branch: the source prompt, the inversion's guidance scale, step rule and
   unconditional embeddings (null-text, negative-prompt inversion), from the inversion's
   x_{N-skip} (it reproduces the inverted sequence for edit-friendly/CycleDiffusion maps and
@@ -60,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from framework.conditioning import Conditioning, broadcast_rows, cat_rows, num_rows
 from framework.errors import ConfigError, InputError
 from framework.inversion import Inversion
 from framework.prompts import PromptOption
@@ -133,14 +136,34 @@ def read_sentences(path: Any, what: str) -> list[str]:
     return sentences
 
 
-def mean_embedding(backbone: Backbone, sentences: Sequence[str]) -> Tensor:
-    """Mean text embedding of ``sentences``: (1, L, D) float32."""
-    total = None
+def encode_float(backbone: Backbone, prompts: Sequence[str]) -> Conditioning:
+    """The conditioning of ``prompts`` with every field in float32."""
+    cond = backbone.encode_prompt(list(prompts))
+    if cond is None:
+        raise InputError(f"zero_shot needs a prompt-conditioned backbone; {type(backbone).__name__} is unconditional")
+    return cond.to(dtype=torch.float32)
+
+
+def mean_embedding(backbone: Backbone, sentences: Sequence[str]) -> Conditioning:
+    """Mean conditioning of ``sentences``, field by field: one row, float32 (SD 1.x: embeds (1, L, D))."""
+    total: Conditioning | None = None
     for k in range(0, len(sentences), SENTENCE_BATCH):
-        emb = backbone.encode_prompt(list(sentences[k : k + SENTENCE_BATCH])).float().sum(0, keepdim=True)
-        total = emb if total is None else total + emb
+        emb = encode_float(backbone, sentences[k : k + SENTENCE_BATCH]).sum_rows()
+        total = emb if total is None else total.zip_map(emb, torch.add)
     assert total is not None
-    return total / len(sentences)
+    n = len(sentences)
+    return total.map(lambda v: v / n)
+
+
+def as_direction(backbone: Backbone, direction: Conditioning | Tensor, source: str) -> Conditioning:
+    """A direction given by a caller as a conditioning (every field), or as a tensor: the
+    direction of ``embeds`` only, zero in every other field of the backbone's conditioning."""
+    if isinstance(direction, Conditioning):
+        return direction
+    if not isinstance(direction, Tensor):
+        raise InputError(f"zero_shot: a direction is a Conditioning or a tensor, got {type(direction).__name__}")
+    zero = encode_float(backbone, [source]).map(torch.zeros_like)
+    return zero.with_tensors({"embeds": direction})
 
 
 class _ZeroShotStep(StepHook):
@@ -189,11 +212,11 @@ class _ZeroShotStep(StepHook):
     def begin_step(self, i: int) -> None:
         self._shifts = []
 
-    def negative(self, i: int, batch: int) -> Tensor:
-        """The edit rows' unconditional embedding at step i, (1, L, D)."""
+    def negative(self, i: int, batch: int) -> Conditioning:
+        """The edit rows' unconditional conditioning at step i, one row."""
         u = self.guidance.uncond_at(i, batch)
         assert u is not None
-        return u[1:2] if u.shape[0] > 1 else u
+        return u.rows(slice(1, 2)) if num_rows(u) > 1 else u
 
     def latents(self, i: int, x: Tensor) -> Tensor:
         if not self.active:
@@ -292,8 +315,8 @@ class ZeroShot(Editor):
                 "file for all targets or one per target"
             )
 
-    def directions(self, backbone: Backbone, source_prompt: str, targets: Sequence[str]) -> Tensor:
-        """Δc_k = mean E(target sentences of k) - mean E(source sentences): (K, L, D)."""
+    def directions(self, backbone: Backbone, source_prompt: str, targets: Sequence[str]) -> Conditioning:
+        """Δc_k = mean E(target sentences of k) - mean E(source sentences), field by field: K rows."""
         o = self.options
         src = (
             read_sentences(o.source_sentences, "zero_shot.source_sentences")
@@ -303,18 +326,18 @@ class ZeroShot(Editor):
         src_mean = mean_embedding(backbone, src)
         ts = o.target_sentences
         if ts is None:
-            return backbone.encode_prompt(list(targets)).float() - src_mean
+            return encode_float(backbone, targets).zip_map(src_mean, torch.sub)
         files = list(ts) if isinstance(ts, (list, tuple)) else [ts]
         if len(files) == 1:
             files = files * len(targets)
-        cache: dict[str, Tensor] = {}
+        cache: dict[str, Conditioning] = {}
         rows = []
         for f in files:
             key = str(f)
             if key not in cache:
                 cache[key] = mean_embedding(backbone, read_sentences(f, "zero_shot.target_sentences"))
-            rows.append(cache[key] - src_mean)
-        return torch.cat(rows)
+            rows.append(cache[key].zip_map(src_mean, torch.sub))
+        return cat_rows(rows)
 
     def edit(
         self,
@@ -340,12 +363,13 @@ class ZeroShot(Editor):
         *,
         skip: int = DEFAULT_SKIP,
         generator: torch.Generator | None = None,
-        direction: Tensor | None = None,
+        direction: Conditioning | Tensor | None = None,
         measure: bool = False,
     ) -> ZeroShotResult:
-        """The edit with diagnostics. ``direction`` (K or 1, L, D) replaces the sentence
-        direction; ``measure`` records the attention distance also when λ = 0 (one extra
-        forward pass per step)."""
+        """The edit with diagnostics. ``direction`` (K or 1 rows) replaces the sentence
+        direction: a conditioning of the backbone's type (every field), or a tensor, the
+        direction of ``embeds`` alone (SD 1.x: (K or 1, L, D)); ``measure`` records the
+        attention distance also when λ = 0 (one extra forward pass per step)."""
         targets = self.check_inputs(backbone, inversion, target_prompts)
         self._check_options(len(targets))
         unet = unet_of(backbone, "zero_shot")
@@ -355,13 +379,12 @@ class ZeroShot(Editor):
             if direction is None:
                 direction = self.directions(backbone, source, targets)
             else:
-                direction = direction.to(backbone.device, torch.float32).clone()
-                if direction.shape[0] == 1:
-                    direction = direction.expand(len(targets), *direction.shape[1:])
+                direction = as_direction(backbone, direction, source).to(backbone.device, torch.float32).clone()
+                direction = broadcast_rows(direction, len(targets))
             per = self.options.targets_per_batch or len(targets)
             parts = [
                 self._edit_batch(
-                    backbone, unet, inversion, source, direction[k : k + per], start, generator, measure
+                    backbone, unet, inversion, source, direction.rows(slice(k, k + per)), start, generator, measure
                 )
                 for k in range(0, len(targets), per)
             ]
@@ -375,7 +398,7 @@ class ZeroShot(Editor):
         unet: torch.nn.Module,
         inversion: Inversion,
         source: str,
-        direction: Tensor,
+        direction: Conditioning,
         start: int,
         generator: torch.Generator | None,
         measure: bool,
@@ -384,14 +407,16 @@ class ZeroShot(Editor):
         conditional update)."""
         o = self.options
         lam = float(o.cross_attention_guidance)
-        k = direction.shape[0]
+        k = num_rows(direction)
         device = backbone.device
-        src = backbone.encode_prompt([source]).float()
-        cond = torch.cat([src, src + direction.to(device)])  # (1 + K, L, D)
+        src = encode_float(backbone, [source])
+        cond = cat_rows([src, src.zip_map(direction.to(device), torch.add)])  # 1 + K rows
         scale = torch.tensor([inversion.guidance_scale] + [o.guidance_scale] * k, dtype=torch.float32)
         if o.negative_prompt == "source":
             # the reference row keeps the inversion's unconditional embedding (per step if any)
-            base = torch.cat([backbone.null_condition().float(), src.expand(k, *src.shape[1:])])
+            null = backbone.null_condition()
+            assert null is not None
+            base = cat_rows([null.to(dtype=torch.float32), broadcast_rows(src, k)])
             guidance = inversion_guidance(backbone, inversion, cond, scale, base, slice(0, 1))
         else:
             guidance = inversion_guidance(backbone, inversion, cond, scale)
@@ -413,14 +438,14 @@ class ZeroShot(Editor):
         unet: torch.nn.Module,
         x: Tensor,
         t: int,
-        cond: Tensor,
-        negative: Tensor | None = None,
+        cond: Conditioning,
+        negative: Conditioning | None = None,
         need_grad: bool = True,
     ) -> tuple[list[Tensor], Tensor]:
         """∇ of the cross-attention distance of the K edit rows (x[1:]) to the reference row
         (x[0]), in one forward pass, per guidance copy.
 
-        ``cond`` (1+K, L, D) conditions the conditional copy. With ``negative`` (1, L, D) the
+        ``cond`` (1+K rows) conditions the conditional copy. With ``negative`` (one row) the
         batch also holds the unconditional copy, every row conditioned on ``negative``, and the
         loss of edit k is (1 / (2·heads)) Σ_copies Σ_layers Σ_heads Σ_{queries, tokens}
         (M - M_ref)², M_ref the reference row's maps in the same copy; without it, the
@@ -456,9 +481,9 @@ class ZeroShot(Editor):
             if negative is None:
                 batch, emb = torch.cat([x_ref, copies[0]]), c
             else:
-                neg = negative.detach().clone().expand(rows, *c.shape[1:])
+                neg = broadcast_rows(negative.detach().clone(), rows)
                 batch = torch.cat([x_ref, copies[0], x_ref, copies[1]])
-                emb = torch.cat([neg, c])
+                emb = cat_rows([neg, c])
             backbone.predict_noise(batch, t, emb)
             if not state["d"]:
                 raise InputError("zero_shot found no cross-attention layers (attn2) in the UNet")

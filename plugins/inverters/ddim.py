@@ -54,6 +54,7 @@ from framework.registry import INVERTERS
 
 if TYPE_CHECKING:
     from framework.backbone import Backbone
+    from framework.conditioning import Conditioning
 
 
 @dataclass
@@ -143,8 +144,8 @@ def ddim_inversion_sequence(
     x0: Tensor,
     schedule: ProcessSchedule,
     n: int,
-    cond: Tensor | None,
-    uncond: Tensor | None,
+    cond: Conditioning | None,
+    uncond: Conditioning | None,
     guidance_scale: float,
     desc: str = "ddim-invert",
     regularization: NoiseRegularization | None = None,

@@ -31,6 +31,7 @@ from framework.registry import INVERTERS
 
 if TYPE_CHECKING:
     from framework.backbone import Backbone
+    from framework.conditioning import Conditioning
 
 
 @dataclass
@@ -59,8 +60,8 @@ def extract_noise_maps(
     backbone: Backbone,
     xts: Tensor,
     schedule: ProcessSchedule,
-    cond: Tensor | None,
-    uncond: Tensor | None,
+    cond: Conditioning | None,
+    uncond: Conditioning | None,
     guidance_scale: float,
     zero_last_noise: bool = False,
     desc: str = "invert",
@@ -103,8 +104,8 @@ def noise_maps(
     backbone: Backbone,
     xts: Tensor,
     schedule: ProcessSchedule,
-    cond: Tensor | None,
-    uncond: Tensor | None,
+    cond: Conditioning | None,
+    uncond: Conditioning | None,
     guidance_scale: float,
     timestep_batch: int | str,
     zero_last_noise: bool,

@@ -1,11 +1,11 @@
 """Negative-prompt inversion (Miyake et al., 2023): null-text inversion without optimisation.
 
 The pivot is the same DDIM inversion at guidance 1 with the source prompt as null-text
-inversion's; instead of optimised per-step embeddings, the source prompt's own embedding is the
-unconditional embedding of every step at edit time (``Inversion.uncond_embeddings`` with one
-row). Regenerating with the source prompt then gives ε̂_c + w (ε̂_c - ε̂_c) = ε̂_c at any guidance
-w, i.e. DDIM sampling from the pivot without guidance; a target prompt c' gives
-ε̂(source) + w (ε̂(c') - ε̂(source)). Network evaluations: n (the pivot), nothing else.
+inversion's; instead of optimised per-step conditionings, the source prompt's own conditioning
+(the whole of it, every field) is the unconditional conditioning of every step at edit time
+(``Inversion.uncond_embeddings`` with one entry). Regenerating with the source prompt then gives
+ε̂_c + w (ε̂_c - ε̂_c) = ε̂_c at any guidance w, i.e. DDIM sampling from the pivot without
+guidance; a target prompt c' gives ε̂(source) + w (ε̂(c') - ε̂(source)). Network evaluations: n (the pivot), nothing else.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ class NegativePromptInversion(Inverter):
     stochastic = False
 
     def trajectory(self, backbone: Backbone, x0, schedule, n, cond, uncond, guidance_scale, generator):
-        """The DDIM pivot and the source embedding (1, B, L, D) as every step's uncond."""
+        """The DDIM pivot and the source conditioning (one stacked entry, every field (1, B, ...))
+        as every step's unconditional one."""
         pivot = ddim_inversion_sequence(
             backbone, x0, schedule, n, cond, uncond, guidance_scale, desc="negative-prompt pivot"
         )
         if cond is None:  # an unconditional model: plain DDIM inversion
             return pivot, None
-        return pivot, None, {"uncond_embeddings": cond[None].clone()}
+        return pivot, None, {"uncond_embeddings": type(cond).stack([cond]).clone()}

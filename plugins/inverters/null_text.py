@@ -2,8 +2,9 @@
 
 1. The pivot: DDIM inversion of x0 with the source prompt and no guidance (guidance 1), giving
    x_1..x_n (``ddim_inversion_sequence``).
-2. From the noisy end (k = 0 at step n), the unconditional embedding ∅_i of step i is optimised
-   so that the guided DDIM step from the current latent x̄_i lands on the pivot's x_{i-1}:
+2. From the noisy end (k = 0 at step n), the unconditional conditioning ∅_i of step i is
+   optimised so that the guided DDIM step from the current latent x̄_i lands on the pivot's
+   x_{i-1}:
 
        ε  = ε̂(x̄_i, t_i, ∅_i) + w (ε̂(x̄_i, t_i, c) - ε̂(x̄_i, t_i, ∅_i))
        loss = mean((μ̂_i(x̄_i, ε) - x_{i-1})²)      (μ̂: the DDIM step, σ = 0)
@@ -15,15 +16,22 @@
    are the reference notebook's (google/prompt-to-prompt, null_text_w_ODE) rules and defaults;
    w = ``guidance_scale`` (7.5).
 
-The inversion keeps the pivot as its trajectory and the n embeddings as its per-step
-unconditional embeddings (``Inversion.uncond_embeddings``, (n, B, L, D)); every editor uses
-them in place of the null text, so regenerating with the source prompt at guidance w follows
-the pivot. Network evaluations: n for the pivot, then per step one conditional evaluation,
-one per iteration (each followed by a backward pass) and one for the step: n + Σ (2 + iters).
+What is optimised are the fields the backbone's conditioning declares learnable
+(:attr:`framework.conditioning.Conditioning.learnable`): for Stable Diffusion 1.x the text
+encoder's hidden states (the reference's null-text embedding), for a conditioning with more
+fields (SDXL) the unconditional parts of every text encoder's output, all with one Adam
+optimizer; the other fields (SDXL's added time ids) stay as encoded.
+
+The inversion keeps the pivot as its trajectory and the n conditionings as its per-step
+unconditional conditionings (``Inversion.uncond_embeddings``, stacked: every field (n, B, ...),
+SD 1.x's hidden states (n, B, L, D)); every editor uses them in place of the null text, so
+regenerating with the source prompt at guidance w follows the pivot. Network evaluations: n for
+the pivot, then per step one conditional evaluation, one per iteration (each followed by a
+backward pass) and one for the step: n + Σ (2 + iters).
 
 Gradients: the optimisation runs under ``torch.inference_mode(False)`` and
 ``torch.enable_grad()`` on clones of its inputs, so it works inside the runner's (and any
-caller's) no-grad or inference mode; only the embedding receives gradients.
+caller's) no-grad or inference mode; only the learnable fields receive gradients.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from torch import Tensor
 
 from framework import progress
 from framework.backbone import guide
+from framework.conditioning import Conditioning, broadcast_rows, num_rows
 from framework.errors import ConfigError
 from framework.inversion import Inverter
 from framework.process import ProcessSchedule
@@ -65,36 +74,38 @@ def optimise_null_text(
     backbone: Backbone,
     pivot: Tensor,
     schedule: ProcessSchedule,
-    cond: Tensor,
-    null: Tensor,
+    cond: Conditioning,
+    null: Conditioning,
     guidance_scale: float,
     options: NullTextOptions,
-) -> tuple[Tensor, list[int], list[float], list[float]]:
-    """Per-step unconditional embeddings along ``pivot`` (n+1, B, C, h, w).
+) -> tuple[Conditioning, list[int], list[float], list[float]]:
+    """Per-step unconditional conditionings along ``pivot`` (n+1, B, C, h, w), starting from
+    ``null`` (1 or B rows); only the fields ``null`` declares learnable change.
 
-    Returns (embeddings (n, B, L, D) in paper order, and per step from the noisy end: the
-    iterations run, the loss of the first iteration and that of the last)."""
+    Returns (the conditionings stacked in paper order: every field (n, B, ...), and per step
+    from the noisy end: the iterations run, the loss of the first iteration and that of the
+    last)."""
     n = pivot.shape[0] - 1
     w = float(guidance_scale)
     with torch.inference_mode(False), torch.enable_grad():
         pivot = pivot.detach().clone()
         cond = cond.detach().clone()
-        u = null.detach().clone().expand(cond.shape[0], *null.shape[1:]).clone()
+        u = broadcast_rows(null.detach().clone(), num_rows(cond)).clone()
         latent = pivot[n].clone()
-        embeddings = torch.empty((n, *u.shape), dtype=u.dtype, device=u.device)
+        per_step: list[Conditioning | None] = [None] * n
         iterations: list[int] = []
         losses: list[float] = []
         first: list[float] = []
         for k, i in enumerate(progress.steps(range(n, 0, -1), desc="null-text", total=n)):
             t = int(schedule.timesteps[i - 1])
-            u = u.detach().clone().requires_grad_(True)
-            optimizer = torch.optim.Adam([u], lr=options.learning_rate * (1.0 - k / 100.0))
+            leaves = u.learnable_leaves()  # one optimizer over every learnable field
+            optimizer = torch.optim.Adam(list(leaves.values()), lr=options.learning_rate * (1.0 - k / 100.0))
             target = pivot[i - 1]
             with torch.no_grad():
                 eps_c = backbone.predict_noise(latent, t, cond)
             done, loss_value = 0, float("nan")
             for _ in range(options.num_inner_steps):
-                eps_u = backbone.predict_noise(latent, t, u)
+                eps_u = backbone.predict_noise(latent, t, u.with_tensors(leaves))
                 eps = guide(eps_u, eps_c, w)
                 loss = F.mse_loss(schedule.mu(latent, eps, i), target)
                 optimizer.zero_grad()
@@ -106,14 +117,15 @@ def optimise_null_text(
                     first.append(loss_value)
                 if loss_value < options.early_stop_epsilon + k * 2e-5:
                     break
-            u = u.detach()
-            embeddings[i - 1] = u
+            u = u.with_tensors({name: v.detach() for name, v in leaves.items()})
+            per_step[i - 1] = u
             iterations.append(done)
             losses.append(loss_value)
             with torch.no_grad():
                 eps_u = backbone.predict_noise(latent, t, u)
                 latent = schedule.mu(latent, guide(eps_u, eps_c, w), i)
-    return embeddings.detach(), iterations, first, losses
+    stacked = type(null).stack([c for c in per_step if c is not None]).detach()
+    return stacked, iterations, first, losses
 
 
 @INVERTERS.register("null_text")
