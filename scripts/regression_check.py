@@ -2,7 +2,7 @@
 
 A refactor of the numerical core must not change a single bit of any result. This script runs
 every registered inverter with every registered editor (a few steps, skip 0 and skip > 0) on
-the offline models (``tiny``, ``tiny_v``, ``digits``; ``tiny_pixel`` and ``gaussian`` with the
+the offline models (``tiny``, ``tiny_v``, ``digits``, ``tiny_xl``; ``tiny_pixel`` and ``gaussian`` with the
 prompt-free editors), on fixed inputs and seeds, and saves every output tensor (the inversion's
 x_i, noise maps, coupled sequence and per-step unconditional conditionings, and every edit), the
 network-evaluation counts and the messages of combinations that refuse to run, to one file:
@@ -97,6 +97,7 @@ def record(out: Path, threads: int, only: list[str] | None) -> None:
         "tiny_v": (inverters, ["text", "zero_shot", *PROMPT_FREE], SKIPS[1:]),
         "tiny_pixel": (inverters, list(PROMPT_FREE), SKIPS),
         "gaussian": (inverters, ["sdedit"], SKIPS),
+        "tiny_xl": (inverters, editors, SKIPS[1:]),  # SDXL: pooled embeddings, time ids, two encoders
     }
     started = time.perf_counter()
     for bname, (invs, eds, skips) in plan.items():
