@@ -3,7 +3,7 @@
 A refactor of the numerical core must not change a single bit of any result. This script runs
 every registered inverter with every registered editor (a few steps, skip 0 and skip > 0) on
 the offline models (``tiny``, ``tiny_v``, ``digits``; ``tiny_pixel`` and ``gaussian`` with the
-prompt-free editors), on fixed inputs and seeds, and saves every output tensor (the inversion's
+prompt-free editors; the flow model ``tiny_sd3``), on fixed inputs and seeds, and saves every output tensor (the inversion's
 x_i, noise maps, coupled sequence and per-step unconditional embeddings, and every edit), the
 network-evaluation counts and the messages of combinations that refuse to run, to one file:
 
@@ -57,6 +57,7 @@ def editor_configs(strokes: str | None, words: tuple[str, str], negative: str) -
         "shift": {"name": "shift", "dx": 2, "dy": -1},
         "color_strokes": {"name": "color_strokes", "strokes": strokes, "start_step": 1, "end_step": 5},
         "sdedit": {"name": "sdedit", "strokes": strokes, "strength": 0.5},
+        "flowedit": {"name": "flowedit", "n_max": 4, "n_min": 1},
     }
 
 
@@ -97,6 +98,7 @@ def record(out: Path, threads: int, only: list[str] | None) -> None:
         "tiny_v": (inverters, ["text", "zero_shot", *PROMPT_FREE], SKIPS[1:]),
         "tiny_pixel": (inverters, list(PROMPT_FREE), SKIPS),
         "gaussian": (inverters, ["sdedit"], SKIPS),
+        "tiny_sd3": (inverters, ["text", "flowedit", *PROMPT_FREE], SKIPS[1:]),  # a flow model
     }
     started = time.perf_counter()
     for bname, (invs, eds, skips) in plan.items():
