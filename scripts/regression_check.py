@@ -3,7 +3,7 @@
 A refactor of the numerical core must not change a single bit of any result. This script runs
 every registered inverter with every registered editor (a few steps, skip 0 and skip > 0) on
 the offline models (``tiny``, ``tiny_v``, ``digits``; ``tiny_pixel`` and ``gaussian`` with the
-prompt-free editors; the flow model ``tiny_sd3``), on fixed inputs and seeds, and saves every output tensor (the inversion's
+prompt-free editors), on fixed inputs and seeds, and saves every output tensor (the inversion's
 x_i, noise maps, coupled sequence and per-step unconditional embeddings, and every edit), the
 network-evaluation counts and the messages of combinations that refuse to run, to one file:
 
