@@ -188,3 +188,14 @@ def test_flowedit_refuses_a_ddpm_backbone(tiny, photo_x0) -> None:
     inv = INVERTERS.build({"name": "none"}).invert(tiny, photo_x0, SOURCE, num_steps=4, skip=0)
     with pytest.raises(InputError, match="flow-matching"):
         EDITORS.build({"name": "flowedit", "n_max": 3}).edit(tiny, inv, SOURCE, [TARGET], skip=0)
+
+
+def test_sdedit_and_flowedit_presets_use_none_unless_an_inverter_is_named() -> None:
+    from framework.config import compose
+
+    assert compose(overrides=["editor=sdedit"], kind="edit").inverter.name == "none"
+    cfg = compose(overrides=["editor=flowedit"], kind="edit")
+    assert cfg.inverter.name == "none" and (cfg.num_steps, cfg.skip, cfg.editor.n_max) == (50, 0, 33)
+    assert "inverter" not in cfg.editor  # the preset's key is not an option
+    assert compose(overrides=["editor=sdedit", "inverter=ddim"], kind="edit").inverter.name == "ddim"
+    assert compose(overrides=["editor=text"], kind="edit").inverter.name == "ddpm_edit_friendly"
