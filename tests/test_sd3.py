@@ -89,6 +89,15 @@ def test_edit_friendly_and_cycle_diffusion_reconstruct_exactly(sd3, x0) -> None:
     # several timesteps per pass (per-row float timesteps) give the same maps
     batched = _invert(sd3, x0, timestep_batch=3)
     torch.testing.assert_close(batched.zs, _invert(sd3, x0).zs, rtol=1e-4, atol=1e-4)
+    # DDIM inversion: the Euler step backwards, the velocity evaluated at x_{i-1} with step i's time
+    ddim = _invert(sd3, x0, "ddim")
+    assert ddim.zs is None and ddim.nfe == 6
+    schedule = sd3.schedule(6, 0.0)
+    cond = sd3.encode_prompt([SOURCE])
+    for i in (1, 4):
+        v = sd3.predict_noise(ddim.xts[i - 1], schedule.timestep(i), cond)
+        t, s = schedule.times(i)
+        torch.testing.assert_close(ddim.xts[i], ddim.xts[i - 1] + (t - s) * v, rtol=1e-5, atol=1e-5)
     # EDICT's coupled Euler steps invert exactly as well
     edict = EDITORS.build({"name": "text", "guidance_scale": 3.0})
     out = edict.edit(sd3, _invert(sd3, x0, "edict", steps=4), SOURCE, [SOURCE], skip=0)
