@@ -190,7 +190,9 @@ class DDPMRule(StepRule):
         x = self.x
         eps = eps_fn(x)
         mu = self.schedule.mu(x, eps, i)
-        sigma = self.schedule.sigma_at(i)
+        # with noise maps, the scale they were extracted with (σ_i, or a deterministic step's
+        # residual scale: ProcessSchedule.map_scale); fresh noise, σ_i
+        sigma = self.schedule.sigma_at(i) if self.zs is None else self.schedule.map_scale(i)
         if sigma == 0:
             self.x = mu
             return
@@ -325,7 +327,7 @@ def denoise(
         for h in hooks:
             stack.enter_context(h.installed())
         for i in progress.steps(range(start_step, 0, -1), desc=desc, total=start_step):
-            t = int(schedule.timesteps[i - 1])
+            t = schedule.timestep(i)
             for h in hooks:
                 h.begin_step(i)
             for h in latents:

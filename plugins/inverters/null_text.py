@@ -97,7 +97,7 @@ def optimise_null_text(
         losses: list[float] = []
         first: list[float] = []
         for k, i in enumerate(progress.steps(range(n, 0, -1), desc="null-text", total=n)):
-            t = int(schedule.timesteps[i - 1])
+            t = schedule.timestep(i)
             leaves = u.learnable_leaves()  # one optimizer over every learnable field
             optimizer = torch.optim.Adam(list(leaves.values()), lr=options.learning_rate * (1.0 - k / 100.0))
             target = pivot[i - 1]
