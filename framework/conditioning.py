@@ -64,7 +64,9 @@ class Conditioning:
     embeds: Tensor  # (K, L, D): the text encoder's hidden states
 
     #: the fields an optimisation of the conditioning changes (null-text inversion optimises
-    #: them in the unconditional conditioning); the other fields stay fixed
+    #: them in the unconditional conditioning); the other fields stay fixed. A subclass sets it
+    #: as a plain class attribute (``learnable = ("embeds", "pooled")``, no annotation, so that
+    #: it is not a field)
     learnable: ClassVar[tuple[str, ...]] = ("embeds",)
 
     # ----------------------------------------------------------------- fields

@@ -68,7 +68,8 @@ class Guidance:
         """The unconditional conditioning of step i for a batch of ``batch`` rows."""
         if self.uncond is None or self.per_step is None:
             return self.uncond
-        u = self.per_step.at(min(i - 1, len(self.per_step) - 1)).to(self.uncond.device, self.uncond.dtype)
+        u = self.per_step.at(min(i - 1, len(self.per_step) - 1))
+        u = u.zip_map(self.uncond, lambda mine, base: mine.to(base.device, base.dtype))  # each field as uncond's
         if self.per_step_rows is None:
             return u
         return replace_rows(self.uncond, self.per_step_rows, u, batch)

@@ -24,13 +24,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if TYPE_CHECKING:
+    from framework.backbone import Backbone
 
 #: the inverters' options that keep the run short (null-text: 2 iterations per step)
 INVERTER_OPTIONS: dict[str, dict[str, Any]] = {"null_text": {"num_inner_steps": 2}}
@@ -61,7 +64,7 @@ def editor_configs(strokes: str | None, words: tuple[str, str], negative: str) -
     }
 
 
-def input_x0(backbone: Any, name: str) -> torch.Tensor:
+def input_x0(backbone: Backbone, name: str) -> torch.Tensor:
     """A fixed input: a smooth synthetic picture (a data sample for ``gaussian``)."""
     if name == "gaussian":
         return backbone.sample_data(1, torch.Generator().manual_seed(3))

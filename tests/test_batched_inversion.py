@@ -124,7 +124,7 @@ def test_rows_of_several_images_keep_their_own_prompt_and_timestep(tiny, photo_x
         for s, i in enumerate([9, 5, 2]):
             t = int(schedule.timesteps[i - 1])
             for k in range(2):
-                one = tiny.predict_noise(seq.xts[i, k : k + 1], t, cond[k : k + 1], uncond, 3.5)
+                one = tiny.predict_noise(seq.xts[i, k : k + 1], t, cond.rows(k), uncond, 3.5)
                 torch.testing.assert_close(eps[s, k : k + 1], one, atol=1e-5, rtol=1e-5)
 
 

@@ -136,12 +136,20 @@ def read_sentences(path: Any, what: str) -> list[str]:
     return sentences
 
 
+def float32(cond: Conditioning, device: torch.device | None = None) -> Conditioning:
+    """``cond`` with every floating-point field in float32 (other fields as they are), on ``device``."""
+    def convert(v: Tensor) -> Tensor:
+        return v.to(device=device, dtype=torch.float32 if v.is_floating_point() else v.dtype)
+
+    return cond.map(convert)
+
+
 def encode_float(backbone: Backbone, prompts: Sequence[str]) -> Conditioning:
-    """The conditioning of ``prompts`` with every field in float32."""
+    """The conditioning of ``prompts`` with every floating-point field in float32."""
     cond = backbone.encode_prompt(list(prompts))
     if cond is None:
         raise InputError(f"zero_shot needs a prompt-conditioned backbone; {type(backbone).__name__} is unconditional")
-    return cond.to(dtype=torch.float32)
+    return float32(cond)
 
 
 def mean_embedding(backbone: Backbone, sentences: Sequence[str]) -> Conditioning:
@@ -379,7 +387,7 @@ class ZeroShot(Editor):
             if direction is None:
                 direction = self.directions(backbone, source, targets)
             else:
-                direction = as_direction(backbone, direction, source).to(backbone.device, torch.float32).clone()
+                direction = float32(as_direction(backbone, direction, source), backbone.device).clone()
                 direction = broadcast_rows(direction, len(targets))
             per = self.options.targets_per_batch or len(targets)
             parts = [
@@ -416,7 +424,7 @@ class ZeroShot(Editor):
             # the reference row keeps the inversion's unconditional embedding (per step if any)
             null = backbone.null_condition()
             assert null is not None
-            base = cat_rows([null.to(dtype=torch.float32), broadcast_rows(src, k)])
+            base = cat_rows([float32(null), broadcast_rows(src, k)])
             guidance = inversion_guidance(backbone, inversion, cond, scale, base, slice(0, 1))
         else:
             guidance = inversion_guidance(backbone, inversion, cond, scale)
