@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from framework.conditioning import Conditioning
+from framework.errors import InputError
 from framework.registry import EDITORS, INVERTERS
 from plugins.backbones.tiny import TinyBackbone, TinyOptions
 
@@ -118,6 +119,7 @@ def test_every_inverter_and_editor_carries_the_fields(pooled_tiny, tmp_path) -> 
         "shift": {"dx": 1, "dy": 0},
         "color_strokes": {"strokes": strokes, "start_step": 1, "end_step": 2},
         "sdedit": {"strokes": strokes, "strength": 0.5},
+        "flowedit": {"n_max": 2},  # a flow-matching editor: refused on this DDPM model
     }
     assert set(editors) == set(EDITORS.names())
     checked = ("text", "prompt_to_prompt", "plug_and_play")  # editors that pass the prompts' rows as encoded
@@ -131,6 +133,11 @@ def test_every_inverter_and_editor_carries_the_fields(pooled_tiny, tmp_path) -> 
         for ename, options in editors.items():
             if ename == "color_strokes" and inv.zs is None:
                 continue  # color strokes need noise maps (refused with a message elsewhere)
+            if ename == "flowedit" or (iname == "none" and ename != "sdedit"):
+                # FlowEdit needs a flow model; `none` keeps only x0, which only SDEdit reads
+                with pytest.raises(InputError):
+                    EDITORS.build({"name": ename, **options}).edit(bb, inv, SOURCE, TARGETS, skip=0)
+                continue
             bb.known = {p: bb.encode_prompt([p]) for p in [SOURCE, *TARGETS, NEGATIVE]} if ename in checked else {}
             bb.hits, bb.misaligned = {}, []
             out = EDITORS.build({"name": ename, **options}).edit(
