@@ -1,6 +1,6 @@
 """Built-in plugins. Each module registers itself on import; the imports are explicit."""
 
-from plugins.backbones import digits, gaussian, pixel_ddpm, sd14_random, stable_diffusion, tiny
+from plugins.backbones import digits, digits_flow, gaussian, pixel_ddpm, sd14_random, stable_diffusion, tiny
 from plugins.datasets import digits as digits_data
 from plugins.datasets import folder, pie_bench, yaml_list
 from plugins.editors import color_strokes, plug_and_play, prompt_to_prompt, sdedit, shift, text, zero_shot
