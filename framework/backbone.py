@@ -21,7 +21,7 @@ from torch import Tensor
 
 from framework.conditioning import Cond, broadcast_rows, cat_rows
 from framework.errors import EditFriendlyError, InputError
-from framework.process import DDPMProcess, NoiseProcess, ProcessSchedule
+from framework.process import DDPMProcess, FlowMatchProcess, NoiseProcess, ProcessSchedule
 from framework.prompts import PromptRules, short_prompt  # noqa: F401 (short_prompt: for the backbones)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -236,7 +236,7 @@ class Backbone(abc.ABC):
         guidance moves the conditional branch's latent); the pass is still one evaluation.
         """
         b = x_t.shape[0]
-        t = timestep_rows(t, b)
+        t = timestep_rows(t, b, floating=self.process.float_timesteps)
         x_t = x_t.float()
         if isinstance(guidance_scale, Tensor):
             use_cfg = bool((guidance_scale.to(torch.float32) != 1).any())
@@ -247,7 +247,7 @@ class Backbone(abc.ABC):
             assert cond is not None and uncond is not None
             emb = cat_rows([broadcast_rows(uncond, b), broadcast_rows(cond, b)])
             x_in = torch.cat([x_t, x_t if x_cond is None else x_cond.float()])
-            t_in = t if isinstance(t, int) else torch.cat([t, t])
+            t_in = t if isinstance(t, (int, float)) else torch.cat([t, t])
             out = self.to_epsilon(self.model_output(x_in, t_in, emb), x_in, t_in)
             self.nfe += 1
             eps_u, eps_c = out.chunk(2)
@@ -260,9 +260,10 @@ class Backbone(abc.ABC):
         return self.to_epsilon(out, x_t, t)
 
     def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | Tensor) -> Tensor:
-        """Convert the network's output at timestep(s) t to the noise prediction ε (float32):
-        the process' conversion (:meth:`framework.process.NoiseProcess.to_epsilon`)."""
-        return self.process.to_epsilon(out, x_t, t)
+        """Convert the network's output at timestep(s) t to the prediction the process' schedule
+        takes (float32): the noise ε for DDPM/DDIM, the velocity for a flow process
+        (:meth:`framework.process.NoiseProcess.to_prediction`)."""
+        return self.process.to_prediction(out, x_t, t)
 
     # ----------------------------------------------------------------- helpers
     def resolved_options(self) -> dict[str, Any]:
@@ -274,6 +275,53 @@ class Backbone(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """A short JSON-able description, for logs and result rows."""
         return {"class": type(self).__name__, "prediction_type": self.prediction_type}
+
+
+class FlowMatchBackbone(Backbone):
+    """A flow-matching model (:class:`framework.process.FlowMatchProcess`): its scheduler is a
+    diffusers ``FlowMatchEulerDiscreteScheduler``, whose sigmas for N steps (shifted, then a
+    final 0) are the step times t_i and whose timesteps 1000·t_i (floats) are the network's
+    timestep input. ``model_output`` returns the velocity v = ε − x0; ``predict_noise`` returns
+    the guided velocity, which the flow schedule takes in ε's place."""
+
+    prediction_type = "velocity"
+
+    def set_scheduler(self, scheduler: Any) -> None:
+        """Take the step times from a ``FlowMatchEulerDiscreteScheduler`` (its config: ``shift``,
+        ``num_train_timesteps``)."""
+        self.scheduler = scheduler
+        self._timesteps: dict[int, Tensor] = {}
+        self._times: dict[int, Tensor] = {}
+
+    def scheduler_timesteps(self, num_steps: int) -> Tensor:
+        """The scheduler's timesteps (1000·t, float32) for ``num_steps`` steps, descending."""
+        limit = int(self.scheduler.config.num_train_timesteps)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= limit:
+            raise InputError(f"num_steps must be an integer in 1..{limit} for this model, got {num_steps!r}")
+        if num_steps not in self._timesteps:
+            self.scheduler.set_timesteps(num_steps)
+            self._timesteps[num_steps] = self.scheduler.timesteps.to("cpu", torch.float32).clone()
+            self._times[num_steps] = self.scheduler.sigmas.to("cpu", torch.float32).clone()
+        return self._timesteps[num_steps]
+
+    def step_times(self, num_steps: int) -> Tensor:
+        """The scheduler's sigmas t for ``num_steps`` steps: N + 1 values, descending, ending at 0."""
+        self.scheduler_timesteps(num_steps)
+        return self._times[num_steps]
+
+    def timesteps(self, num_steps: int) -> Tensor:
+        """(N,) float32 model timesteps in paper order: ``timesteps(N)[i-1]`` is step i's."""
+        return self.scheduler_timesteps(num_steps).flip(0)
+
+    @property
+    def process(self) -> NoiseProcess:
+        """The flow-matching process over the scheduler's ``num_train_timesteps``."""
+        return FlowMatchProcess(int(self.scheduler.config.num_train_timesteps))
+
+    def schedule(self, num_steps: int, eta: float) -> ProcessSchedule:
+        """The flow at the scheduler's sigmas for ``num_steps`` steps and stochasticity ``eta``."""
+        timesteps = self.scheduler_timesteps(num_steps)
+        return self.process.discretize_times(self.step_times(num_steps), eta, timesteps_desc=timesteps)
 
 
 def guide(eps_u: Tensor, eps_c: Tensor, scale: float | Tensor) -> Tensor:
@@ -320,13 +368,14 @@ def word_positions(tokenizer: Any, prompt: str, word: str) -> list[int]:
     return out
 
 
-def timestep_rows(t: int | Tensor, b: int) -> int | Tensor:
-    """An int for one timestep shared by all rows, else a (b,) int64 tensor of per-row ones."""
+def timestep_rows(t: int | float | Tensor, b: int, floating: bool = False) -> int | float | Tensor:
+    """An int for one timestep shared by all rows, else a (b,) int64 tensor of per-row ones;
+    with ``floating`` (a flow's timesteps 1000·t) a float and a float32 tensor instead."""
     if isinstance(t, Tensor) and t.dim() > 0:
         if t.dim() != 1 or t.shape[0] != b:
             raise InputError(f"per-row timesteps must have shape ({b},), got {tuple(t.shape)}")
-        return t.to(torch.int64)
-    return int(t)
+        return t.to(torch.float32) if floating else t.to(torch.int64)
+    return float(t) if floating else int(t)
 
 
 def check_finite(x: Tensor, what: str, dtype: torch.dtype, option: str) -> None:

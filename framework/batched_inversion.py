@@ -96,7 +96,7 @@ def evaluate_steps(
     s, b = len(steps), xts.shape[1]
     x = xts[steps].reshape(s * b, *xts.shape[2:])
     if s == 1:  # exactly the sequential call (one shared int timestep)
-        t: int | Tensor = int(schedule.timesteps[steps[0] - 1])
+        t: int | float | Tensor = schedule.timestep(steps[0])
     else:
         t = schedule.timesteps[[i - 1 for i in steps]].repeat_interleave(b).to(x.device)
     eps = backbone.predict_noise(x, t, tile(cond, s, b), tile(uncond, s, b), guidance_scale)

@@ -52,7 +52,7 @@ def generate(
         x = x_T[s:s + batch_size].to(backbone.device)
         cond = backbone.encode_prompt(list(prompts[s:s + batch_size]))
         for i in range(num_steps, 0, -1):
-            t = int(schedule.timesteps[i - 1])
+            t = schedule.timestep(i)
             eps = backbone.predict_noise(x, t, cond, uncond, guidance_scale)
             x = schedule.mu(x, eps, i)
         out.append(backbone.decode(x).cpu())

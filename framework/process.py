@@ -12,7 +12,10 @@ Two levels:
   itself.
 
 The interface is written in terms of ε (the noise a latent holds) and x̂0 (the clean
-prediction), which every family has. The contract of a :class:`ProcessSchedule`:
+prediction), which every family has. The prediction the methods take as ``eps`` is what
+the process' :meth:`NoiseProcess.to_prediction` returns: ε for DDPM, the velocity for flow
+matching (see below); inverters and editors only pass it from the backbone to the schedule.
+The contract of a :class:`ProcessSchedule`:
 
 * forward marginal (eq. 2): x_i = a_i·x0 + b_i·ε with ``(a_i, b_i) = noise_level(i)``;
   :meth:`add_noise` computes it;
@@ -37,18 +40,37 @@ DDPM/DDIM (:class:`DDPMProcess`, :class:`Schedule`): a_i = sqrt(ᾱ_i), b_i = sq
 which is DDIM's formula for every η in [0, 1] (η = 1 is DDPM's posterior variance, η = 0
 DDIM); ᾱ_prev of step 1 is the scheduler's ``final_alpha_cumprod``. All of it in float32.
 
-A flow-matching family (SD3, FLUX) is a second implementation of the same interface, with
-t_i in [0, 1] the step's time and s = t_{i-1}:
+Flow matching (:class:`FlowMatchProcess`, :class:`FlowSchedule`: SD3, FLUX, ``digits_flow``),
+with t in [0, 1] (t = 1 pure noise), t_i the time of step i and s = t_{i-1}:
 
-* marginal x_i = (1−t_i)·x0 + t_i·ε, so ``noise_level(i) = (1−t_i, t_i)``;
-* the network predicts the velocity v = ε − x0; ``to_epsilon`` returns ε = x_t + (1−t)·v
-  (classifier-free guidance is linear, so guiding ε or v is the same), and
-  x̂0 = (x_i − t_i·ε)/(1−t_i);
-* the stochastic sampler x_s = (1−s)·x̂0 + sqrt(s² − σ²)·ε̂ + σ·z: μ̂ = (1−s)·x̂0 +
-  sqrt(s² − σ²)·ε̂, with σ_i > 0 (an η-scaled choice) giving noise maps through the same eq. 5;
-* σ = 0 is the Euler step x_s = x_t + (s − t)·v, and its inverse x_t = x_s + (t − s)·v (the
-  velocity evaluated at x_s) is ``inverse_step``.
-Loops, inverters and editors then run unchanged.
+* marginal x_i = (1−t_i)·x0 + t_i·ε, so ``noise_level(i) = (1−t_i, t_i)``; the model's timestep
+  input is 1000·t (a float: ``timesteps`` are float32), and t_i are the sigmas of diffusers'
+  ``FlowMatchEulerDiscreteScheduler`` for N steps (shifted, then a final 0);
+* the network predicts the velocity v = ε − x0, so ε = x_t + (1−t)·v and x0 = x_t − t·v.
+  The prediction a flow schedule's methods take in ε's place is v itself
+  (:meth:`NoiseProcess.to_prediction`): the first step starts at t_N = 1, where x_t = ε carries
+  nothing of x0 and the ε form x̂0 = (x_t − t·ε)/(1−t) divides by zero, whereas x̂0 = x_t − t·v
+  is exact. Classifier-free guidance is affine, so guiding v or ε is the same;
+  :meth:`FlowMatchProcess.to_epsilon` gives ε where one is wanted;
+* the stochastic sampler is DDIM's for general marginals (a_t, b_t): the forward chain
+  x_t = (a_t/a_s)·x_s + sqrt(b_t² − (a_t/a_s)²·b_s²)·w (w standard normal) has, given x0 and x_t,
+  the Gaussian posterior with variance b_s²·(1 − (a_t·b_s/(a_s·b_t))²) (the conditional of the
+  joint Gaussian of (x_s, x_t) given x0); with a = 1−t, b = t
+
+      σ_i  = η · s · sqrt(1 − ((1−t)·s / ((1−s)·t))²)
+      μ̂_i  = (1−s)·x̂0 + sqrt(s² − σ_i²)·ε̂,   x̂0 = x_t − t·v̂,  ε̂ = x_t + (1−t)·v̂
+
+  η = 1 is the forward chain's posterior (its mean is (1−s)·x0 + sqrt(s² − σ²)·ε for the ε
+  that x_t holds given x0), η = 0 the deterministic step, which for flows is the Euler step
+  μ̂ = x_t + (s − t)·v̂ (expand (1−s)(x_t − t·v) + s(x_t + (1−t)·v)). μ̂ is computed as
+  x_t + (s − t)·v̂ + (sqrt(s² − σ²) − s)·ε̂, so that η = 0 is diffusers' Euler step to the bit.
+  At t = 1 (the first step) σ = η·s: x_t holds no information about x_s beyond x0;
+* noise maps (eq. 5) and :meth:`~ProcessSchedule.noise_map_step` are the shared ones;
+  ``posterior_sample`` draws the chain with ε = (x_t − (1−t)·x0)/t;
+* ``inverse_step`` is the Euler step backwards, x_t = x_s + (t − s)·v with v evaluated at x_s
+  (DDIM inversion); ``deterministic_step``/``deterministic_inverse`` are x_s = x_t + (s − t)·v and
+  x_t = x_s − (s − t)·v, affine in x for a fixed v (EDICT).
+Loops, inverters and editors run unchanged on either process.
 """
 
 from __future__ import annotations
@@ -68,7 +90,7 @@ class ProcessSchedule(abc.ABC):
     """A noise process discretised for ``num_steps`` inference steps (see the module docstring
     for the contract every implementation keeps)."""
 
-    timesteps: Tensor  # (N,) int64, ascending: timesteps[i-1] is the model timestep of step i
+    timesteps: Tensor  # (N,) ascending: timesteps[i-1] is the model timestep of step i (int64; float32 for flows)
     eta: float
 
     @property
@@ -84,9 +106,10 @@ class ProcessSchedule(abc.ABC):
         """σ_i as a Python float."""
         return float(self.sigma[i - 1])
 
-    def timestep(self, i: int) -> int:
-        """The model timestep of step i."""
-        return int(self.timesteps[i - 1])
+    def timestep(self, i: int) -> int | float:
+        """The model timestep of step i: an int for integer timesteps (DDPM), a float for a
+        flow's 1000·t."""
+        return self.timesteps[i - 1].item()
 
     @abc.abstractmethod
     def noise_level(self, i: int) -> tuple[float, float]:
@@ -161,6 +184,13 @@ class NoiseProcess(abc.ABC):
     """A model family's noise process over its training timesteps."""
 
     prediction_type: str
+    #: whether the model's timesteps are floats (flows: 1000·t) rather than integers
+    float_timesteps: bool = False
+
+    def to_prediction(self, out: Tensor, x_t: Tensor, t: int | float | Tensor) -> Tensor:
+        """The network's output as the prediction this process' schedules take in ε's place
+        (float32): ε itself, unless a process says otherwise (flows: the velocity)."""
+        return self.to_epsilon(out, x_t, t)
 
     @abc.abstractmethod
     def discretize(self, timesteps_desc: Tensor, eta: float) -> ProcessSchedule:
@@ -320,6 +350,162 @@ def make_schedule(
         abar_prev=abar_prev.to(torch.float32),
         eta=float(eta),
     )
+
+
+
+# ----------------------------------------------------------------------------- flow matching
+@dataclass(frozen=True)
+class FlowSchedule(ProcessSchedule):
+    """The flow-matching process at ``num_steps`` inference steps (index i-1 is step i).
+
+    Its methods take the velocity v̂ where the interface says ``eps`` (see the module
+    docstring); ``t[i-1]`` is t_i and ``t_prev[i-1]`` is s = t_{i-1} (0 for step 1)."""
+
+    timesteps: Tensor  # (N,) float32, ascending: 1000·t_i, the model's timestep input at step i
+    t: Tensor  # (N,) float32, t_i in (0, 1]
+    t_prev: Tensor  # (N,) float32, t_{i-1} (0 for i = 1)
+    eta: float
+
+    @cached_property
+    def sigma(self) -> Tensor:
+        """(N,) σ_i = η·s·sqrt(1 − ((1−t)·s/((1−s)·t))²), computed once (in float64)."""
+        t, s = self.t.double(), self.t_prev.double()
+        ratio = torch.where(s > 0, (1 - t) * s / ((1 - s) * t), torch.zeros_like(s))
+        return (self.eta * s * (1 - ratio**2).clamp(min=0).sqrt()).to(torch.float32)
+
+    def times(self, i: int) -> tuple[float, float]:
+        """(t_i, t_{i-1}) of step ``i`` (1-based) as Python floats."""
+        return float(self.t[i - 1]), float(self.t_prev[i - 1])
+
+    def noise_level(self, i: int) -> tuple[float, float]:
+        """(1 − t_i, t_i): x_i = (1−t_i)·x0 + t_i·ε."""
+        t = float(self.t[i - 1])
+        return 1 - t, t
+
+    def predict_x0(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """x̂0 = x_i − t_i·v̂ (``eps`` is the velocity v̂)."""
+        return x_t - float(self.t[i - 1]) * eps
+
+    def epsilon(self, x_t: Tensor, v: Tensor, i: int) -> Tensor:
+        """ε̂ = x_i + (1 − t_i)·v̂: the noise that x_i holds for the velocity v̂."""
+        return x_t + (1 - float(self.t[i - 1])) * v
+
+    def _direction(self, i: int) -> float:
+        """sqrt(s² − σ_i²), the coefficient of ε̂ in μ̂_i."""
+        s, sigma = float(self.t_prev[i - 1]), self.sigma_at(i)
+        return max(s * s - sigma * sigma, 0.0) ** 0.5
+
+    def mu(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """μ̂_i = (1−s)·x̂0 + sqrt(s² − σ_i²)·ε̂, computed as the Euler step x_i + (s − t)·v̂ plus
+        (sqrt(s² − σ_i²) − s)·ε̂ (the second term only where σ_i > 0)."""
+        t, s = self.times(i)
+        out = x_t + (s - t) * eps
+        if self.sigma_at(i) == 0:
+            return out
+        return out + (self._direction(i) - s) * self.epsilon(x_t, eps, i)
+
+    def posterior_sample(self, x_t: Tensor, x0: Tensor, i: int, noise: Tensor) -> Tensor:
+        """q(x_{i-1} | x_i, x0) of the η family: (1−s)·x0 + sqrt(s² − σ_i²)·ε_i + σ_i·noise with
+        ε_i = (x_i − (1−t)·x0)/t (at η = 1 the forward chain's posterior)."""
+        t, s = self.times(i)
+        eps = (x_t - (1 - t) * x0) / t
+        return (1 - s) * x0 + self._direction(i) * eps + self.sigma_at(i) * noise
+
+    def inverse_step(self, x_prev: Tensor, eps: Tensor, i: int) -> Tensor:
+        """The Euler step backwards: x_i = x_{i-1} + (t − s)·v̂, v̂ evaluated at x_{i-1}."""
+        t, s = self.times(i)
+        return x_prev + (t - s) * eps
+
+    def deterministic_step(self, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
+        """x_{i-1} = x_i + (s − t)·v̂ (Euler, σ = 0)."""
+        t, s = self.times(i)
+        return x_t + (s - t) * eps
+
+    def deterministic_inverse(self, x_prev: Tensor, eps: Tensor, i: int) -> Tensor:
+        """x_i = x_{i-1} − (s − t)·v̂."""
+        t, s = self.times(i)
+        return x_prev - (s - t) * eps
+
+
+class FlowMatchProcess(NoiseProcess):
+    """Rectified flow: x_t = (1−t)·x0 + t·ε, t in [0, 1], a network predicting v = ε − x0 at the
+    timestep input ``num_train_timesteps``·t (diffusers' ``FlowMatchEulerDiscreteScheduler``;
+    1000 for SD3). Its schedules take the velocity in ε's place (:meth:`to_prediction`)."""
+
+    prediction_type = "velocity"
+    float_timesteps = True
+
+    def __init__(self, num_train_timesteps: int = 1000) -> None:
+        self.num_train_timesteps = int(num_train_timesteps)
+
+    # -- time
+    def time_at(self, t: int | float | Tensor, like: Tensor) -> Tensor:
+        """t = timestep / num_train_timesteps as float32 on ``like``'s device: 0-d for one
+        timestep, (B, 1, ..., 1) for (B,) rows."""
+        if isinstance(t, Tensor):
+            tt = t.to(like.device, torch.float32) / self.num_train_timesteps
+            return tt.reshape(-1, *([1] * (like.dim() - 1))) if tt.dim() > 0 else tt
+        return torch.tensor(float(t) / self.num_train_timesteps, dtype=torch.float32, device=like.device)
+
+    # -- the network's output
+    def to_prediction(self, out: Tensor, x_t: Tensor, t: int | float | Tensor) -> Tensor:
+        """The velocity, as the network gives it (float32)."""
+        return out.float()
+
+    def to_epsilon(self, out: Tensor, x_t: Tensor, t: int | float | Tensor) -> Tensor:
+        """ε = x_t + (1 − t)·v from the velocity output."""
+        return x_t.float() + (1 - self.time_at(t, x_t)) * out.float()
+
+    def x0_from_velocity(self, x_t: Tensor, v: Tensor, t: int | float | Tensor) -> Tensor:
+        """x0 = x_t − t·v."""
+        return x_t - self.time_at(t, x_t) * v
+
+    def x0_from_epsilon(self, x_t: Tensor, eps: Tensor, t: int | float | Tensor) -> Tensor:
+        """(x_t − t·ε)/(1 − t) (undefined at t = 1)."""
+        tt = self.time_at(t, eps)
+        return (x_t - tt * eps) / (1 - tt)
+
+    def epsilon_from_x0(self, x_t: Tensor, x0: Tensor, t: int | float | Tensor) -> Tensor:
+        """(x_t − (1−t)·x0)/t."""
+        tt = self.time_at(t, x0)
+        return (x_t - (1 - tt) * x0) / tt
+
+    # -- training
+    @staticmethod
+    def add_noise(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x_t = (1−t)·x0 + t·noise for t in [0, 1] (a number, or (B,) one per row)."""
+        if isinstance(t, Tensor) and t.dim() > 0:
+            t = t.to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1)))
+        return (1 - t) * x0 + t * noise
+
+    @staticmethod
+    def velocity_target(x0: Tensor, noise: Tensor) -> Tensor:
+        """The regression target of the network: v = noise − x0."""
+        return noise - x0
+
+    # -- discretisation
+    def discretize(self, timesteps_desc: Tensor, eta: float) -> FlowSchedule:
+        """The process at the given model timesteps (descending, 1000·t), ending at t = 0."""
+        ts = timesteps_desc.detach().to("cpu", torch.float32)
+        return self.discretize_times(ts / self.num_train_timesteps, eta, timesteps_desc=ts)
+
+    def discretize_times(self, times_desc: Tensor, eta: float, timesteps_desc: Tensor | None = None) -> FlowSchedule:
+        """The process at the times t (descending, diffusers' ``sigmas``; N values, or N + 1
+        with the final 0), with the model timesteps ``timesteps_desc`` (default 1000·t)."""
+        if not 0.0 <= eta <= 1.0:
+            raise InputError(f"eta must be in [0, 1], got {eta}")
+        times = times_desc.detach().to("cpu", torch.float32)
+        if timesteps_desc is None:
+            n = times.shape[0] - 1 if times.shape[0] > 1 and float(times[-1]) == 0 else times.shape[0]
+            timesteps_desc = times[:n] * self.num_train_timesteps
+        ts = timesteps_desc.detach().to("cpu", torch.float32)
+        n = ts.shape[0]
+        if times.shape[0] == n:
+            times = torch.cat([times, times.new_zeros(1)])
+        if times.shape[0] != n + 1 or not bool((times[:-1] > 0).all() and (times <= 1).all()):
+            raise InputError(f"flow times must be {n} or {n + 1} values in (0, 1] (then 0), got {times.tolist()}")
+        asc = times.flip(0)  # t_0 = 0, t_1, ..., t_N
+        return FlowSchedule(timesteps=ts.flip(0).clone(), t=asc[1:].clone(), t_prev=asc[:-1].clone(), eta=float(eta))
 
 
 def check_steps(num_steps: int, skip: int) -> None:

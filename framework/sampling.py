@@ -325,7 +325,7 @@ def denoise(
         for h in hooks:
             stack.enter_context(h.installed())
         for i in progress.steps(range(start_step, 0, -1), desc=desc, total=start_step):
-            t = int(schedule.timesteps[i - 1])
+            t = schedule.timestep(i)
             for h in hooks:
                 h.begin_step(i)
             for h in latents:

@@ -157,7 +157,7 @@ def ddim_inversion_sequence(
     xts[0] = x0
     x = x0
     for i in progress.steps(range(1, n + 1), desc=desc, total=n):
-        t = int(schedule.timesteps[i - 1])
+        t = schedule.timestep(i)
         eps = backbone.predict_noise(x, t, cond, uncond, guidance_scale)
         if reg is not None:
             eps = regularize_noise(eps, reg, generator)

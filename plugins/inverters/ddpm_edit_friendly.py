@@ -73,7 +73,7 @@ def extract_noise_maps(
     n = xts.shape[0] - 1
     zs = torch.empty_like(xts[1:])
     for i in progress.steps(range(n, 0, -1), desc=desc, total=n):
-        t = int(schedule.timesteps[i - 1])
+        t = schedule.timestep(i)
         eps = backbone.predict_noise(xts[i], t, cond, uncond, guidance_scale)
         schedule.noise_map_step(xts, zs, i, eps, zero_last_noise)
     return zs

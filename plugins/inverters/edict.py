@@ -182,7 +182,7 @@ class EDICT(Inverter):
         xts[0] = ys[0] = x0
         x, y = x0.double(), x0.double()
         for i in progress.steps(range(1, n + 1), desc="edict-invert", total=n):
-            t = int(schedule.timesteps[i - 1])
+            t = schedule.timestep(i)
 
             def eps(z: Tensor) -> Tensor:
                 return backbone.predict_noise(z.float(), t, cond, uncond, guidance_scale).double()
