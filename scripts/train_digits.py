@@ -215,7 +215,8 @@ def train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    bar = tqdm(range(args.steps), desc="train digits_flow" if flow else "train digits", disable=args.no_progress, mininterval=2.0)
+    bar = tqdm(range(args.steps), desc="train digits_flow" if flow else "train digits", disable=args.no_progress,
+               mininterval=2.0)
     smooth = None
     for step in bar:
         pick = torch.randint(len(train_idx), (args.batch_size,), generator=g)

@@ -24,7 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from framework.backbone import Backbone, FlowMatchBackbone, PromptRules, check_model_folder, resolve_device, resolve_dtype
+from framework.backbone import (
+    Backbone,
+    FlowMatchBackbone,
+    PromptRules,
+    check_model_folder,
+    resolve_device,
+    resolve_dtype,
+)
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 from plugins.backbones.digits import TEXT_PIXEL_COMPONENTS, TextPrompts, load_text_pixel_parts, trained_words
