@@ -209,7 +209,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     from framework.backbone import load_prompt_rules, resolve_device
     from framework.config import backbone_config, compose, literal, save_config_history
-    from framework.edit import invert_and_edit
+    from framework.edit import check_inversion_needed, invert_and_edit
     from framework.images import fit_image, load_image, parse_size, pil_to_tensor, tensor_to_pil
     from framework.progress import interactive, progress_bars
     from framework.prompts import check_edit_prompts
@@ -234,6 +234,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         resolve_device(cfg.backbone.device)
     inverter = INVERTERS.build(cfg.inverter)
     editor = EDITORS.build(cfg.editor)
+    check_inversion_needed(inverter, editor)  # before the model loads
     targets = list(args.target)
     if not targets:
         raise InputError("give at least one --target prompt")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from framework.errors import InputError
 from framework.inversion import Inversion
 from framework.prompts import check_edit_prompts
 from framework.random import make_generator
@@ -154,6 +155,18 @@ def edit_inversion(
     return EditRun(images, latents, cost.seconds, cost.nfe)
 
 
+def check_inversion_needed(inverter: Any, editor: Any) -> None:
+    """Refuse an inverter that only encodes the image (``none``) for an editor that reads an
+    inversion's trajectory or noise maps, before anything runs."""
+    if getattr(inverter, "encodes_only", False) and getattr(editor, "needs_inversion", True):
+        name = getattr(editor, "registered_name", type(editor).__name__)
+        raise InputError(
+            f"the {name} editor needs an inversion's trajectory or noise maps, but the inverter "
+            f"{getattr(inverter, 'registered_name', 'none')} only encodes the image; use an inverter "
+            "(ddpm_edit_friendly, ddim, ...) or an editor that needs no inversion (sdedit, flowedit)"
+        )
+
+
 def invert_and_edit(
     backbone: Any,
     inverter: Any,
@@ -173,6 +186,7 @@ def invert_and_edit(
     (:class:`~framework.errors.InputError`, or :class:`~framework.errors.ConfigError` for an
     option), and words a closed vocabulary has never seen are named in a warning."""
     check_conditional(editor, backbone)  # before the inversion, not after it
+    check_inversion_needed(inverter, editor)
     rules = backbone.prompt_rules() if hasattr(backbone, "prompt_rules") else None
     check_edit_prompts(rules, source_prompt, target_prompts, (inverter, editor))
     inv = invert_image(backbone, inverter, image, source_prompt, num_steps=num_steps, skip=skip, seed=seed)

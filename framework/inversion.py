@@ -12,6 +12,11 @@ coupled pair, whose second sequence is ``coupled``) and ``rule_factory`` builds 
 an inverter with its own rule sets it, so the loop needs no table of rules), and ``uncond_embeddings`` is its
 unconditional embedding per step (null-text inversion; one row for all steps: negative-prompt
 inversion), used instead of the null text wherever an edit applies classifier-free guidance.
+
+An inversion may also be the encoded image alone (``encoded_only``: the ``none`` inverter, no
+network evaluation): ``xts`` then holds x0 only, and reading a trajectory or regenerating from it
+is refused (:meth:`Inversion.require_trajectory`); editors that start from x0 alone (SDEdit,
+FlowEdit) take it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class Inversion:
 
     xts: Tensor  # (n+1, B, C, h, w) float32 (float64 for EDICT, whose coupled arithmetic is exact in it)
     zs: Tensor | None  # (n, B, C, h, w) float32; None for deterministic (DDIM) inversions
-    timesteps: Tensor  # (N,) int64, paper order
+    timesteps: Tensor  # (N,) paper order: int64 (DDPM), float32 1000·t (flows)
     num_steps: int  # N
     skip: int  # steps not computed at the noisy end: n = N - skip
     eta: float  # the η the noise maps belong to; editors must sample with it
@@ -55,6 +60,7 @@ class Inversion:
     rule_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"mix_weight": 0.93}
     coupled: Tensor | None = None  # (n+1, B, C, h, w): EDICT's second sequence y_i
     uncond_embeddings: Tensor | None = None  # (n or 1, 1, L, D): unconditional embedding of step i
+    encoded_only: bool = False  # True: xts is (1, B, C, h, w), x0 alone (the none inverter)
 
     @property
     def deterministic(self) -> bool:
@@ -76,8 +82,19 @@ class Inversion:
     def batch_size(self) -> int:
         return int(self.xts.shape[1])
 
+    def require_trajectory(self, what: str = "this edit") -> None:
+        """Refuse an inversion that holds the encoded image only (``encoded_only``)."""
+        if self.encoded_only:
+            raise InputError(
+                f"{what} needs an inversion's trajectory or noise maps, but the {self.method} inverter only "
+                "encodes the image; use an inverter (ddpm_edit_friendly, ddim, ...) or an editor that needs no "
+                "inversion (sdedit, flowedit)"
+            )
+
     def x_at(self, step: int) -> Tensor:
         """x_step, (B, C, h, w); ``step`` must be in 0..n."""
+        if step != 0:
+            self.require_trajectory()
         if not 0 <= step <= self.start_step:
             raise InputError(f"step {step} not in the inversion's computed range 0..{self.start_step}")
         return self.xts[step]
@@ -122,6 +139,7 @@ class Inversion:
         inversion's own). The first ``n_source`` rows are source rows; ``shared_noise``: fresh
         noise (no maps, σ > 0) is one draw for every row (see ``DDPMRule``).
         """
+        self.require_trajectory()
         factory = self.rule_factory
         if factory is None:
             if self.rule != "ddpm":
@@ -140,6 +158,7 @@ class Inversion:
 
     def check_skip(self, skip: int) -> int:
         """Validate an edit's ``skip`` against this inversion; return the edit's first step."""
+        self.require_trajectory()
         if isinstance(skip, bool) or not isinstance(skip, int):
             raise InputError(f"skip must be an integer, got {skip!r}")
         if skip >= self.num_steps or skip < 0:
@@ -164,6 +183,8 @@ class Inverter(abc.ABC):
     registered_name: str
     #: True for inverters that extract noise maps (they need eta in (0, 1])
     stochastic: bool = True
+    #: True for an inverter whose inversions hold the encoded image only (``none``)
+    encodes_only: bool = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -65,8 +65,14 @@ with t in [0, 1] (t = 1 pure noise), t_i the time of step i and s = t_{i-1}:
   μ̂ = x_t + (s − t)·v̂ (expand (1−s)(x_t − t·v) + s(x_t + (1−t)·v)). μ̂ is computed as
   x_t + (s − t)·v̂ + (sqrt(s² − σ²) − s)·ε̂, so that η = 0 is diffusers' Euler step to the bit.
   At t = 1 (the first step) σ = η·s: x_t holds no information about x_s beyond x0;
-* noise maps (eq. 5) and :meth:`~ProcessSchedule.noise_map_step` are the shared ones;
-  ``posterior_sample`` draws the chain with ε = (x_t − (1−t)·x0)/t;
+* noise maps (eq. 5) and :meth:`~ProcessSchedule.noise_map_step` are the shared ones, with one
+  difference: the last step goes to t_0 = 0, where σ_1 = 0 for every η (x_0's posterior given x0
+  is a point), so DDPM's trick of a small final σ_1 absorbing the residual is not available.
+  There :meth:`~FlowSchedule.map_scale` is t_1 (η > 0): z_1 = (x_0 − μ̂_1)/t_1, the residual in
+  units of the step's noise level, and a reverse pass given the maps adds t_1·z_1, so the
+  edit-friendly sequence is reproduced to float precision down to x_0; sampling without maps
+  (fresh noise) keeps the last step deterministic;
+* ``posterior_sample`` draws the chain with ε = (x_t − (1−t)·x0)/t;
 * ``inverse_step`` is the Euler step backwards, x_t = x_s + (t − s)·v with v evaluated at x_s
   (DDIM inversion); ``deterministic_step``/``deterministic_inverse`` are x_s = x_t + (s − t)·v and
   x_t = x_s − (s − t)·v, affine in x for a fixed v (EDICT).
@@ -106,6 +112,12 @@ class ProcessSchedule(abc.ABC):
         """σ_i as a Python float."""
         return float(self.sigma[i - 1])
 
+    def map_scale(self, i: int) -> float:
+        """The scale of step i's noise map (eq. 5 divides by it, a reverse pass given the maps
+        multiplies by it): σ_i, 0 meaning the step has no map. A process may give a
+        deterministic step a map that carries its residual (see :class:`FlowSchedule`)."""
+        return self.sigma_at(i)
+
     def timestep(self, i: int) -> int | float:
         """The model timestep of step i: an int for integer timesteps (DDPM), a float for a
         flow's 1000·t."""
@@ -137,9 +149,10 @@ class ProcessSchedule(abc.ABC):
         return mu + sigma * z
 
     def noise_map(self, x_prev: Tensor, x_t: Tensor, eps: Tensor, i: int) -> Tensor:
-        """Eq. 5: z_i = (x_{i-1} − μ̂_i(x_i, ε)) / σ_i (zeros where σ_i = 0)."""
+        """Eq. 5: z_i = (x_{i-1} − μ̂_i(x_i, ε)) / σ_i (zeros where σ_i = 0), σ_i being
+        :meth:`map_scale`."""
         mu = self.mu(x_t, eps, i)
-        sigma = self.sigma_at(i)
+        sigma = self.map_scale(i)
         if sigma == 0:
             return torch.zeros_like(mu)
         return (x_prev - mu) / sigma
@@ -148,9 +161,9 @@ class ProcessSchedule(abc.ABC):
         """Eq. 5 at step i, in place along a stored sequence ``xts`` (n+1, B, ...): z_i into
         ``zs[i-1]`` (0 where σ_i = 0, or at i = 1 with ``zero_last_noise``), then
         x_{i-1} := μ̂_i + σ_i z_i (i > 1), so that the reverse pass fed with the maps reproduces
-        the sequence to float precision."""
+        the sequence to float precision (σ_i: :meth:`map_scale`)."""
         mu = self.mu(xts[i], eps, i)
-        sigma = self.sigma_at(i)
+        sigma = self.map_scale(i)
         if sigma == 0 or (i == 1 and zero_last_noise):
             zs[i - 1] = 0
         else:
@@ -372,6 +385,15 @@ class FlowSchedule(ProcessSchedule):
         t, s = self.t.double(), self.t_prev.double()
         ratio = torch.where(s > 0, (1 - t) * s / ((1 - s) * t), torch.zeros_like(s))
         return (self.eta * s * (1 - ratio**2).clamp(min=0).sqrt()).to(torch.float32)
+
+    def map_scale(self, i: int) -> float:
+        """σ_i; at the step to t = 0 (σ = 0: x_0's posterior given x0 is a point) with η > 0,
+        t_i instead: that step's map is its residual x_0 − μ̂_1 in units of its noise level, so a
+        reverse pass given the maps reproduces x_0 too (sampling without maps adds nothing there)."""
+        sigma = self.sigma_at(i)
+        if sigma == 0 and self.eta > 0 and float(self.t_prev[i - 1]) == 0:
+            return float(self.t[i - 1])
+        return sigma
 
     def times(self, i: int) -> tuple[float, float]:
         """(t_i, t_{i-1}) of step ``i`` (1-based) as Python floats."""

@@ -190,7 +190,9 @@ class DDPMRule(StepRule):
         x = self.x
         eps = eps_fn(x)
         mu = self.schedule.mu(x, eps, i)
-        sigma = self.schedule.sigma_at(i)
+        # with noise maps, the scale they were extracted with (σ_i, or a deterministic step's
+        # residual scale: ProcessSchedule.map_scale); fresh noise, σ_i
+        sigma = self.schedule.sigma_at(i) if self.zs is None else self.schedule.map_scale(i)
         if sigma == 0:
             self.x = mu
             return
