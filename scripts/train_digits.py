@@ -26,7 +26,7 @@ plus ``training.json`` (settings, timings, the loss log and held-out losses), ``
 
     python scripts/train_digits.py --out plugins/backbones/digits_model     # the shipped model
     python scripts/train_digits.py --out /tmp/d --steps 20 --no-samples      # smoke run
-    python scripts/train_digits.py --objective flow --steps 5000 --threads 2 \
+    python scripts/train_digits.py --objective flow --steps 700 --eval-every 100 \
         --out plugins/backbones/digits_flow_model                            # the shipped flow model
 """
 

@@ -88,3 +88,46 @@ def test_edit_friendly_reconstruction_is_exact(flow, cases) -> None:
         err = float((out - x0).abs().max())
         print("edit-friendly reconstruction error", err)
         assert err <= 1e-5
+
+
+def _rates(flow, cases, inverter: dict, editor: dict, skip: int) -> dict[str, float]:
+    from framework.digits_eval import edit_rates, run_edits
+
+    return edit_rates(cases, run_edits(flow, INVERTERS.build(inverter), EDITORS.build(editor), cases, STEPS, skip))
+
+
+def test_edit_friendly_colour_edits_reach_the_colour_and_keep_the_shape(flow, cases) -> None:
+    """Foreground-colour text edits from edit-friendly noise maps of the flow (skip 18 of 50,
+    target guidance 7.5), on held-out digits."""
+    ef = _rates(flow, cases, {"name": "ddpm_edit_friendly", "guidance_scale": 3.5},
+                {"name": "text", "guidance_scale": 7.5}, 18)
+    print("edit-friendly", ef)
+    # measured: MEASURE_EF; chance of reaching a given one of the 4 colours left: 0.25
+    assert ef["color_reached"] >= TODO, ef
+    assert ef["attr_reached"] >= TODO, ef
+    assert ef["shape_iou"] >= TODO, ef
+
+
+def test_flowedit_colour_edits_reach_the_colour_and_keep_the_shape(flow, cases) -> None:
+    """FlowEdit (no inversion: inverter none; 50 steps from n_max 33, target guidance 7.5) on the
+    same held-out foreground-colour edits."""
+    fe = _rates(flow, cases, {"name": "none"},
+                {"name": "flowedit", "n_max": 33, "source_guidance_scale": 3.5, "guidance_scale": 7.5}, 0)
+    print("flowedit", fe)
+    # measured: MEASURE_FE
+    assert fe["color_reached"] >= TODO, fe
+    assert fe["attr_reached"] >= TODO, fe
+    assert fe["shape_iou"] >= TODO, fe
+
+
+def test_follows_prompts(flow) -> None:
+    """Euler sampling (50 steps, guidance 3) from the prompts of 50 held-out digits, read back by
+    the digits classifier, as for ``digits``."""
+    from framework.digits_eval import prompt_following
+
+    rates = prompt_following(flow, n=50)
+    print("prompt following", rates)
+    # measured: MEASURE_PF; chance: digit 0.1, fg 1/6, bg 1/6
+    assert rates["digit"] >= TODO, rates
+    assert rates["fg"] >= TODO, rates
+    assert rates["bg"] >= TODO, rates

@@ -153,7 +153,7 @@ def check_shipped_flow(options: TextPixelFlowOptions) -> None:
     if not (Path(options.model) / "unet").is_dir() and Path(options.model) == DIGITS_FLOW_MODEL:
         raise WeightsNotFoundError(
             f"the digits_flow model is missing from {DIGITS_FLOW_MODEL}; it ships with the repository "
-            "(re-create it with: python scripts/train_digits.py --objective flow --steps 2000 "
+            "(re-create it with: python scripts/train_digits.py --objective flow --steps 700 "
             "--out plugins/backbones/digits_flow_model)"
         )
 
