@@ -102,10 +102,11 @@ def test_edit_friendly_colour_edits_reach_the_colour_and_keep_the_shape(flow, ca
     ef = _rates(flow, cases, {"name": "ddpm_edit_friendly", "guidance_scale": 3.5},
                 {"name": "text", "guidance_scale": 7.5}, 18)
     print("edit-friendly", ef)
-    # measured: MEASURE_EF; chance of reaching a given one of the 4 colours left: 0.25
-    assert ef["color_reached"] >= TODO, ef
-    assert ef["attr_reached"] >= TODO, ef
-    assert ef["shape_iou"] >= TODO, ef
+    # measured: color_reached 1.0 (8/8), fg read by the classifier 1.0, shape_iou 0.56; chance of
+    # reaching a given one of the 4 colours left: 0.25; a blob of the target colour: IoU 0.40-0.47
+    assert ef["color_reached"] >= 0.6, ef
+    assert ef["attr_reached"] >= 0.7, ef
+    assert ef["shape_iou"] >= 0.45, ef
 
 
 def test_flowedit_colour_edits_reach_the_colour_and_keep_the_shape(flow, cases) -> None:
@@ -114,10 +115,10 @@ def test_flowedit_colour_edits_reach_the_colour_and_keep_the_shape(flow, cases) 
     fe = _rates(flow, cases, {"name": "none"},
                 {"name": "flowedit", "n_max": 33, "source_guidance_scale": 3.5, "guidance_scale": 7.5}, 0)
     print("flowedit", fe)
-    # measured: MEASURE_FE
-    assert fe["color_reached"] >= TODO, fe
-    assert fe["attr_reached"] >= TODO, fe
-    assert fe["shape_iou"] >= TODO, fe
+    # measured: color_reached 0.875 (7/8), fg read by the classifier 1.0, shape_iou 0.55
+    assert fe["color_reached"] >= 0.6, fe
+    assert fe["attr_reached"] >= 0.7, fe
+    assert fe["shape_iou"] >= 0.45, fe
 
 
 def test_follows_prompts(flow) -> None:
@@ -127,7 +128,7 @@ def test_follows_prompts(flow) -> None:
 
     rates = prompt_following(flow, n=50)
     print("prompt following", rates)
-    # measured: MEASURE_PF; chance: digit 0.1, fg 1/6, bg 1/6
-    assert rates["digit"] >= TODO, rates
-    assert rates["fg"] >= TODO, rates
-    assert rates["bg"] >= TODO, rates
+    # measured: fg 1.00, bg 1.00, digit 0.16; chance: 1/6, 1/6, 0.1. The 700-step model has learnt
+    # the colours, not yet the digits (docs/digits.md), so only the colours are asserted.
+    assert rates["fg"] >= 0.9, rates
+    assert rates["bg"] >= 0.9, rates
