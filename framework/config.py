@@ -66,6 +66,8 @@ SETTING_KEYS = ("num_steps", "skip")
 BACKBONES_KEY = "backbones"
 #: reserved key of an inverter preset: options for the editor of edits made from its inversions
 EDITOR_KEY = "editor"
+#: reserved key of an editor preset: the inverter its edits use where the configuration names none
+INVERTER_KEY = "inverter"
 #: hidden key of a composed group: the options whose value came from a preset file (the values a
 #: preset's ``backbones`` block and an inverter preset's ``editor`` may replace)
 FROM_PRESET = "_from_preset"
@@ -96,7 +98,7 @@ def group_node(group: str, value: Any) -> dict[str, Any]:
 
 def options_only(group: str, node: Mapping[str, Any]) -> dict[str, Any]:
     """``node`` without the keys that are not plugin options (see :data:`RESERVED`)."""
-    reserved = (*RESERVED, EDITOR_KEY) if group == "inverter" else RESERVED
+    reserved = {"inverter": (*RESERVED, EDITOR_KEY), "editor": (*RESERVED, INVERTER_KEY)}.get(group, RESERVED)
     return {k: v for k, v in node.items() if k not in reserved}
 
 
@@ -163,6 +165,8 @@ def check_preset_extras(group: str, node: dict[str, Any], where: str) -> None:
     ``settings`` and, for inverters, ``editor``) and an inverter preset's ``editor`` mapping."""
     if group == "inverter" and EDITOR_KEY in node and not isinstance(node[EDITOR_KEY], Mapping):
         raise ConfigError(f"{where}: editor must map editor options to values, got {node[EDITOR_KEY]!r}")
+    if group == "editor" and INVERTER_KEY in node and not isinstance(node[INVERTER_KEY], str):
+        raise ConfigError(f"{where}: inverter must name an inverter preset or plugin, got {node[INVERTER_KEY]!r}")
     blocks = node.get(BACKBONES_KEY)
     if blocks is None:
         return
@@ -382,20 +386,28 @@ def compose(
     for layer in [*extra_layers, command_line]:
         cli.update(_settings_of(_container(layer)))
     explicit.append(cli)
-    cfg = resolve(apply_preset_settings(merge_layers(layers), _container(base), explicit))
+    named = any(INVERTER_KEY in _container(layer) for layer in layers[1:])  # an inverter given explicitly
+    cfg = resolve(apply_preset_settings(merge_layers(layers), _container(base), explicit, named))
     if check:
         check(_container(cfg), "the composed config")
     return cfg
 
 
 def apply_preset_settings(
-    cfg: dict[str, Any], base: Mapping[str, Any], explicit: Sequence[Mapping[str, Any]]
+    cfg: dict[str, Any], base: Mapping[str, Any], explicit: Sequence[Mapping[str, Any]], inverter_named: bool = True
 ) -> dict[str, Any]:
     """Strip the presets' ``settings`` from the groups of ``cfg`` (top level and per method)
     and set ``num_steps``/``skip`` from :func:`run_settings`; each ``methods`` entry gets its
     own, from its own inverter/editor (or the top-level ones), the explicit layers and then
-    the entry's own values."""
+    the entry's own values. Where no layer above the defaults names an inverter
+    (``inverter_named`` false) and the editor's preset names one (its ``inverter`` key, e.g.
+    ``none`` for SDEdit and FlowEdit, which read only the encoded image), that inverter is used;
+    so is it for a ``methods`` entry without an inverter of its own."""
     backbone = _backbone_name(cfg.get("backbone"))
+    if not inverter_named:
+        chosen = _editor_inverter(cfg.get("editor"))
+        if chosen is not None:
+            cfg["inverter"] = chosen
     top = {g: cfg.get(g) if isinstance(cfg.get(g), Mapping) else None for g in ("inverter", "editor")}
     top["inverter"], top["editor"] = preset_pair(top["inverter"], top["editor"], backbone)
     cfg.update(run_settings(base, [top["inverter"], top["editor"]], explicit))
@@ -404,6 +416,8 @@ def apply_preset_settings(
         for m in cfg["methods"]:
             m = dict(m)
             own = [m.get(g) if isinstance(m.get(g), Mapping) else None for g in ("inverter", "editor")]
+            if own[0] is None and not inverter_named and own[1] is not None:
+                own[0] = _editor_inverter(own[1])
             raw = [own[0] or cfg.get("inverter"), own[1] or cfg.get("editor")]
             groups = list(preset_pair(raw[0], raw[1], backbone)) if any(own) else [top["inverter"], top["editor"]]
             m.update(run_settings(base, groups, [*explicit, m]))
@@ -416,6 +430,12 @@ def apply_preset_settings(
         if top[g] is not None:
             cfg[g] = _strip(g, top[g])
     return cfg
+
+
+def _editor_inverter(editor: Any) -> dict[str, Any] | None:
+    """The inverter an editor preset names (its ``inverter`` key) as a group node, or None."""
+    name = editor.get(INVERTER_KEY) if isinstance(editor, Mapping) else None
+    return preset_node("inverter", name) if isinstance(name, str) else None
 
 
 def _strip(group: str, node: Mapping[str, Any]) -> dict[str, Any]:

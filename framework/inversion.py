@@ -6,17 +6,17 @@ is z_i (the noise that takes x_i to x_{i-1}) for i = 1..n, and ``timesteps[i-1]`
 model timestep of step i for all N steps. An edit that skips ``skip`` steps starts from
 ``xts[N - skip]`` and uses ``zs[:N - skip]``; inverters compute nothing beyond that.
 
+An inversion may also be the encoded image alone (``encoded_only``: the ``none`` inverter, no
+network evaluation): ``xts`` then holds x0 only, and reading a trajectory or regenerating from it
+is refused (:meth:`Inversion.require_trajectory`); editors that start from x0 alone (SDEdit,
+FlowEdit) take it.
+
 An inversion also says how to regenerate from it (see ``framework/sampling.py``): ``rule``
 names its step rule (``ddpm``: eq. 3 with ``zs`` and ``eta``, DDIM where σ = 0; ``edict``: the
 coupled pair, whose second sequence is ``coupled``) and ``rule_factory`` builds it (None: eq. 3;
 an inverter with its own rule sets it, so the loop needs no table of rules), and ``uncond_embeddings`` is its
 unconditional embedding per step (null-text inversion; one row for all steps: negative-prompt
 inversion), used instead of the null text wherever an edit applies classifier-free guidance.
-
-An inversion may also be the encoded image alone (``encoded_only``: the ``none`` inverter, no
-network evaluation): ``xts`` then holds x0 only, and reading a trajectory or regenerating from it
-is refused (:meth:`Inversion.require_trajectory`); editors that start from x0 alone (SDEdit,
-FlowEdit) take it.
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ class Inversion:
     guidance_scale: float
     nfe: int = 0  # network evaluations the inversion took (its wall time: framework.edit.measure_cost)
     extras: dict[str, Any] = field(default_factory=dict)
+    encoded_only: bool = False  # True: xts is (1, B, C, h, w), x0 alone (the none inverter)
     rule: str = "ddpm"  # the name of the step rule regenerating from it: ddpm (eq. 3) | edict
     # the factory of that rule (see ``regeneration``); None: eq. 3, framework.sampling.ddpm_regeneration
     rule_factory: Callable[..., Any] | None = None
     rule_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"mix_weight": 0.93}
     coupled: Tensor | None = None  # (n+1, B, C, h, w): EDICT's second sequence y_i
     uncond_embeddings: Tensor | None = None  # (n or 1, 1, L, D): unconditional embedding of step i
-    encoded_only: bool = False  # True: xts is (1, B, C, h, w), x0 alone (the none inverter)
 
     @property
     def deterministic(self) -> bool:

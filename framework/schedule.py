@@ -24,6 +24,11 @@ def offset_schedule(backbone: Any, num_steps: int, eta: float, steps_offset: int
     changes nothing, as theirs."""
     if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
         raise InputError(f"{option} must be null (the backbone's) or an integer >= 0, got {steps_offset!r}")
+    if backbone.process.float_timesteps:
+        raise InputError(
+            f"{option} moves the integer timesteps of a DDPM scheduler, but {type(backbone).__name__} is a "
+            "flow-matching model (times in [0, 1]); leave it null"
+        )
     config = getattr(getattr(backbone, "scheduler", None), "config", None)
     own = int(getattr(config, "steps_offset", 0) or 0)
     desc = backbone.scheduler_timesteps(num_steps) - own + steps_offset

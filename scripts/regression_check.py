@@ -57,6 +57,7 @@ def editor_configs(strokes: str | None, words: tuple[str, str], negative: str) -
         "shift": {"name": "shift", "dx": 2, "dy": -1},
         "color_strokes": {"name": "color_strokes", "strokes": strokes, "start_step": 1, "end_step": 5},
         "sdedit": {"name": "sdedit", "strokes": strokes, "strength": 0.5},
+        "flowedit": {"name": "flowedit", "n_max": 4, "n_min": 1},
     }
 
 
@@ -97,6 +98,7 @@ def record(out: Path, threads: int, only: list[str] | None) -> None:
         "tiny_v": (inverters, ["text", "zero_shot", *PROMPT_FREE], SKIPS[1:]),
         "tiny_pixel": (inverters, list(PROMPT_FREE), SKIPS),
         "gaussian": (inverters, ["sdedit"], SKIPS),
+        "tiny_sd3": (inverters, ["text", "flowedit", *PROMPT_FREE], SKIPS[1:]),  # a flow model
     }
     started = time.perf_counter()
     for bname, (invs, eds, skips) in plan.items():

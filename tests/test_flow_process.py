@@ -124,7 +124,14 @@ def test_noise_map_then_step_reproduces_the_previous_latent() -> None:
         x_t, x_prev, v = (torch.randn(3, 4, 4, generator=g) for _ in range(3))
         z = s.noise_map(x_prev, x_t, v, i)
         torch.testing.assert_close(s.step(x_t, v, i, z), x_prev, rtol=1e-5, atol=1e-5)
-    assert torch.equal(s.noise_map(x_prev, x_t, v, 1), torch.zeros_like(x_prev))  # σ_1 = 0
+    # the step to t = 0 has σ_1 = 0; its map is the residual in units of t_1, so that a pass given
+    # the maps reproduces x_0 too (without maps, the sampler's last step stays deterministic)
+    assert s.sigma_at(1) == 0 and s.map_scale(1) == float(s.t[0]) and s.map_scale(4) == s.sigma_at(4)
+    z1 = s.noise_map(x_prev, x_t, v, 1)
+    torch.testing.assert_close(z1, (x_prev - s.mu(x_t, v, 1)) / float(s.t[0]))
+    torch.testing.assert_close(s.mu(x_t, v, 1) + s.map_scale(1) * z1, x_prev, rtol=1e-5, atol=1e-5)
+    assert torch.equal(s.step(x_t, v, 1, z1), s.mu(x_t, v, 1))
+    assert _schedule(0.0).map_scale(1) == 0  # η = 0: no maps at all
     xts = torch.randn(11, 2, 3, generator=g)
     zs = torch.empty_like(xts[1:])
     vs = torch.randn(10, 2, 3, generator=g)
@@ -132,9 +139,10 @@ def test_noise_map_then_step_reproduces_the_previous_latent() -> None:
         s.noise_map_step(xts, zs, i, vs[i - 1])
     x = xts[10]
     for i in range(10, 0, -1):
-        x = s.step(x, vs[i - 1], i, zs[i - 1])
+        x = s.mu(x, vs[i - 1], i) + s.map_scale(i) * zs[i - 1]
         if i > 1:
             assert torch.equal(x, xts[i - 1])
+    torch.testing.assert_close(x, xts[0], rtol=1e-5, atol=1e-5)
 
 
 def test_sigma_at_eta_1_is_the_forward_chains_posterior() -> None:

@@ -198,7 +198,7 @@ class _ZeroShotStep(StepHook):
     def latents(self, i: int, x: Tensor) -> Tensor:
         if not self.active:
             return x
-        t = int(self.schedule.timesteps[i - 1])
+        t = self.schedule.timestep(i)
         neg = self.negative(i, x.shape[0]) if self.two_copies else None
         grads, loss = ZeroShot.attention_gradient(
             self.backbone, self.unet, x.float(), t, self.guidance.cond, neg, need_grad=self.lam > 0

@@ -86,7 +86,7 @@ def optimise_null_text(
         losses: list[float] = []
         first: list[float] = []
         for k, i in enumerate(progress.steps(range(n, 0, -1), desc="null-text", total=n)):
-            t = int(schedule.timesteps[i - 1])
+            t = schedule.timestep(i)
             u = u.detach().clone().requires_grad_(True)
             optimizer = torch.optim.Adam([u], lr=options.learning_rate * (1.0 - k / 100.0))
             target = pivot[i - 1]
