@@ -568,7 +568,8 @@ def backbone_config(name_or_path: str) -> dict[str, Any]:
     if is_pixel_model_folder(name_or_path):
         return {"name": "pixel_ddpm", "model": name_or_path}
     if is_text_pixel_model_folder(name_or_path):
-        return {"name": "text_pixel_ddpm", "model": name_or_path}
+        name = "text_pixel_flow" if is_flow_model_folder(name_or_path) else "text_pixel_ddpm"
+        return {"name": name, "model": name_or_path}
     if is_sdxl_model_folder(name_or_path):
         return {"name": "sdxl", "model": name_or_path}
     if "/" not in name_or_path and "\\" not in name_or_path and not Path(name_or_path).exists():
@@ -610,6 +611,19 @@ def is_text_pixel_model_folder(path: str | Path) -> bool:
         and (folder / "text_encoder").is_dir()
         and not (folder / "vae").exists()
     )
+
+
+def is_flow_model_folder(path: str | Path) -> bool:
+    """Whether the local diffusers folder ``path`` holds a flow-matching model: its
+    ``scheduler/scheduler_config.json`` names a ``FlowMatchEulerDiscreteScheduler``
+    (``scripts/train_digits.py --objective flow`` writes one)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
 
 
 def is_pixel_model_folder(path: str | Path) -> bool:

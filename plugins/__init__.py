@@ -2,6 +2,7 @@
 
 from plugins.backbones import (
     digits,
+    digits_flow,
     gaussian,
     pixel_ddpm,
     sd3,

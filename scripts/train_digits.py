@@ -1,4 +1,4 @@
-"""Train the ``digits`` text-to-image model: a text-conditional pixel DDPM on coloured scikit-learn digits.
+"""Train the ``digits`` text-to-image models: text-conditional pixel diffusion on coloured scikit-learn digits.
 
 Data (:mod:`framework.digits`): the 1500 training digits (index < 1500), each batch element a
 random digit in a random (fg, bg) pair of the six-colour palette, prompt
@@ -9,6 +9,16 @@ a ``UNet2DConditionModel`` with cross-attention on its two lower levels and a 2-
 cosine DDPM schedule; AdamW with warm-up and cosine decay; an exponential moving average of the
 weights is what is saved. Deterministic from ``--seed`` (one process, fixed thread count).
 
+``--objective flow`` trains the same data, architecture, CFG dropout, EMA and optimizer with the
+rectified-flow objective instead (the ``digits_flow`` model): x_t = (1 − t)·x0 + t·ε with
+t ~ U[0, 1] (t = 1 is pure noise), the network predicts the velocity v = ε − x0 from the
+timestep input 1000·t, and the saved ``scheduler/`` is a ``FlowMatchEulerDiscreteScheduler``
+(shift 1.0). t is drawn uniformly rather than logit-normally (SD3): the model is used for
+inversion and editing, which evaluate it on the scheduler's evenly spaced times over all of
+[0, 1], ends included (the first steps of an inversion are at t near 0, SDEdit and skipped edits
+start mid-way), so every time gets the same training weight. ``samples.png`` is then drawn with
+the Euler sampler on the scheduler's sigmas.
+
 Writes to ``--out`` a diffusers folder (``unet/``, ``text_encoder/``, ``tokenizer/``,
 ``scheduler/``, ``model_index.json``) that ``--backbone text_pixel_ddpm backbone.model=OUT`` loads,
 plus ``training.json`` (settings, timings, the loss log and held-out losses), ``training.csv``,
@@ -16,6 +26,8 @@ plus ``training.json`` (settings, timings, the loss log and held-out losses), ``
 
     python scripts/train_digits.py --out plugins/backbones/digits_model     # the shipped model
     python scripts/train_digits.py --out /tmp/d --steps 20 --no-samples      # smoke run
+    python scripts/train_digits.py --objective flow --steps 700 --eval-every 100 \
+        --out plugins/backbones/digits_flow_model                            # the shipped flow model
 """
 
 from __future__ import annotations
@@ -48,6 +60,8 @@ GRID_PAIRS = [("red", "black"), ("blue", "white"), ("green", "yellow"), ("yellow
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (diffusers layout)")
+    p.add_argument("--objective", default="eps", choices=["eps", "flow"],
+                   help="eps: DDPM epsilon loss (the digits model); flow: rectified-flow velocity loss (digits_flow)")
     p.add_argument("--resolution", type=int, default=16, choices=[16, 32])
     p.add_argument("--channels", default="32,64,64", help="UNet block_out_channels")
     p.add_argument("--steps", type=int, default=6000, help="optimizer steps (the shipped model: 6000)")
@@ -83,14 +97,18 @@ class Prompts:
         return self.ids[rows]
 
 
-def heldout_set(res: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fixed held-out evaluation: (x0, digits, fg, bg, t, eps) for the 297 held-out images."""
+def heldout_set(res: int, seed: int, objective: str = "eps") -> tuple[torch.Tensor, ...]:
+    """Fixed held-out evaluation: (x0, digits, fg, bg, t, eps) for the 297 held-out images
+    (t: integer DDPM timesteps for ``eps``, times in [0, 1) for ``flow``)."""
     g = torch.Generator().manual_seed(seed + 1)
     idx = torch.tensor(D.split_indices("heldout"))
     fg, bg = D.random_colourings(len(idx), g)
     pal = D.palette_tensor()
     x0 = D.render(D.intensities(idx, res), pal[fg], pal[bg])
-    t = torch.randint(0, 1000, (len(idx),), generator=g)
+    if objective == "flow":
+        t = torch.rand((len(idx),), generator=g)
+    else:
+        t = torch.randint(0, 1000, (len(idx),), generator=g)
     eps = torch.randn(x0.shape, generator=g)
     return x0, D.labels(idx), fg, bg, t, eps
 
@@ -100,6 +118,21 @@ def diffusion_loss(unet, text_encoder, ids, x0, t, eps, abar) -> torch.Tensor:
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     cond = text_encoder(ids)[0]
     return F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, eps)
+
+
+def flow_loss(unet, text_encoder, ids, x0, t, eps, abar=None) -> torch.Tensor:
+    """Rectified-flow velocity loss: x_t = (1 − t)·x0 + t·ε, target v = ε − x0, network time 1000·t."""
+    s = t.view(-1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * eps
+    cond = text_encoder(ids)[0]
+    return F.mse_loss(unet(x_t, t * 1000, encoder_hidden_states=cond).sample, eps - x0)
+
+
+def flow_scheduler():
+    """The sampling scheduler saved with a flow model: Euler on evenly spaced sigmas (shift 1.0)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +156,10 @@ def train(args: argparse.Namespace) -> int:
     res = args.resolution
     arch = DigitsArchitecture(resolution=res, block_out_channels=tuple(int(c) for c in args.channels.split(",")))
     unet, text_encoder, tokenizer, scheduler = build_digits_model(arch, args.seed)
+    flow = args.objective == "flow"
+    loss_fn = flow_loss if flow else diffusion_loss
+    if flow:
+        scheduler = flow_scheduler()
     phases: list = []
     if args.init:
         from diffusers import UNet2DConditionModel
@@ -151,14 +188,14 @@ def train(args: argparse.Namespace) -> int:
         return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    abar = scheduler.alphas_cumprod.float().clone()
+    abar = None if flow else scheduler.alphas_cumprod.float().clone()
     max_tokens = text_encoder.config.max_position_embeddings
     prompts = Prompts(tokenizer, max_tokens)
     train_idx = torch.tensor(D.split_indices("train"))
     a_train = D.intensities(train_idx, res)  # (1500, 1, R, R)
     y_train = D.labels(train_idx)
     pal = D.palette_tensor()
-    ho = heldout_set(res, args.seed)
+    ho = heldout_set(res, args.seed) if not flow else heldout_set(res, args.seed, "flow")
     ho_ids = prompts.ids[[prompts.index[D.prompt(int(d), D.COLORS[int(f)], D.COLORS[int(b)])]
                           for d, f, b in zip(ho[1], ho[2], ho[3])]]
     g = torch.Generator().manual_seed(args.seed)
@@ -168,7 +205,7 @@ def train(args: argparse.Namespace) -> int:
         was = u.training, te.training
         u.eval(), te.eval()
         x0, _, _, _, t, eps = ho
-        losses = [diffusion_loss(u, te, ho_ids[s:s + 100], x0[s:s + 100], t[s:s + 100], eps[s:s + 100], abar)
+        losses = [loss_fn(u, te, ho_ids[s:s + 100], x0[s:s + 100], t[s:s + 100], eps[s:s + 100], abar)
                   * len(x0[s:s + 100]) for s in range(0, len(x0), 100)]
         u.train(was[0]), te.train(was[1])
         return float(sum(losses) / len(x0))
@@ -178,7 +215,8 @@ def train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    bar = tqdm(range(args.steps), desc="train digits", disable=args.no_progress, mininterval=2.0)
+    bar = tqdm(range(args.steps), desc="train digits_flow" if flow else "train digits", disable=args.no_progress,
+               mininterval=2.0)
     smooth = None
     for step in bar:
         pick = torch.randint(len(train_idx), (args.batch_size,), generator=g)
@@ -186,9 +224,12 @@ def train(args: argparse.Namespace) -> int:
         x0 = D.render(a_train[pick], pal[fg], pal[bg])
         drop = torch.rand(args.batch_size, generator=g) < args.uncond_prob
         ids = prompts.batch(y_train[pick], fg, bg, drop)
-        t = torch.randint(0, len(abar), (args.batch_size,), generator=g)
+        if flow:
+            t = torch.rand((args.batch_size,), generator=g)
+        else:
+            t = torch.randint(0, len(abar), (args.batch_size,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
-        loss = diffusion_loss(unet, text_encoder, ids, x0, t, eps, abar)
+        loss = loss_fn(unet, text_encoder, ids, x0, t, eps, abar)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -214,6 +255,8 @@ def train(args: argparse.Namespace) -> int:
     final_heldout = evals[-1]["heldout_loss"] if evals else heldout_loss(final_u, final_te)
     info = {
         "data": "scikit-learn digits, train split (index < 1500), six-colour palette",
+        **({"objective": "flow", "t_sampling": "uniform", "prediction": "velocity (noise - x0)",
+            "timestep_input": "1000 * t"} if flow else {}),
         "resolution": res,
         "architecture": {"block_out_channels": list(arch.block_out_channels),
                          "cross_attention_dim": arch.cross_attention_dim, "text_layers": arch.text_layers},
@@ -239,10 +282,12 @@ def train(args: argparse.Namespace) -> int:
         w = csv.DictWriter(fh, fieldnames=["step", "loss", "lr", "seconds"])
         w.writeheader()
         w.writerows(log)
-    plot_loss(log, evals, out / "loss.png")
+    plot_loss(log, evals, out / "loss.png", flow=flow)
     print(f"trained {args.steps} steps in {seconds:.0f}s ({seconds / args.steps:.3f} s/step); "
           f"loss {smooth:.4f}, held-out {final_heldout:.4f}; wrote {out}")
-    if not args.no_samples:
+    if not args.no_samples and flow:
+        flow_sample_grid(final_u, final_te, tokenizer, out / "samples.png", seed=args.seed)
+    elif not args.no_samples:
         from plugins.backbones.digits import TextPixelBackbone, TextPixelOptions
 
         backbone = TextPixelBackbone(TextPixelOptions(model=str(out), device="cpu"))
@@ -250,7 +295,7 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def plot_loss(log: list[dict], evals: list[dict], path: Path) -> None:
+def plot_loss(log: list[dict], evals: list[dict], path: Path, flow: bool = False) -> None:
     """Training loss (raw and smoothed) and held-out loss against the step."""
     import matplotlib
 
@@ -270,8 +315,8 @@ def plot_loss(log: list[dict], evals: list[dict], path: Path) -> None:
                 label="held-out (EMA weights)")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("ε MSE")
-    ax.set_title("digits model training")
+    ax.set_ylabel("velocity MSE" if flow else "ε MSE")
+    ax.set_title("digits_flow model training" if flow else "digits model training")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -281,10 +326,44 @@ def plot_loss(log: list[dict], evals: list[dict], path: Path) -> None:
 def sample_grid(backbone, path: Path, seed: int = 0, guidance: float = 3.0, steps: int = 50) -> None:
     """Rows: digits 0..9; columns: :data:`GRID_PAIRS`; one DDIM sample each, upscaled 4x."""
     from framework.digits_eval import generate
-    from framework.images import tensor_to_pil
 
     prompts = [D.prompt(d, f, b) for d in range(10) for f, b in GRID_PAIRS]
-    imgs = generate(backbone, prompts, seed=seed, guidance_scale=guidance, num_steps=steps)
+    save_grid(generate(backbone, prompts, seed=seed, guidance_scale=guidance, num_steps=steps), path)
+
+
+@torch.no_grad()
+def flow_sample(unet, text_encoder, tokenizer, prompts: Sequence[str], seed: int = 0, guidance: float = 3.0,
+                steps: int = 50) -> torch.Tensor:
+    """Euler samples of a flow model on the scheduler's sigmas (1 … 1/1000, then 0), with
+    classifier-free guidance on the velocity: (K, 3, R, R) in [-1, 1]; x_1 per prompt from ``seed``."""
+    sched = flow_scheduler()
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas.float()
+    g = torch.Generator().manual_seed(seed)
+    r = unet.config.sample_size
+    x = torch.randn((len(prompts), 3, r, r), generator=g)
+    max_tokens = text_encoder.config.max_position_embeddings
+    ids = tokenizer(["", *prompts], padding="max_length", max_length=max_tokens, truncation=True,
+                    return_tensors="pt").input_ids
+    emb = text_encoder(ids)[0]
+    cond = torch.cat([emb[:1].expand(len(prompts), -1, -1), emb[1:]])
+    for i in range(steps):
+        v_u, v_c = unet(torch.cat([x, x]), sigmas[i] * 1000, encoder_hidden_states=cond).sample.chunk(2)
+        x = x + (sigmas[i + 1] - sigmas[i]) * (v_u + guidance * (v_c - v_u))
+    return x.clamp(-1, 1)
+
+
+def flow_sample_grid(unet, text_encoder, tokenizer, path: Path, seed: int = 0, guidance: float = 3.0,
+                     steps: int = 50) -> None:
+    """Rows: digits 0..9; columns: :data:`GRID_PAIRS`; one Euler sample each, upscaled 4x."""
+    prompts = [D.prompt(d, f, b) for d in range(10) for f, b in GRID_PAIRS]
+    save_grid(flow_sample(unet, text_encoder, tokenizer, prompts, seed, guidance, steps), path)
+
+
+def save_grid(imgs: torch.Tensor, path: Path) -> None:
+    """Images (10·len(GRID_PAIRS), 3, R, R) in [-1, 1], row-major, as one grid upscaled 4x."""
+    from framework.images import tensor_to_pil
+
     n_col = len(GRID_PAIRS)
     r = imgs.shape[-1]
     grid = torch.ones(3, 10 * (r + 1) + 1, n_col * (r + 1) + 1)

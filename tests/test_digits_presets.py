@@ -45,6 +45,9 @@ CASES += [(f"editor={name}",) for name in preset_names("editor")]
 
 #: presets that need an input only the user can give: they must refuse with one line naming it
 NEEDS_INPUT = {("editor=color_strokes",): "editor.strokes="}
+#: presets of flow models only: on the DDPM digits model they refuse with one line naming the flow
+#: backbones (the same edit on `--backbone digits_flow`: tests/test_digits_flow.py)
+NEEDS_INPUT[("editor=flowedit",)] = "digits_flow"
 
 #: presets that keep only about half of the seven's shape on this model (measured shape IoU,
 #: colour reached in each): not a blob of the target colour, and no guidance tried keeps more

@@ -85,69 +85,59 @@ class TextPixelOptions:
     clip_sample: bool | None = None  # None: the scheduler config's clip_sample
 
 
-@BACKBONES.register("text_pixel_ddpm")
-class TextPixelBackbone(PixelDDPMBackbone):
-    """A text-conditional pixel-space diffusion model (UNet2DConditionModel + CLIP text encoder)."""
+def load_text_pixel_parts(backbone: Backbone, options: Any, load_scheduler_config: Any, shipped: str) -> Any:
+    """Load ``tokenizer``, ``text_encoder`` and ``unet`` of the folder ``options.model`` onto
+    ``backbone`` (frozen, in eval mode, on its device and dtype) and return its scheduler config
+    read by ``load_scheduler_config``; a folder that cannot be read is one error naming it
+    (``shipped``: the option that gives the shipped model instead)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as hf_logging
 
-    Options = TextPixelOptions  # type: ignore[assignment]
-    conditional = True
-    pixel_space = True
+    kw: dict[str, Any] = {"local_files_only": options.local_files_only}
+    check_model_folder(options.model, TEXT_PIXEL_COMPONENTS, "text-conditional pixel diffusion model")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a few-MB local model needs no progress bars
+    try:
+        backbone.tokenizer = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer", **kw)
+        backbone.text_encoder = CLIPTextModel.from_pretrained(
+            options.model, subfolder="text_encoder", dtype=backbone.dtype, **kw
+        )
+        backbone.unet = UNet2DConditionModel.from_pretrained(
+            options.model, subfolder="unet", torch_dtype=backbone.dtype, low_cpu_mem_usage=False, **kw
+        )
+        sched_cfg = load_scheduler_config(options.model, subfolder="scheduler", **kw)
+    except (OSError, ValueError) as exc:
+        raise WeightsNotFoundError(
+            f"could not load a text-conditional pixel diffusion model (unet, text_encoder, tokenizer, "
+            f"scheduler) from {options.model!r}: {str(exc).splitlines()[0]}\n"
+            f"Give a folder written by scripts/train_digits.py (backbone.model=PATH), or use "
+            f"{shipped} for the shipped model."
+        ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    for module in (backbone.text_encoder, backbone.unet):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(backbone.device)
+    return sched_cfg
 
-    def __init__(self, options: TextPixelOptions | None = None) -> None:
-        Backbone.__init__(self)
-        from diffusers import DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-        from transformers.utils import logging as hf_logging
 
-        self.options = options = options or TextPixelOptions()
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.dtype)
-        kw: dict[str, Any] = {"local_files_only": options.local_files_only}
-        check_model_folder(options.model, TEXT_PIXEL_COMPONENTS, "text-conditional pixel diffusion model")
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a few-MB local model needs no progress bars
-        try:
-            self.tokenizer = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer", **kw)
-            self.text_encoder = CLIPTextModel.from_pretrained(
-                options.model, subfolder="text_encoder", dtype=self.dtype, **kw
-            )
-            self.unet = UNet2DConditionModel.from_pretrained(
-                options.model, subfolder="unet", torch_dtype=self.dtype, low_cpu_mem_usage=False, **kw
-            )
-            sched_cfg = DDIMScheduler.load_config(options.model, subfolder="scheduler", **kw)
-        except (OSError, ValueError) as exc:
-            raise WeightsNotFoundError(
-                f"could not load a text-conditional pixel diffusion model (unet, text_encoder, tokenizer, "
-                f"scheduler) from {options.model!r}: {str(exc).splitlines()[0]}\n"
-                "Give a folder written by scripts/train_digits.py (backbone.model=PATH), or use "
-                "--backbone digits for the shipped model."
-            ) from None
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        for module in (self.text_encoder, self.unet):
-            module.requires_grad_(False)
-            module.eval()
-            module.to(self.device)
-        self.configure_pixels(sched_cfg, options, "text_pixel_ddpm")
-        self.max_tokens = int(self.text_encoder.config.max_position_embeddings)
-        self.known_words = trained_words(options.model)
-        self._prompt_cache: dict[str, Tensor] = {}
+class TextPrompts:
+    """Prompts of a text-conditional pixel model: its CLIP tokenizer and text encoder, loaded as
+    ``tokenizer``/``text_encoder`` with ``max_tokens`` and ``known_words`` set."""
 
-    # ----------------------------------------------------------------- prompts
+    tokenizer: Any
+    text_encoder: Any
+    max_tokens: int
+    known_words: frozenset[str] | None
+    device: torch.device
+    _prompt_cache: dict[str, Tensor]
+
     def prompt_rules(self) -> PromptRules:
         """The tokenizer, the text encoder's token limit and the words the model was trained on."""
         return PromptRules(self.tokenizer, self.max_tokens, self.known_words)
-
-    @classmethod
-    def load_prompt_rules(cls, options: Any) -> PromptRules | None:
-        """The tokenizer and the text encoder's config only (no network, no weights)."""
-        from plugins.backbones.stable_diffusion import text_prompt_rules
-
-        if not isinstance(options, TextPixelOptions):
-            return None
-        check_model_folder(options.model, TEXT_PIXEL_COMPONENTS, "text-conditional pixel diffusion model")
-        return text_prompt_rules(options.model, known_words=trained_words(options.model))
 
     @torch.no_grad()
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
@@ -170,6 +160,44 @@ class TextPixelBackbone(PixelDDPMBackbone):
             for prompt, e in zip(missing, emb):
                 self._prompt_cache[prompt] = e
         return Conditioning(torch.stack([self._prompt_cache[p] for p in prompts]))
+
+
+@BACKBONES.register("text_pixel_ddpm")
+class TextPixelBackbone(TextPrompts, PixelDDPMBackbone):
+    """A text-conditional pixel-space diffusion model (UNet2DConditionModel + CLIP text encoder)."""
+
+    Options = TextPixelOptions  # type: ignore[assignment]
+    conditional = True
+    pixel_space = True
+
+    def __init__(self, options: TextPixelOptions | None = None) -> None:
+        Backbone.__init__(self)
+        from diffusers import DDIMScheduler
+
+        self.options = options = options or TextPixelOptions()
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype)
+        sched_cfg = load_text_pixel_parts(self, options, DDIMScheduler.load_config, "--backbone digits")
+        if str(sched_cfg.get("_class_name", "")).startswith("FlowMatch"):
+            raise InputError(
+                f"{options.model!r} is a flow-matching model (its scheduler is {sched_cfg['_class_name']}); "
+                "load it with --backbone text_pixel_flow backbone.model=PATH"
+            )
+        self.configure_pixels(sched_cfg, options, "text_pixel_ddpm")
+        self.max_tokens = int(self.text_encoder.config.max_position_embeddings)
+        self.known_words = trained_words(options.model)
+        self._prompt_cache: dict[str, Tensor] = {}
+
+    # ----------------------------------------------------------------- prompts
+    @classmethod
+    def load_prompt_rules(cls, options: Any) -> PromptRules | None:
+        """The tokenizer and the text encoder's config only (no network, no weights)."""
+        from plugins.backbones.stable_diffusion import text_prompt_rules
+
+        if not isinstance(options, TextPixelOptions):
+            return None
+        check_model_folder(options.model, TEXT_PIXEL_COMPONENTS, "text-conditional pixel diffusion model")
+        return text_prompt_rules(options.model, known_words=trained_words(options.model))
 
     # ----------------------------------------------------------------- network
     def model_output(self, x_t: Tensor, t: int | Tensor, cond: Conditioning | None) -> Tensor:
