@@ -32,6 +32,7 @@ from framework.backbone import (
     resolve_device,
     resolve_dtype,
 )
+from framework.conditioning import Conditioning
 from framework.errors import InputError, WeightsNotFoundError
 from framework.registry import BACKBONES
 from plugins.backbones.digits import TEXT_PIXEL_COMPONENTS, TextPrompts, load_text_pixel_parts, trained_words
@@ -112,13 +113,14 @@ class TextPixelFlowBackbone(TextPrompts, FlowMatchBackbone):
         return x0.float().clamp(-1, 1)
 
     # ----------------------------------------------------------------- network
-    def model_output(self, x_t: Tensor, t: float | Tensor, cond: Tensor | None) -> Tensor:
+    def model_output(self, x_t: Tensor, t: float | Tensor, cond: Conditioning | None) -> Tensor:
         """The velocity v = ε − x0 at timestep(s) 1000·t (a float, or (B,) float32), float32."""
         if cond is None:
             raise InputError("this text-conditional model needs a prompt conditioning")
         if isinstance(t, Tensor):
             t = t.to(self.device, torch.float32)
-        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype), return_dict=False)[0]
+        hidden = cond.embeds.to(self.dtype)
+        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=hidden, return_dict=False)[0]
         return out.float()
 
     def describe(self) -> dict[str, Any]:
