@@ -12,7 +12,8 @@ import json
 import os
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -489,6 +490,45 @@ def check_model_folder(model: str, components: Sequence[str], what: str) -> None
             f"the model folder {model} is incomplete: {names} {'is' if len(missing) == 1 else 'are'} "
             f"missing or empty ({why})"
         )
+
+
+def prepare_loading(
+    model: str, components: Sequence[str], what: str, revision: str | None, local_files_only: bool
+) -> tuple[dict[str, Any], str | None]:
+    """Before loading ``model`` (a hub id or a local diffusers folder) with ``from_pretrained``:
+    refuse a folder that cannot be the model (:func:`check_model_folder`, before any hub look-up),
+    and return the keyword arguments of the loading calls (``revision``, ``local_files_only``)
+    with why the hub cannot be reached (None where it can or was not asked). Where the weights
+    may come from the hub, one short probe replaces huggingface_hub's minutes of retries per
+    file: unreachable, only the local cache is tried."""
+    kw: dict[str, Any] = {"revision": revision, "local_files_only": local_files_only}
+    check_model_folder(model, components, what)
+    unreachable = None
+    if not (local_files_only or hub_offline() or Path(model).is_dir()):
+        unreachable = hub_unreachable()
+        if unreachable:
+            kw["local_files_only"] = True
+    return kw, unreachable
+
+
+@contextmanager
+def weights_not_found(model: str, what: str, unreachable: str | None) -> Iterator[None]:
+    """Turn an ``OSError``/``ValueError`` from loading ``model``'s weights into one
+    :class:`~framework.errors.WeightsNotFoundError` saying why (the hub ``unreachable``, the
+    loader's first line, or a path that does not exist) and what to do (:func:`weights_hint`)."""
+    from framework.errors import WeightsNotFoundError
+
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        if unreachable:
+            why = f"the hub {unreachable} and they are not in the local cache"
+        else:
+            why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
+        local = Path(model).expanduser()
+        if not local.exists() and local.parent.is_dir():  # owner/ is a folder here: a path was meant?
+            why = f"there is no folder {model} here, and as a hub id: {why}"
+        raise WeightsNotFoundError(f"could not load {what} weights from {model!r}: {why}. {weights_hint()}") from None
 
 
 def load_backbone(

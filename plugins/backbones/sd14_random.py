@@ -20,6 +20,8 @@ path is already exercised by ``tiny``. Each part is created in float32 under a f
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,31 +107,42 @@ class SD14RandomOptions:
     truncate_prompts: bool = False
 
 
-def build_sd14_parts(
-    seed: int, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype
-) -> tuple[Any, Any, Any, Any, Any]:
-    """(tokenizer, text_encoder, unet, vae, scheduler) with SD 1.4's sizes and random weights
-    drawn from ``seed`` on ``device`` (weights depend on the device's generator)."""
+@contextmanager
+def seeded_build(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside the block: new tensors are created on ``device`` from a random state seeded with
+    ``seed`` (the CPU's, and the CUDA card's where ``device`` is one; forked, so the caller's
+    random state is left as it was), and diffusers' warnings are off (``.to(dtype)`` on a fresh
+    model warns about nothing)."""
     from diffusers.utils import logging as diffusers_logging
 
-    tokenizer = build_tokenizer()
     devices = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
     verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # .to(dtype) on a fresh model warns about nothing
+    diffusers_logging.set_verbosity_error()
     try:
-        return _build(tokenizer, seed, device, devices, dtype, vae_dtype)
+        with torch.random.fork_rng(devices=devices), torch.device(device):
+            torch.manual_seed(seed)
+            yield
     finally:
         diffusers_logging.set_verbosity(verbosity)
 
 
-def _build(tokenizer: Any, seed: int, device: torch.device, devices: list[int], dtype: torch.dtype,
-           vae_dtype: torch.dtype) -> tuple[Any, Any, Any, Any, Any]:
-    """The parts, each created in float32 on ``device`` and cast at once (see the module doc)."""
+def random_description(backbone: Any, description: dict[str, Any]) -> dict[str, Any]:
+    """``description`` (the loaded model's) with the class name, the seed and ``random_weights``."""
+    description.update({"class": type(backbone).__name__, "seed": backbone.random_options.seed, "random_weights": True})
+    return description
+
+
+def build_sd14_parts(
+    seed: int, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype
+) -> tuple[Any, Any, Any, Any, Any]:
+    """(tokenizer, text_encoder, unet, vae, scheduler) with SD 1.4's sizes and random weights
+    drawn from ``seed`` on ``device`` (weights depend on the device's generator), each network
+    created in float32 on ``device`` and cast at once (see the module doc)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with torch.random.fork_rng(devices=devices), torch.device(device):
-        torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    with seeded_build(seed, device):
         unet = UNet2DConditionModel(**SD14_UNET).to(dtype)
         vae = AutoencoderKL(**SD14_VAE).to(vae_dtype)
         text_encoder = CLIPTextModel(
@@ -177,6 +190,4 @@ class SD14RandomBackbone(StableDiffusionBackbone):
         }
 
     def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        d.update({"class": type(self).__name__, "seed": self.random_options.seed, "random_weights": True})
-        return d
+        return random_description(self, super().describe())

@@ -43,16 +43,15 @@ from framework.backbone import (
     check_finite,
     check_model_folder,
     dtype_name,
-    hub_offline,
-    hub_unreachable,
+    prepare_loading,
     prompt_list,
     resolve_device,
     resolve_dtype,
     short_prompt,
-    weights_hint,
+    weights_not_found,
 )
 from framework.conditioning import Conditioning
-from framework.errors import InputError, WeightsNotFoundError
+from framework.errors import InputError
 from framework.registry import BACKBONES
 from plugins.backbones.stable_diffusion import text_prompt_rules
 
@@ -150,15 +149,11 @@ class SD3Backbone(FlowMatchBackbone):
             options.max_sequence_length < 1
         ):
             raise InputError(f"sd3 max_sequence_length must be an integer >= 1, got {options.max_sequence_length!r}")
-        kw: dict[str, Any] = {"revision": options.revision, "local_files_only": options.local_files_only}
-        check_model_folder(options.model, SD3_COMPONENTS, "Stable Diffusion 3")  # before any hub look-up
-        unreachable = None
-        if not (options.local_files_only or hub_offline() or Path(options.model).is_dir()):
-            unreachable = hub_unreachable()  # one short probe instead of minutes of retries
-            if unreachable:
-                kw["local_files_only"] = True
+        kw, unreachable = prepare_loading(
+            options.model, SD3_COMPONENTS, "Stable Diffusion 3", options.revision, options.local_files_only
+        )
         t5 = bool(options.use_t5) and has_t5(options.model, **kw)
-        try:
+        with weights_not_found(options.model, "Stable Diffusion 3", unreachable):
             tokenizers = [CLIPTokenizer.from_pretrained(options.model, subfolder=s, **kw)
                           for s in ("tokenizer", "tokenizer_2")]
             encoders = [
@@ -178,17 +173,6 @@ class SD3Backbone(FlowMatchBackbone):
                     T5TokenizerFast.from_pretrained(options.model, subfolder="tokenizer_3", **kw),
                     T5EncoderModel.from_pretrained(options.model, subfolder="text_encoder_3", dtype=self.dtype, **kw),
                 )
-        except (OSError, ValueError) as exc:
-            if unreachable:
-                why = f"the hub {unreachable} and they are not in the local cache"
-            else:
-                why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
-            local = Path(options.model).expanduser()
-            if not local.exists() and local.parent.is_dir():
-                why = f"there is no folder {options.model} here, and as a hub id: {why}"
-            raise WeightsNotFoundError(
-                f"could not load Stable Diffusion 3 weights from {options.model!r}: {why}. {weights_hint()}"
-            ) from None
         if sched_cfg.get("_class_name") not in (None, "FlowMatchEulerDiscreteScheduler"):
             raise InputError(
                 f"{options.model!r} is not a flow-matching model: its scheduler is {sched_cfg.get('_class_name')!r}, "

@@ -44,16 +44,15 @@ from framework.backbone import (
     Backbone,
     PromptRules,
     check_model_folder,
-    hub_offline,
-    hub_unreachable,
+    prepare_loading,
     prompt_list,
     resolve_device,
     resolve_dtype,
-    weights_hint,
+    weights_not_found,
     word_positions,
 )
 from framework.conditioning import Conditioning
-from framework.errors import InputError, WeightsNotFoundError
+from framework.errors import InputError
 from framework.registry import BACKBONES
 from plugins.backbones.stable_diffusion import StableDiffusionBackbone, check_prompt_lengths
 
@@ -147,14 +146,10 @@ class SDXLBackbone(StableDiffusionBackbone):
         self.options = options = options or SDXLOptions()  # type: ignore[assignment]
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype)
-        kw: dict[str, Any] = {"revision": options.revision, "local_files_only": options.local_files_only}
-        check_model_folder(options.model, SDXL_COMPONENTS, "Stable Diffusion XL")  # before any hub look-up
-        unreachable = None
-        if not (options.local_files_only or hub_offline() or Path(options.model).is_dir()):
-            unreachable = hub_unreachable()  # one short probe instead of minutes of retries
-            if unreachable:
-                kw["local_files_only"] = True
-        try:
+        kw, unreachable = prepare_loading(
+            options.model, SDXL_COMPONENTS, "Stable Diffusion XL", options.revision, options.local_files_only
+        )
+        with weights_not_found(options.model, "Stable Diffusion XL", unreachable):
             tokenizer = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer", **kw)
             tokenizer_2 = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer_2", **kw)
             text_encoder = CLIPTextModel.from_pretrained(
@@ -170,17 +165,6 @@ class SDXLBackbone(StableDiffusionBackbone):
             self.vae_dtype = vae_upcast(self.dtype, options.vae_dtype, vae_config)
             vae = AutoencoderKL.from_pretrained(options.model, subfolder="vae", torch_dtype=self.vae_dtype, **kw)
             sched_cfg = DDIMScheduler.load_config(options.model, subfolder="scheduler", **kw)
-        except (OSError, ValueError) as exc:
-            if unreachable:
-                why = f"the hub {unreachable} and they are not in the local cache"
-            else:
-                why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
-            local = Path(options.model).expanduser()
-            if not local.exists() and local.parent.is_dir():
-                why = f"there is no folder {options.model} here, and as a hub id: {why}"
-            raise WeightsNotFoundError(
-                f"could not load Stable Diffusion XL weights from {options.model!r}: {why}. {weights_hint()}"
-            ) from None
         self.attach_xl(
             (tokenizer, tokenizer_2),
             (text_encoder, text_encoder_2),

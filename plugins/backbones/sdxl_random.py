@@ -28,7 +28,7 @@ import torch
 
 from framework.backbone import Backbone, resolve_device, resolve_dtype
 from framework.registry import BACKBONES
-from plugins.backbones.sd14_random import SD14_SCHEDULER, SD14_TEXT, SD14_VAE
+from plugins.backbones.sd14_random import SD14_SCHEDULER, SD14_TEXT, SD14_VAE, random_description, seeded_build
 from plugins.backbones.sdxl import SDXLBackbone, SDXLOptions, vae_upcast
 from plugins.backbones.tiny import build_tokenizer
 
@@ -128,7 +128,6 @@ class SDXLRandomBackbone(SDXLBackbone):
 
     def __init__(self, options: SDXLRandomOptions | None = None) -> None:
         from diffusers import DDIMScheduler
-        from diffusers.utils import logging as diffusers_logging
 
         Backbone.__init__(self)
         self.random_options = opts = options or SDXLRandomOptions()
@@ -145,18 +144,8 @@ class SDXLRandomBackbone(SDXLBackbone):
         self.vae_dtype = vae_upcast(self.dtype, opts.vae_dtype, SDXL_VAE)
         start = time.perf_counter()
         tokenizers = (build_tokenizer(), build_tokenizer(pad_token="!"))
-        device = self.device
-        devices = (
-            [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
-        )
-        verbosity = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # .to(dtype) on a fresh model warns about nothing
-        try:
-            with torch.random.fork_rng(devices=devices), torch.device(device):
-                torch.manual_seed(int(opts.seed))
-                encoder, encoder_2, unet, vae = build_sdxl_modules(tokenizers, self.vae_dtype, self.dtype)
-        finally:
-            diffusers_logging.set_verbosity(verbosity)
+        with seeded_build(int(opts.seed), self.device):
+            encoder, encoder_2, unet, vae = build_sdxl_modules(tokenizers, self.vae_dtype, self.dtype)
         scheduler = DDIMScheduler(**SDXL_SCHEDULER, timestep_spacing="leading")
         self.attach_xl(tokenizers, (encoder, encoder_2), unet, vae, scheduler, force_zeros=True)
         self.build_seconds = time.perf_counter() - start
@@ -166,6 +155,4 @@ class SDXLRandomBackbone(SDXLBackbone):
         return {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in SDXL_PARAMETERS}
 
     def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        d.update({"class": type(self).__name__, "seed": self.random_options.seed, "random_weights": True})
-        return d
+        return random_description(self, super().describe())

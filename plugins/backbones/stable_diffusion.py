@@ -19,7 +19,6 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,16 +31,15 @@ from framework.backbone import (
     check_finite,
     check_model_folder,
     dtype_name,
-    hub_offline,
-    hub_unreachable,
+    prepare_loading,
     prompt_list,
     resolve_device,
     resolve_dtype,
     short_prompt,
-    weights_hint,
+    weights_not_found,
 )
 from framework.conditioning import Conditioning
-from framework.errors import InputError, WeightsNotFoundError
+from framework.errors import InputError
 from framework.registry import BACKBONES
 
 log = logging.getLogger(__name__)
@@ -78,16 +76,10 @@ class StableDiffusionBackbone(Backbone):
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype)
         self.vae_dtype = resolve_dtype(options.vae_dtype or options.dtype)
-        kw: dict[str, Any] = {"revision": options.revision, "local_files_only": options.local_files_only}
-        check_model_folder(options.model, SD_COMPONENTS, "Stable Diffusion")  # before any hub look-up
-        unreachable = None
-        if not (options.local_files_only or hub_offline() or Path(options.model).is_dir()):
-            # One short probe instead of huggingface_hub's minutes of retries per file:
-            # unreachable, only the local cache is tried.
-            unreachable = hub_unreachable()
-            if unreachable:
-                kw["local_files_only"] = True
-        try:
+        kw, unreachable = prepare_loading(
+            options.model, SD_COMPONENTS, "Stable Diffusion", options.revision, options.local_files_only
+        )
+        with weights_not_found(options.model, "Stable Diffusion", unreachable):
             tokenizer = CLIPTokenizer.from_pretrained(options.model, subfolder="tokenizer", **kw)
             text_encoder = CLIPTextModel.from_pretrained(
                 options.model, subfolder="text_encoder", dtype=self.dtype, **kw
@@ -97,17 +89,6 @@ class StableDiffusionBackbone(Backbone):
             )
             vae = AutoencoderKL.from_pretrained(options.model, subfolder="vae", torch_dtype=self.vae_dtype, **kw)
             sched_cfg = DDIMScheduler.load_config(options.model, subfolder="scheduler", **kw)
-        except (OSError, ValueError) as exc:
-            if unreachable:
-                why = f"the hub {unreachable} and they are not in the local cache"
-            else:
-                why = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
-            local = Path(options.model).expanduser()
-            if not local.exists() and local.parent.is_dir():  # owner/ is a folder here: a path was meant?
-                why = f"there is no folder {options.model} here, and as a hub id: {why}"
-            raise WeightsNotFoundError(
-                f"could not load Stable Diffusion weights from {options.model!r}: {why}. {weights_hint()}"
-            ) from None
         self.attach(
             tokenizer, text_encoder, unet, vae, DDIMScheduler.from_config(sched_cfg, timestep_spacing="leading")
         )

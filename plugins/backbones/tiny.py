@@ -281,17 +281,32 @@ def tiny_model_path(options: TinyOptions) -> Path:
     )
 
 
-def check_tiny_model(folder: Path) -> None:
-    """Load every component of a tiny model folder (raises when one is missing or unreadable)."""
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Loading a local model of a few hundred kB needs no progress bars: transformers' are off
+    inside the block and back as they were after it."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a check of a 1 MB local model needs no progress bars
+    hf_logging.disable_progress_bar()
     try:
-        StableDiffusionBackbone(StableDiffusionOptions(model=str(folder), device="cpu", local_files_only=True))
+        yield
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def describe_tiny(backbone: Any, description: dict) -> dict:
+    """``description`` (the loaded model's) with the tiny model's own options and class name."""
+    description.update(asdict(backbone.tiny_options))
+    description["class"] = type(backbone).__name__
+    return description
+
+
+def check_tiny_model(folder: Path) -> None:
+    """Load every component of a tiny model folder (raises when one is missing or unreadable)."""
+    with no_progress_bars():
+        StableDiffusionBackbone(StableDiffusionOptions(model=str(folder), device="cpu", local_files_only=True))
 
 
 @BACKBONES.register("tiny")
@@ -301,13 +316,9 @@ class TinyBackbone(StableDiffusionBackbone):
     Options = TinyOptions  # type: ignore[assignment]
 
     def __init__(self, options: TinyOptions | None = None) -> None:
-        from transformers.utils import logging as hf_logging
-
         options = options or TinyOptions()
         self.tiny_options = options
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # loading a 1 MB local model needs no progress bars
-        try:
+        with no_progress_bars():
             folder = tiny_model_path(options)
             super().__init__(
                 StableDiffusionOptions(
@@ -319,9 +330,6 @@ class TinyBackbone(StableDiffusionBackbone):
                     truncate_prompts=options.truncate_prompts,
                 )
             )
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
 
     @classmethod
     def load_prompt_rules(cls, options: Any) -> PromptRules | None:
@@ -333,7 +341,4 @@ class TinyBackbone(StableDiffusionBackbone):
         return text_prompt_rules(str(folder), None, truncate=bool(options.truncate_prompts))
 
     def describe(self) -> dict:
-        d = super().describe()
-        d.update(asdict(self.tiny_options))
-        d["class"] = type(self).__name__
-        return d
+        return describe_tiny(self, super().describe())

@@ -13,7 +13,7 @@ noise, but every identity of the flow process holds on it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,13 @@ from framework.prompts import PromptRules
 from framework.registry import BACKBONES
 from plugins.backbones.sd3 import SD3Backbone, SD3Options
 from plugins.backbones.stable_diffusion import text_prompt_rules
-from plugins.backbones.tiny import build_tokenizer, cached_model_folder, save_text_encoder
+from plugins.backbones.tiny import (
+    build_tokenizer,
+    cached_model_folder,
+    describe_tiny,
+    no_progress_bars,
+    save_text_encoder,
+)
 
 #: bump when the architecture below changes, so stale caches are not reused
 TINY_SD3_VERSION = 1
@@ -140,13 +146,9 @@ class TinySD3Backbone(SD3Backbone):
     Options = TinySD3Options  # type: ignore[assignment]
 
     def __init__(self, options: TinySD3Options | None = None) -> None:
-        from transformers.utils import logging as hf_logging
-
         options = options or TinySD3Options()
         self.tiny_options = options
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a local model of a few hundred kB needs no progress bars
-        try:
+        with no_progress_bars():
             folder = tiny_sd3_path(options)
             super().__init__(
                 SD3Options(
@@ -158,9 +160,6 @@ class TinySD3Backbone(SD3Backbone):
                     max_sequence_length=options.max_sequence_length,
                 )
             )
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
 
     @classmethod
     def load_prompt_rules(cls, options: Any) -> PromptRules | None:
@@ -170,7 +169,4 @@ class TinySD3Backbone(SD3Backbone):
         return text_prompt_rules(str(tiny_sd3_path(options)), None, truncate=bool(options.truncate_prompts))
 
     def describe(self) -> dict:
-        d = super().describe()
-        d.update(asdict(self.tiny_options))
-        d["class"] = type(self).__name__
-        return d
+        return describe_tiny(self, super().describe())

@@ -18,7 +18,7 @@ loads real weights. It serves the tests: its edits are noise, but every identity
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,13 @@ from framework.backbone import dtype_name
 from framework.prompts import PromptRules
 from framework.registry import BACKBONES
 from plugins.backbones.sdxl import SDXLBackbone, SDXLOptions, sdxl_prompt_rules
-from plugins.backbones.tiny import build_tokenizer, cached_model_folder, save_text_encoder
+from plugins.backbones.tiny import (
+    build_tokenizer,
+    cached_model_folder,
+    describe_tiny,
+    no_progress_bars,
+    save_text_encoder,
+)
 
 #: bump when the architecture below changes, so stale caches are not reused
 TINY_XL_VERSION = 1
@@ -143,15 +149,8 @@ def build_tiny_xl_model(folder: Path, seed: int, resolution: int) -> None:
 
 def check_tiny_xl_model(folder: Path) -> None:
     """Load every component of a tiny SDXL folder (raises when one is missing or unreadable)."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with no_progress_bars():
         SDXLBackbone(SDXLOptions(model=str(folder), device="cpu", local_files_only=True))
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def tiny_xl_model_path(options: TinyXLOptions) -> Path:
@@ -172,13 +171,9 @@ class TinyXLBackbone(SDXLBackbone):
     Options = TinyXLOptions  # type: ignore[assignment]
 
     def __init__(self, options: TinyXLOptions | None = None) -> None:
-        from transformers.utils import logging as hf_logging
-
         options = options or TinyXLOptions()
         self.tiny_options = options
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
+        with no_progress_bars():
             folder = tiny_xl_model_path(options)
             super().__init__(
                 SDXLOptions(
@@ -190,9 +185,6 @@ class TinyXLBackbone(SDXLBackbone):
                     truncate_prompts=options.truncate_prompts,
                 )
             )
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
 
     @classmethod
     def load_prompt_rules(cls, options: Any) -> PromptRules | None:
@@ -202,8 +194,6 @@ class TinyXLBackbone(SDXLBackbone):
         return sdxl_prompt_rules(str(tiny_xl_model_path(options)), None, truncate=bool(options.truncate_prompts))
 
     def describe(self) -> dict:
-        d = super().describe()
-        d.update(asdict(self.tiny_options))
-        d["class"] = type(self).__name__
+        d = describe_tiny(self, super().describe())
         d["dtype"], d["vae_dtype"] = dtype_name(self.dtype), dtype_name(self.vae_dtype)  # as resolved
         return d
