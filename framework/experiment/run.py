@@ -421,7 +421,19 @@ def run_experiment(
     finally:
         if lock is not None:
             lock.release()
+        close_process_group()
     return report(outcome, resume)
+
+
+def close_process_group() -> None:
+    """Destroy this process' torch.distributed group, if a multi-process run made one, once the
+    run's collectives are over: its communication threads are then joined here, not torn down
+    with the interpreter (which aborted a process now and then: "terminate called without an
+    active exception", exit -6, after a correct error line)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def report(outcome: RunOutcome, resume: ResumePlan) -> int:
