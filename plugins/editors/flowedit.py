@@ -43,7 +43,7 @@ from torch import Tensor
 
 from framework.errors import InputError
 from framework.inversion import Inversion
-from framework.process import FlowMatchProcess, ProcessSchedule
+from framework.process import FlowMatchProcess, ProcessSchedule, check_steps
 from framework.random import randn
 from framework.registry import EDITORS
 from framework.sampling import Editor, Guidance, NoiseFn, StepRule, denoise, expand_rows
@@ -163,8 +163,7 @@ class FlowEditEditor(Editor):
                 f"{type(backbone).__name__} is a DDPM model, whose edits take an inverter and another editor"
             )
         n = inversion.num_steps
-        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < n:
-            raise InputError(f"skip must satisfy 0 <= skip < num_steps={n}, got {skip!r}")
+        check_steps(n, skip)
         first = self.first_step(n, skip)
         self.check_options(first)
         if source_prompt is None:
